@@ -1,0 +1,196 @@
+"""Where each argument lives, and how a result is handed back there.
+
+Every public call starts here.  An argument is turned, zero-copy, into either a NumPy array (host) or
+a CuPy array (CUDA), and the :class:`Operand` remembers which library it came from so that the result
+can be returned as that library's array:
+
+- ``numpy.ndarray`` and NumPy scalars: host;
+- ``cupy.ndarray``: CUDA, on its own device;
+- Numba CUDA device arrays (``__cuda_array_interface__``): CUDA, returned as Numba device arrays;
+- any other ``__dlpack__`` producer (torch, JAX, ...): host or CUDA by its ``__dlpack_device__``, and
+  returned through that library's ``from_dlpack``;
+- any other ``__cuda_array_interface__`` producer: CUDA, returned as CuPy;
+- Python ``int`` / ``float`` / ``complex`` scalars where a scalar makes sense (``a`` and ``h0``):
+  they take part in dtype promotion as NumPy's "weak" scalars and live on any device.
+
+Nothing here copies data, except the conversion of sequences (lists) to NumPy and of Python scalars
+to 0-d arrays.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+#: dtypes the scans compute in, in promotion order
+SUPPORTED_DTYPES = tuple(np.dtype(t) for t in ("float16", "float32", "float64", "complex64", "complex128"))
+
+_DL_CPU, _DL_CUDA, _DL_CUDA_HOST, _DL_CUDA_MANAGED = 1, 2, 3, 13
+
+
+@dataclass(frozen=True)
+class Operand:
+    """One argument, converted.
+
+    ``array`` is a ``numpy.ndarray`` or ``cupy.ndarray`` (``None`` for a Python scalar, whose value is
+    ``value``); ``library`` names where it came from (``"numpy"``, ``"cupy"``, ``"numba"``, ``"torch"``,
+    ...; ``None`` for a scalar); ``device`` is ``None`` on the host, else the CUDA device id.
+    """
+
+    name: str
+    array: Any
+    library: str | None
+    device: int | None
+    value: Any = None
+
+    @property
+    def is_scalar(self) -> bool:
+        return self.array is None or self.library is None
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.device is not None
+
+    def where(self) -> str:
+        return "host memory" if self.device is None else f"CUDA device {self.device}"
+
+    @property
+    def dtype_or_value(self):
+        """What ``numpy.result_type`` should see: the array's dtype, or the weak Python scalar."""
+        return self.value if self.array is None else self.array.dtype
+
+
+def _cupy():
+    import cupy  # noqa: PLC0415  (imported lazily: CuPy is optional and slow to import)
+
+    return cupy
+
+
+def _top_module(obj) -> str:
+    return type(obj).__module__.split(".", 1)[0]
+
+
+def as_operand(obj, name: str, *, allow_scalar: bool = False) -> Operand:
+    """Convert ``obj`` (argument ``name``) without copying; raise ``TypeError`` for what can't be scanned."""
+    if isinstance(obj, (bool, np.bool_)):
+        raise TypeError(f"{name} is a bool; parscan scans floating-point or complex data: pass a float, "
+                        f"e.g. {name}={float(obj)!r}")
+    if isinstance(obj, (int, float, complex)):
+        if not allow_scalar:
+            raise TypeError(f"{name} must be an array, got the Python scalar {obj!r}; wrap it, e.g. "
+                            f"numpy.asarray([...], dtype=numpy.float32)")
+        return Operand(name, None, None, None, value=obj)
+    if isinstance(obj, np.generic):
+        if not allow_scalar:
+            raise TypeError(f"{name} must be an array, got the NumPy scalar {obj!r}")
+        return _checked(Operand(name, np.asarray(obj), None, None))
+    if isinstance(obj, np.ndarray):
+        return _checked(Operand(name, obj, "numpy", None))
+    cp = sys.modules.get("cupy")
+    if cp is not None and isinstance(obj, cp.ndarray):
+        return _checked(Operand(name, obj, "cupy", obj.device.id))
+    top = _top_module(obj)
+    if top == "numba" and hasattr(obj, "__cuda_array_interface__"):
+        arr = _cupy().asarray(obj)
+        return _checked(Operand(name, arr, "numba", arr.device.id))
+    if hasattr(obj, "__dlpack__") and hasattr(obj, "__dlpack_device__"):
+        dev_type, dev_id = (int(v) for v in obj.__dlpack_device__())
+        if dev_type in (_DL_CPU, _DL_CUDA_HOST):
+            arr = np.from_dlpack(obj)
+            return _checked(Operand(name, arr, top, None))
+        if dev_type in (_DL_CUDA, _DL_CUDA_MANAGED):
+            arr = _cupy().from_dlpack(obj)
+            return _checked(Operand(name, arr, top, arr.device.id))
+        raise ValueError(f"{name} lives on DLPack device type {dev_type}; parscan runs on the host (CPU) "
+                         f"and on CUDA devices: move {name} to one of them first")
+    if hasattr(obj, "__cuda_array_interface__"):
+        arr = _cupy().asarray(obj)
+        return _checked(Operand(name, arr, "cupy", arr.device.id))
+    if isinstance(obj, (list, tuple)) or hasattr(obj, "__array_interface__") or hasattr(obj, "__array__"):
+        try:
+            arr = np.asarray(obj)
+        except (ValueError, TypeError) as exc:
+            raise TypeError(f"{name} could not be read as an array: {exc}") from None
+        return _checked(Operand(name, arr, "numpy", None))
+    raise TypeError(f"{name} must be an array (NumPy, CuPy, or any __dlpack__ / __cuda_array_interface__ "
+                    f"producer such as a torch tensor), got {type(obj).__name__}")
+
+
+def _checked(op: Operand) -> Operand:
+    dt = op.array.dtype
+    if dt not in SUPPORTED_DTYPES:
+        kind = {"i": "an integer", "u": "an unsigned integer", "b": "a bool", "O": "an object",
+                "U": "a string", "S": "a bytes", "M": "a datetime", "m": "a timedelta"}.get(dt.kind, "an unsupported")
+        raise TypeError(f"{op.name} has {kind} dtype ({dt}); parscan scans float16, float32, float64, "
+                        f"complex64 or complex128 data: cast it first, e.g. {op.name}.astype('float32')")
+    return op
+
+
+def check_same_place(x: Operand, *others: Operand | None) -> None:
+    """Every non-scalar operand must live in x's library and on x's device (no hidden transfers)."""
+    for op in others:
+        if op is None or op.is_scalar:
+            continue
+        if op.device != x.device:
+            hint = ("move it with cupy.asarray(...)" if x.on_gpu else "move it to the host, e.g. with .get()")
+            raise ValueError(f"{op.name} is in {op.where()} but x is in {x.where()}; parscan never copies "
+                             f"between devices behind your back: {hint}")
+        if op.library != x.library:
+            raise ValueError(f"{op.name} is a {op.library} array but x is a {x.library} array; pass arrays "
+                             f"of one library (convert {op.name} zero-copy with {x.library}'s from_dlpack)")
+
+
+def give_back(result, like: Operand):
+    """Return ``result`` (NumPy or CuPy) as an array of ``like``'s library, zero-copy."""
+    lib = like.library
+    if lib in (None, "numpy", "cupy"):
+        return result
+    if lib == "numba":
+        from numba import cuda  # noqa: PLC0415
+
+        return cuda.as_cuda_array(result)
+    if lib == "torch":
+        import torch  # noqa: PLC0415
+
+        return torch.from_dlpack(result)
+    if lib in ("jax", "jaxlib"):
+        import jax.numpy as jnp  # noqa: PLC0415
+
+        return jnp.from_dlpack(result)
+    module = sys.modules.get(lib)
+    convert = getattr(module, "from_dlpack", None)
+    return convert(result) if convert is not None else result
+
+
+def array_module(op: Operand):
+    """``numpy`` for host operands, ``cupy`` for CUDA operands."""
+    return _cupy() if op.on_gpu else np
+
+
+def data_extent(arr) -> tuple[int, int]:
+    """[low, high) byte addresses touched by ``arr`` (NumPy or CuPy), for overlap checks."""
+    if arr.size == 0:
+        return (0, 0)
+    ptr = arr.__array_interface__["data"][0] if isinstance(arr, np.ndarray) else arr.data.ptr
+    lo = hi = ptr
+    for n, s in zip(arr.shape, arr.strides):
+        if s > 0:
+            hi += (n - 1) * s
+        else:
+            lo += (n - 1) * s
+    return lo, hi + arr.itemsize
+
+
+def overlaps(p, q) -> bool:
+    lo1, hi1 = data_extent(p)
+    lo2, hi2 = data_extent(q)
+    return lo1 < hi2 and lo2 < hi1
+
+
+def same_view(p, q) -> bool:
+    """True when p and q are the very same elements in the same order (exact aliasing)."""
+    return (data_extent(p) == data_extent(q) and p.shape == q.shape and p.strides == q.strides
+            and p.dtype == q.dtype)

@@ -1,0 +1,361 @@
+"""The plan: a scan call reduced to the one canonical form every backend understands.
+
+Any call ``linear_scan(a, x, h0, axis, reverse, out)`` becomes a problem over the index space
+``(C0, C1, C2, T)``: three channel dimensions and time.  Each operand is a :class:`Strided`: a flat 1-D
+buffer, the element offset of index ``(0, 0, 0, 0)`` and four element strides (0 where the operand is
+broadcast).  Element ``(i, j, k, t)`` of an operand is ``buf[off + i*s0 + j*s1 + k*s2 + t*st]``.
+
+How x's dimensions map onto that space is decided here, once, in plain Python:
+
+- time is x's ``axis``; ``reverse=True`` is folded into the views (time stride negated, offset moved to
+  the last step), so backends only ever run forward in time;
+- the other dimensions of size > 1 are ordered by x's stride (largest first, so the innermost channel
+  dimension ``C2`` is the one closest to contiguous) and adjacent ones are merged where *every* operand
+  allows it (``stride[d] == shape[d+1] * stride[d+1]``).  A broadcast ``a`` or ``h0`` keeps stride 0 in
+  the dimensions it is broadcast over and is never materialised;
+- at most three channel groups remain for every layout of arrays up to 4-D.  Only when more remain
+  (5-D and more, with a pattern of strides that will not merge) are the inputs copied once into
+  x's canonical order (and the result copied into ``out``): the single copy a layout may cost;
+- results and temporaries are allocated contiguous in canonical order, so they never stop a merge.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from ._arrays import Operand, overlaps, same_view
+
+MAX_CHANNEL_GROUPS = 3
+
+
+@dataclass(frozen=True)
+class Strided:
+    """An operand in canonical form: element ``(i, j, k, t)`` is ``buf[off + i*s0 + j*s1 + k*s2 + t*st]``."""
+
+    buf: Any
+    off: int
+    strides: tuple[int, int, int, int]
+
+    @property
+    def dtype(self):
+        return self.buf.dtype
+
+
+@dataclass(frozen=True)
+class ScanProblem:
+    """Forward: ``out[c, t] = a[c, t] * out[c, t-1] + x[c, t]`` for t = 0..T-1, ``out[c, -1] = h0[c]``.
+
+    ``h0`` is None for a zero initial state; its time stride is 0.  ``acc_dtype`` is the type to
+    accumulate in (float32 for float16 data).
+    """
+
+    shape: tuple[int, int, int, int]
+    a: Strided
+    x: Strided
+    h0: Strided | None
+    out: Strided
+    dtype: np.dtype
+    acc_dtype: np.dtype
+
+
+@dataclass(frozen=True)
+class ScanBackwardProblem:
+    """Backward of :class:`ScanProblem` (time already oriented forward, conjugates for complex).
+
+    ``g[c, t] = grad_h[c, t] + conj(a[c, t+1]) * g[c, t+1]`` (``g[c, T] = 0``) is written to ``grad_x``;
+    ``grad_a[c, t] = g[c, t] * conj(h[c, t-1])`` with ``h[c, -1] = h0[c]`` (0 when h0 is None); where
+    ``grad_a``'s time stride is 0 (``a`` constant in time) its single element per channel receives the
+    sum over t.  ``grad_h0[c] = conj(a[c, 0]) * g[c, 0]`` when ``grad_h0`` is not None.
+    """
+
+    shape: tuple[int, int, int, int]
+    a: Strided
+    h: Strided
+    grad_h: Strided
+    h0: Strided | None
+    grad_x: Strided
+    grad_a: Strided
+    grad_h0: Strided | None
+    dtype: np.dtype
+    acc_dtype: np.dtype
+
+
+def accumulation_dtype(dtype: np.dtype) -> np.dtype:
+    return np.dtype(np.float32) if dtype == np.float16 else np.dtype(dtype)
+
+
+def normalize_axis(axis, ndim: int, name: str = "x") -> int:
+    if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (int, np.integer)):
+        raise TypeError(f"axis must be an int, got {type(axis).__name__}")
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"axis={axis} is out of range for {name} with {ndim} dimension(s); "
+                         f"use an axis in {-ndim}..{ndim - 1}")
+    return int(axis) % ndim
+
+
+def _ptr(arr) -> int:
+    return arr.__array_interface__["data"][0] if isinstance(arr, np.ndarray) else arr.data.ptr
+
+
+def _as_strided(xp, arr, shape, strides, writeable):
+    if xp is np:
+        return np.lib.stride_tricks.as_strided(arr, shape, strides, writeable=writeable)
+    return xp.lib.stride_tricks.as_strided(arr, shape, strides)
+
+
+class Canon:
+    """The mapping of an N-d shape with a time ``axis`` onto ``(C0, C1, C2, T)``.
+
+    ``views`` are the operands broadcast to ``shape`` (a time length of 1 is allowed for h0-like
+    operands).  The first view orders the channel dimensions.
+    """
+
+    def __init__(self, xp, shape, axis, reverse, views):
+        self.xp, self.shape, self.axis, self.reverse = xp, tuple(shape), axis, bool(reverse)
+        ref = views[0]
+        chan = sorted((d for d in range(len(shape)) if d != axis), key=lambda d: -abs(ref.strides[d]))
+        self.order = tuple(chan)  # every channel dim, outermost first: the allocation order
+        groups: list[list[int]] = []
+        for d in (d for d in chan if shape[d] != 1):
+            if groups and all(v.strides[groups[-1][-1]] == shape[d] * v.strides[d] for v in views):
+                groups[-1].append(d)
+            else:
+                groups.append([d])
+        self.groups = groups
+        sizes = [math.prod(shape[d] for d in g) for g in groups]
+        self.channel_shape = tuple([1] * (MAX_CHANNEL_GROUPS - len(groups)) + sizes)
+
+    @property
+    def fits(self) -> bool:
+        return len(self.groups) <= MAX_CHANNEL_GROUPS
+
+    def strided(self, v, writeable: bool = False) -> Strided:
+        """``v`` (shape == self.shape, or time length 1) as a canonical :class:`Strided`."""
+        item = v.itemsize
+        bstrides = [v.strides[g[-1]] for g in self.groups]
+        bstrides = [0] * (MAX_CHANNEL_GROUPS - len(bstrides)) + bstrides + [v.strides[self.axis]]
+        if any(s % item for s in v.strides):
+            raise AssertionError("misaligned strides must have been copied by the planner")
+        es = [s // item for s in bstrides]
+        T = v.shape[self.axis]
+        if T == 1:
+            es[3] = 0
+        # the lowest-addressed element of v starts the flat buffer
+        corner = tuple(slice(n - 1, n) if s < 0 else slice(0, 1) for n, s in zip(v.shape, v.strides))
+        base = v[corner]
+        lo = _ptr(base)
+        hi = lo + sum((n - 1) * s for n, s in zip(v.shape, v.strides) if s > 0)
+        buf = _as_strided(self.xp, base, ((hi - lo) // item + 1,), (item,), writeable)
+        off = (_ptr(v) - lo) // item
+        if self.reverse and T > 1:
+            off += (T - 1) * es[3]
+            es[3] = -es[3]
+        return Strided(buf, off, tuple(es))
+
+    def alloc(self, dtype, tlen: int | None = None):
+        """A new array of ``shape`` (time length ``tlen``), contiguous in canonical order."""
+        shape = list(self.shape)
+        if tlen is not None:
+            shape[self.axis] = tlen
+        dims = list(self.order) + [self.axis]
+        arr = self.xp.empty([shape[d] for d in dims], dtype=dtype)
+        return arr.transpose(np.argsort(dims))
+
+    def copy_in(self, v):
+        """A copy of ``v`` contiguous in canonical order (the fallback for unmergeable layouts)."""
+        new = self.alloc(v.dtype, v.shape[self.axis])
+        new[...] = v
+        return new
+
+
+def _well_aligned(v) -> bool:
+    return all(s % v.itemsize == 0 for s in v.strides)
+
+
+def _broadcast(xp, op: Operand, shape, dtype, name, fix):
+    """Operand ``op`` as a read-only view broadcast to ``shape`` (scalars become 0-d arrays of dtype)."""
+    if op.array is None:
+        arr = xp.asarray(op.value, dtype=dtype)
+    elif op.library is None and xp is not np:
+        arr = xp.asarray(op.array)  # a NumPy scalar next to CUDA data: one tiny value
+    else:
+        arr = op.array
+    try:
+        return xp.broadcast_to(arr, shape)
+    except ValueError:
+        raise ValueError(f"{name} has shape {tuple(arr.shape)}, which does not broadcast to {tuple(shape)}; "
+                         f"{fix}") from None
+
+
+def _canonical(xp, shape, axis, reverse, views):
+    """A Canon for ``views``; copies the inputs once when their layout cannot be merged (see module doc)."""
+    views = [v if _well_aligned(v) else _copy_plain(xp, v) for v in views]
+    canon = Canon(xp, shape, axis, reverse, views)
+    if not canon.fits:
+        views = [canon.copy_in(v) for v in views]
+        canon = Canon(xp, shape, axis, reverse, views)
+    return canon, views
+
+
+def _copy_plain(xp, v):
+    new = xp.empty(v.shape, v.dtype)
+    new[...] = v
+    return new
+
+
+def _h0_view(xp, op, x_shape, axis, dtype):
+    """h0 broadcast to x's shape with a time length of 1."""
+    chan_shape = x_shape[:axis] + x_shape[axis + 1:]
+    v = _broadcast(xp, op, chan_shape, dtype, "h0",
+                   f"h0 must broadcast to x's shape without the time axis, {tuple(chan_shape)}")
+    return xp.expand_dims(v, axis)
+
+
+def check_out(out: Operand, shape, dtype, inputs) -> None:
+    arr = out.array
+    if arr is None:
+        raise TypeError("out must be an array, not a scalar")
+    if tuple(arr.shape) != tuple(shape):
+        raise ValueError(f"out has shape {tuple(arr.shape)} but the result has shape {tuple(shape)}; "
+                         f"allocate out with x's shape")
+    if arr.dtype != dtype:
+        raise TypeError(f"out has dtype {arr.dtype} but the result has dtype {dtype}; pass out with "
+                        f"dtype {dtype} (the result type of a, x and h0)")
+    if isinstance(arr, np.ndarray) and not arr.flags.writeable:
+        raise ValueError("out is read-only; pass a writable array")
+    if any(s == 0 and n > 1 for n, s in zip(arr.shape, arr.strides)):
+        raise ValueError("out has a zero stride (several elements share memory, e.g. a broadcast view); "
+                         "pass an array whose elements are distinct")
+    for v in inputs:
+        if v is not None and v.size and arr.size and overlaps(arr, v) and not same_view(arr, v):
+            raise ValueError("out overlaps an input without being exactly that input; pass a separate "
+                             "array, or out=x to scan in place")
+
+
+def plan_forward(xp, a: Operand, x: Operand, h0: Operand | None, out: Operand | None, axis, reverse):
+    """Return ``(problem or None, result, finish)``; run the problem, then ``finish()`` returns result."""
+    xa = x.array
+    if xa.ndim == 0:
+        raise ValueError("x is 0-d; it needs at least one dimension, the time axis")
+    axis = normalize_axis(axis, xa.ndim)
+    shape = tuple(xa.shape)
+    dtype = np.result_type(*(op.dtype_or_value for op in (a, x, h0) if op is not None))
+    av = _broadcast(xp, a, shape, dtype, "a",
+                    f"a must broadcast to x's shape; for a decay constant in time give a a size-1 time "
+                    f"axis (e.g. a[..., None] when axis=-1)")
+    h0v = None if h0 is None else _h0_view(xp, h0, shape, axis, dtype)
+    if out is not None:
+        check_out(out, shape, dtype, [xa, None if a.is_scalar else a.array,
+                                      None if h0 is None or h0.is_scalar else h0.array])
+    if xa.size == 0:
+        result = out.array if out is not None else xp.empty(shape, dtype)
+        return None, result, lambda: result
+    if h0v is not None and h0v.dtype != dtype:
+        h0v = h0v.astype(dtype)  # h0 holds one value per channel: cast to the compute type
+    inputs = [xa, av] + ([h0v] if h0v is not None else [])
+    user_out = None if out is None else out.array
+    merge = inputs + ([user_out] if user_out is not None else [])
+    canon, merged = _canonical(xp, shape, axis, reverse, merge)
+    copied_out = user_out is not None and merged[-1] is not user_out
+    target = canon.alloc(dtype) if user_out is None or copied_out else user_out
+    if copied_out and any(same_view(user_out, v) for v in inputs):
+        # in place into a layout that had to be copied: the copy of x is the one to scan
+        target = merged[0]
+    views = merged[:len(inputs)]
+    problem = ScanProblem(
+        shape=canon.channel_shape + (shape[axis],),
+        a=canon.strided(views[1]),
+        x=canon.strided(views[0]),
+        h0=canon.strided(views[2]) if h0v is not None else None,
+        out=canon.strided(target, writeable=True),
+        dtype=np.dtype(dtype),
+        acc_dtype=accumulation_dtype(dtype),
+    )
+
+    def finish():
+        if user_out is not None and target is not user_out:
+            user_out[...] = target
+            return user_out
+        return target
+
+    return problem, target, finish
+
+
+def _reduce_to(xp, g, padded_shape, shape, dtype):
+    """Sum ``g`` over the dims where ``padded_shape`` is 1 (broadcast), reshape to ``shape``, cast."""
+    axes = tuple(d for d, (n, m) in enumerate(zip(padded_shape, g.shape)) if n == 1 and m != 1)
+    if axes:
+        g = g.sum(axis=axes, keepdims=True)
+    g = g.reshape(shape)
+    if g.dtype.kind == "c" and np.dtype(dtype).kind != "c":
+        g = g.real
+    return g.astype(dtype, copy=False)
+
+
+def plan_backward(xp, a: Operand, h: Operand, grad_h: Operand, h0: Operand | None, axis, reverse):
+    """Return ``(problem or None, finish)``; ``finish()`` returns ``(grad_a, grad_x, grad_h0)``."""
+    ha, gha = h.array, grad_h.array
+    if ha.ndim == 0:
+        raise ValueError("h is 0-d; it needs at least one dimension, the time axis")
+    if tuple(gha.shape) != tuple(ha.shape):
+        raise ValueError(f"grad_h has shape {tuple(gha.shape)} but h has shape {tuple(ha.shape)}; "
+                         f"they must match (grad_h = dL/dh)")
+    axis = normalize_axis(axis, ha.ndim, "h")
+    shape = tuple(ha.shape)
+    dtype = np.dtype(np.result_type(*(op.dtype_or_value for op in (a, h, grad_h, h0) if op is not None)))
+    acc = accumulation_dtype(dtype)
+    av = _broadcast(xp, a, shape, dtype, "a", "a must broadcast to h's shape (it is the forward's a)")
+    h0v = None if h0 is None else _h0_view(xp, h0, shape, axis, dtype)
+    if h0v is not None and h0v.dtype != dtype:
+        h0v = h0v.astype(dtype)
+    a_shape = () if a.array is None else tuple(a.array.shape)
+    a_dtype = dtype if a.array is None else a.array.dtype
+    a_padded = (1,) * (len(shape) - len(a_shape)) + a_shape
+    h0_shape = None if h0 is None else (() if h0.array is None else tuple(h0.array.shape))
+    h0_dtype = None if h0 is None else (dtype if h0.array is None else h0.array.dtype)
+    h0_padded = None if h0 is None else (
+        (1,) * (len(shape) - 1 - len(h0_shape)) + h0_shape)
+    if h0_padded is not None:
+        h0_padded = h0_padded[:axis] + (1,) + h0_padded[axis:]
+
+    if ha.size == 0:
+        grad_x = xp.zeros(shape, dtype)
+        grad_a = xp.zeros(a_shape, a_dtype)
+        grad_h0 = None if h0 is None else xp.zeros(h0_shape, h0_dtype)
+        return None, lambda: (grad_a, grad_x, grad_h0)
+
+    inputs = [ha, gha, av] + ([h0v] if h0v is not None else [])
+    canon, views = _canonical(xp, shape, axis, reverse, inputs)
+    T = shape[axis]
+    grad_x = canon.alloc(dtype)
+    time_const = a_padded[axis] == 1 and T > 1
+    chan_bcast = any(a_padded[d] == 1 and shape[d] != 1 for d in range(len(shape)) if d != axis)
+    direct = not chan_bcast and a_dtype == dtype
+    ga = canon.alloc(dtype if direct else acc, 1 if time_const else T)
+    gh0 = None if h0v is None else canon.alloc(acc, 1)
+    problem = ScanBackwardProblem(
+        shape=canon.channel_shape + (T,),
+        a=canon.strided(views[2]),
+        h=canon.strided(views[0]),
+        grad_h=canon.strided(views[1]),
+        h0=canon.strided(views[3]) if h0v is not None else None,
+        grad_x=canon.strided(grad_x, writeable=True),
+        grad_a=canon.strided(ga, writeable=True),
+        grad_h0=None if gh0 is None else canon.strided(gh0, writeable=True),
+        dtype=dtype,
+        acc_dtype=acc,
+    )
+
+    def finish():
+        grad_a = _reduce_to(xp, ga, a_padded, a_shape, a_dtype)
+        grad_h0 = None if gh0 is None else _reduce_to(xp, gh0, h0_padded, h0_shape, h0_dtype)
+        return grad_a, grad_x, grad_h0
+
+    return problem, finish
+
+
+Finish = Callable[[], Any]

@@ -1,0 +1,138 @@
+"""The ground truth: the linear scan as a plain sequential loop in float64 / complex128.
+
+Forward, along ``axis`` with ``T = x.shape[axis]``::
+
+    h[t] = a[t] * h[t-1] + x[t]        t = 0, 1, ..., T-1,   h[-1] = h0 (0 when h0 is None)
+
+and with ``reverse=True``::
+
+    h[t] = a[t] * h[t+1] + x[t]        t = T-1, ..., 0,      h[T] = h0
+
+Backward (forward direction; the reverse one is its mirror image), for ``L(h)`` with ``grad_h = dL/dh``
+and PyTorch's convention for complex numbers (gradients are conjugate Wirtinger derivatives)::
+
+    g[t]      = grad_h[t] + conj(a[t+1]) * g[t+1]     g[T] = 0        (grad_x = g)
+    grad_a[t] = g[t] * conj(h[t-1])                   h[-1] = h0 (or 0)
+    grad_h0   = conj(a[0]) * g[0]
+
+``grad_a`` and ``grad_h0`` are summed over the dimensions along which ``a`` and ``h0`` were broadcast.
+
+Every other backend is tested against these functions.  They take NumPy arrays (or anything
+``numpy.asarray`` accepts) and return NumPy arrays in float64 / complex128.
+
+>>> import numpy as np
+>>> linear_scan(np.array([0.5, 0.5, 0.5]), np.array([1.0, 1.0, 1.0]))
+array([1.  , 1.5 , 1.75])
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _wide(*arrays):
+    return np.complex128 if any(np.iscomplexobj(v) for v in arrays if v is not None) else np.float64
+
+
+def scan_last_axis(a, x, h0=None):
+    """The forward loop with time on the last axis; ``a`` broadcasts to x, ``h0`` to ``x.shape[:-1]``."""
+    wide = _wide(a, x, h0)
+    x = np.asarray(x, dtype=wide)
+    a = np.broadcast_to(np.asarray(a, dtype=wide), x.shape)
+    h = np.zeros(x.shape[:-1], wide)
+    if h0 is not None:
+        h[...] = h0
+    out = np.empty(x.shape, wide)
+    for t in range(x.shape[-1]):
+        h = a[..., t] * h + x[..., t]
+        out[..., t] = h
+    return out
+
+
+def scan_backward_last_axis(a, h, grad_h, h0=None):
+    """The backward loop with time on the last axis: ``(grad_a, grad_x, grad_h0)`` at full shape."""
+    wide = _wide(a, h, grad_h, h0)
+    h = np.asarray(h, dtype=wide)
+    grad_h = np.asarray(grad_h, dtype=wide)
+    a = np.broadcast_to(np.asarray(a, dtype=wide), h.shape)
+    h_init = np.zeros(h.shape[:-1], wide)
+    if h0 is not None:
+        h_init[...] = h0
+    grad_x = np.empty(h.shape, wide)
+    grad_a = np.empty(h.shape, wide)
+    g = np.zeros(h.shape[:-1], wide)
+    coef = np.zeros(h.shape[:-1], wide)
+    for t in range(h.shape[-1] - 1, -1, -1):
+        g = grad_h[..., t] + coef * g
+        grad_x[..., t] = g
+        grad_a[..., t] = g * np.conj(h[..., t - 1] if t > 0 else h_init)
+        coef = np.conj(a[..., t])
+    return grad_a, grad_x, coef * g
+
+
+def _sum_to(g, shape):
+    """Sum g over the leading and size-1 dims that broadcasting added to reach g.shape from shape."""
+    lead = g.ndim - len(shape)
+    g = g.sum(axis=tuple(range(lead))) if lead else g
+    axes = tuple(d for d, n in enumerate(shape) if n == 1 and g.shape[d] != 1)
+    return g.sum(axis=axes, keepdims=True) if axes else g
+
+
+def linear_scan(a, x, h0=None, *, axis=-1, reverse=False):
+    """h with h[t] = a[t] * h[t-1] + x[t] along ``axis`` (see the module docstring), as float64/complex128."""
+    x = np.asarray(x)
+    a = np.broadcast_to(np.asarray(a), x.shape)
+    xs, as_ = np.moveaxis(x, axis, -1), np.moveaxis(a, axis, -1)
+    if reverse:
+        xs, as_ = xs[..., ::-1], as_[..., ::-1]
+    h = scan_last_axis(as_, xs, h0)
+    if reverse:
+        h = h[..., ::-1]
+    return np.ascontiguousarray(np.moveaxis(h, -1, axis))
+
+
+def linear_scan_backward(a, h, grad_h, h0=None, *, axis=-1, reverse=False):
+    """``(grad_a, grad_x, grad_h0)`` of ``linear_scan`` (see the module docstring)."""
+    h = np.asarray(h)
+    a_arr = np.asarray(a)
+    a_full = np.broadcast_to(a_arr, h.shape)
+    hs, gs, as_ = (np.moveaxis(v, axis, -1) for v in (h, np.asarray(grad_h), a_full))
+    if reverse:
+        hs, gs, as_ = hs[..., ::-1], gs[..., ::-1], as_[..., ::-1]
+    ga, gx, gh0 = scan_backward_last_axis(as_, hs, gs, h0)
+    if reverse:
+        ga, gx = ga[..., ::-1], gx[..., ::-1]
+    ga, gx = np.moveaxis(ga, -1, axis), np.moveaxis(gx, -1, axis)
+    grad_a = _sum_to(ga, a_arr.shape).reshape(a_arr.shape)
+    grad_h0 = None if h0 is None else _sum_to(gh0, np.shape(h0)).reshape(np.shape(h0))
+    return grad_a, np.ascontiguousarray(gx), grad_h0
+
+
+# ---- the "reference" backend: the same loops, run on a planned problem (host arrays only) ----
+
+def _view4(s, shape):
+    """A NumPy view of a canonical operand over the index space ``shape``."""
+    item = s.buf.itemsize
+    return np.lib.stride_tricks.as_strided(s.buf[s.off:], shape, [v * item for v in s.strides],
+                                           writeable=s.buf.flags.writeable)
+
+
+def forward(problem):
+    shape = problem.shape
+    a, x = _view4(problem.a, shape), _view4(problem.x, shape)
+    h0 = None if problem.h0 is None else _view4(problem.h0, shape[:3] + (1,))[..., 0]
+    _view4(problem.out, shape)[...] = scan_last_axis(a, x, h0)
+
+
+def backward(problem):
+    shape = problem.shape
+    a, h, gh = (_view4(s, shape) for s in (problem.a, problem.h, problem.grad_h))
+    h0 = None if problem.h0 is None else _view4(problem.h0, shape[:3] + (1,))[..., 0]
+    ga, gx, gh0 = scan_backward_last_axis(a, h, gh, h0)
+    _view4(problem.grad_x, shape)[...] = gx
+    if problem.grad_a.strides[3] == 0:
+        _view4(problem.grad_a, shape[:3] + (1,))[...] = ga.sum(axis=-1, keepdims=True)
+    else:
+        _view4(problem.grad_a, shape)[...] = ga
+    if problem.grad_h0 is not None:
+        _view4(problem.grad_h0, shape[:3] + (1,))[..., 0] = gh0

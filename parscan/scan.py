@@ -1,0 +1,92 @@
+"""The public scans: adapt the arguments, plan, run a backend, hand the result back."""
+
+from __future__ import annotations
+
+from . import _backends
+from ._arrays import array_module, as_operand, check_same_place, give_back
+from ._problem import plan_backward, plan_forward
+
+
+def linear_scan(a, x, h0=None, *, axis=-1, reverse=False, out=None, backend=None):
+    """The linear recurrence ``h[t] = a[t] * h[t-1] + x[t]`` along ``axis``, computed in parallel.
+
+    Parameters
+    ----------
+    a : array or scalar
+        Decays, broadcastable to ``x.shape`` (a scalar, a per-channel constant with a size-1 time
+        axis, or a full array).  A broadcast ``a`` is never materialised.
+    x : array
+        Inputs; ``T = x.shape[axis]``.  NumPy, CuPy, or any ``__dlpack__`` /
+        ``__cuda_array_interface__`` producer (torch, JAX, Numba device arrays).
+    h0 : array or scalar, optional
+        Initial state ``h[-1]`` (``h[T]`` when ``reverse``), broadcastable to x's shape without
+        ``axis``; zeros when None.
+    axis : int
+        The time axis.
+    reverse : bool
+        Run backwards in time: ``h[t] = a[t] * h[t+1] + x[t]``, ``h[T] = h0``.
+    out : array, optional
+        Where to write the result: x's shape, the result dtype, x's library and device, writable.
+        ``out=x`` scans in place.
+    backend : {None, "cupy", "numba", "cpu", "reference"}
+        None picks "cupy" for CUDA arrays and "cpu" for host arrays.
+
+    Returns
+    -------
+    h : array of x's library and device (``out`` itself when given), dtype the NumPy result type of
+        a, x and h0 (float16, float32, float64, complex64 or complex128; float16 accumulates in
+        float32).
+
+    Examples
+    --------
+    >>> import numpy as np, parscan
+    >>> parscan.linear_scan(0.5, np.ones(4, np.float32))
+    array([1.   , 1.5  , 1.75 , 1.875], dtype=float32)
+    """
+    xo = as_operand(x, "x")
+    ao = as_operand(a, "a", allow_scalar=True)
+    ho = None if h0 is None else as_operand(h0, "h0", allow_scalar=True)
+    oo = None if out is None else as_operand(out, "out")
+    check_same_place(xo, ao, ho, oo)
+    impl = _backends.select(backend, xo.on_gpu)
+    problem, _, finish = plan_forward(array_module(xo), ao, xo, ho, oo, axis, reverse)
+    if problem is not None:
+        impl.forward(problem)
+    result = finish()
+    return out if out is not None else give_back(result, xo)
+
+
+def linear_scan_backward(a, h, grad_h, h0=None, *, axis=-1, reverse=False, backend=None):
+    """Gradients of ``h = linear_scan(a, x, h0, axis=axis, reverse=reverse)``: ``(grad_a, grad_x, grad_h0)``.
+
+    With ``g = grad_x`` and ``grad_h = dL/dh`` (forward direction; ``reverse=True`` mirrors time)::
+
+        g[t]      = grad_h[t] + conj(a[t+1]) * g[t+1]      (g[T] = 0)
+        grad_a[t] = g[t] * conj(h[t-1])                    (h[-1] = h0, or 0)
+        grad_h0   = conj(a[0]) * g[0]
+
+    ``grad_a`` has a's shape (summed over the dimensions a was broadcast along) and dtype,
+    ``grad_x`` has h's shape, ``grad_h0`` has h0's shape, or is None when ``h0`` is None.  Complex
+    gradients follow PyTorch's convention (conjugates as above).  x is not needed: the gradient of a
+    linear scan depends on x only through h.
+
+    Examples
+    --------
+    >>> import numpy as np, parscan
+    >>> a = np.full(3, 0.5); h = parscan.linear_scan(a, np.ones(3))
+    >>> ga, gx, gh0 = parscan.linear_scan_backward(a, h, np.ones(3))
+    >>> gx
+    array([1.75, 1.5 , 1.  ])
+    """
+    ho = as_operand(h, "h")
+    ao = as_operand(a, "a", allow_scalar=True)
+    go = as_operand(grad_h, "grad_h")
+    h0o = None if h0 is None else as_operand(h0, "h0", allow_scalar=True)
+    check_same_place(ho, ao, go, h0o)
+    impl = _backends.select(backend, ho.on_gpu)
+    problem, finish = plan_backward(array_module(ho), ao, ho, go, h0o, axis, reverse)
+    if problem is not None:
+        impl.backward(problem)
+    grad_a, grad_x, grad_h0 = finish()
+    back = (lambda v: None if v is None else give_back(v, ho))
+    return back(grad_a), back(grad_x), back(grad_h0)

@@ -14,7 +14,7 @@ from numba import njit, types
 from numba.extending import overload
 
 
-@njit(inline="always", cache=True)
+@njit(cache=True)
 def half_to_float(bits):
     b = np.int32(bits)
     e = (b >> 10) & 0x1F
@@ -28,7 +28,7 @@ def half_to_float(bits):
     return -v if (b >> 15) & 1 else v
 
 
-@njit(inline="always", cache=True)
+@njit(cache=True)
 def float_to_half(f):
     v = np.float64(f)
     if v != v:
@@ -51,7 +51,7 @@ def load(v):
     """The value of one element in its accumulation type."""
 
 
-@overload(load, inline="always")
+@overload(load)
 def _load(v):
     if isinstance(v, types.Integer):
         return lambda v: half_to_float(v)
@@ -62,7 +62,7 @@ def store(v, buf):
     """``v`` converted for storing into ``buf``."""
 
 
-@overload(store, inline="always")
+@overload(store)
 def _store(v, buf):
     if isinstance(buf.dtype, types.Integer):
         return lambda v, buf: float_to_half(v)
@@ -73,7 +73,7 @@ def conj(v):
     """Complex conjugate; the identity on real values."""
 
 
-@overload(conj, inline="always")
+@overload(conj)
 def _conj(v):
     if isinstance(v, types.Complex):
         return lambda v: v.conjugate()

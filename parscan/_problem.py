@@ -148,7 +148,7 @@ class Canon:
         corner = tuple(slice(n - 1, n) if s < 0 else slice(0, 1) for n, s in zip(v.shape, v.strides))
         base = v[corner]
         lo = _ptr(base)
-        hi = lo + sum((n - 1) * s for n, s in zip(v.shape, v.strides) if s > 0)
+        hi = lo + sum((n - 1) * abs(s) for n, s in zip(v.shape, v.strides))
         buf = _as_strided(self.xp, base, ((hi - lo) // item + 1,), (item,), writeable)
         off = (_ptr(v) - lo) // item
         if self.reverse and T > 1:

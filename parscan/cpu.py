@@ -34,12 +34,12 @@ MIN_CHUNK = 4096  # time steps below which cutting time into chunks does not pay
 _FM = {"contract"}  # allow fused multiply-add; nothing else of fast-math
 
 
-@njit(inline="always")
+@njit
 def _at(off, s, i, j, k, t):
     return np.uint64(off + i * s[0] + j * s[1] + k * s[2] + t * s[3])
 
 
-@njit(inline="always")
+@njit
 def _block(blk, C1, C2, nb, bs):
     i = blk // (C1 * nb)
     r = blk - i * (C1 * nb)
@@ -72,7 +72,7 @@ def task_plan(shape, x_strides, nthreads):
 
 # ------------------------------------------------------------------------------------------- forward
 
-@njit(inline="always", fastmath=_FM)
+@njit(fastmath=_FM)
 def _fwd_fold_time(a, ao, as_, x, xo, xs, i, j, k, t0, t1, one, zero):
     A, H = one, zero
     for t in range(t0, t1):
@@ -82,7 +82,7 @@ def _fwd_fold_time(a, ao, as_, x, xo, xs, i, j, k, t0, t1, one, zero):
     return A, H
 
 
-@njit(inline="always", fastmath=_FM)
+@njit(fastmath=_FM)
 def _fwd_scan_time(a, ao, as_, x, xo, xs, o, oo, os_, i, j, k, t0, t1, h):
     for t in range(t0, t1):
         h = load(a[_at(ao, as_, i, j, k, t)]) * h + load(x[_at(xo, xs, i, j, k, t)])
@@ -146,7 +146,7 @@ def _forward(a, ao, as_, x, xo, xs, h0, ho, hs, has_h0, o, oo, os_, shape, zero,
 
 # ------------------------------------------------------------------------------------------ backward
 
-@njit(inline="always", fastmath=_FM)
+@njit(fastmath=_FM)
 def _bwd_fold_time(a, ao, as_, gh, go, gs, i, j, k, t0, t1, one, zero):
     A, cg = one, zero
     for t in range(t1 - 1, t0 - 1, -1):
@@ -156,7 +156,7 @@ def _bwd_fold_time(a, ao, as_, gh, go, gs, i, j, k, t0, t1, one, zero):
     return A, cg
 
 
-@njit(inline="always", fastmath=_FM)
+@njit(fastmath=_FM)
 def _bwd_scan_time(a, ao, as_, h, hO, hS, gh, go, gs, gx, xo, xs, ga, ao2, as2, i, j, k, t0, t1, cg,
                    hprev0, zero):
     """One channel, steps t1-1 .. t0; returns (conj(a[t0]) g[t0], sum of grad_a terms if summed)."""

@@ -118,7 +118,8 @@ class Canon:
         self.xp, self.shape, self.axis, self.reverse = xp, tuple(shape), axis, bool(reverse)
         ref = views[0]
         chan = sorted((d for d in range(len(shape)) if d != axis), key=lambda d: -abs(ref.strides[d]))
-        self.order = tuple(chan)  # every channel dim, outermost first: the allocation order
+        # new arrays copy x's memory order (time included), so results keep the caller's layout
+        self.order = tuple(sorted(range(len(shape)), key=lambda d: -abs(ref.strides[d])))
         groups: list[list[int]] = []
         for d in (d for d in chan if shape[d] != 1):
             if groups and all(v.strides[groups[-1][-1]] == shape[d] * v.strides[d] for v in views):
@@ -161,9 +162,8 @@ class Canon:
         shape = list(self.shape)
         if tlen is not None:
             shape[self.axis] = tlen
-        dims = list(self.order) + [self.axis]
-        arr = self.xp.empty([shape[d] for d in dims], dtype=dtype)
-        return arr.transpose(np.argsort(dims))
+        arr = self.xp.empty([shape[d] for d in self.order], dtype=dtype)
+        return arr.transpose(np.argsort(self.order))
 
     def copy_in(self, v):
         """A copy of ``v`` contiguous in canonical order (the fallback for unmergeable layouts)."""
@@ -215,6 +215,17 @@ def _h0_view(xp, op, x_shape, axis, dtype):
     return xp.expand_dims(v, axis)
 
 
+def _distinct_elements(arr) -> bool:
+    """A sufficient test that no two elements of ``arr`` overlap: with dims ordered by |stride|, each
+    stride clears the whole extent of the smaller ones (true of every ordinary layout)."""
+    extent = arr.itemsize
+    for n, s in sorted(((n, abs(s)) for n, s in zip(arr.shape, arr.strides) if n > 1), key=lambda p: p[1]):
+        if s < extent:
+            return False
+        extent = s * (n - 1) + extent
+    return True
+
+
 def check_out(out: Operand, shape, dtype, inputs) -> None:
     arr = out.array
     if arr is None:
@@ -227,9 +238,9 @@ def check_out(out: Operand, shape, dtype, inputs) -> None:
                         f"dtype {dtype} (the result type of a, x and h0)")
     if isinstance(arr, np.ndarray) and not arr.flags.writeable:
         raise ValueError("out is read-only; pass a writable array")
-    if any(s == 0 and n > 1 for n, s in zip(arr.shape, arr.strides)):
-        raise ValueError("out has a zero stride (several elements share memory, e.g. a broadcast view); "
-                         "pass an array whose elements are distinct")
+    if not _distinct_elements(arr):
+        raise ValueError("out has elements that share memory (a zero stride, as in a broadcast view, or "
+                         "strides that interleave); pass an array whose elements are distinct")
     for v in inputs:
         if v is not None and v.size and arr.size and overlaps(arr, v) and not same_view(arr, v):
             raise ValueError("out overlaps an input without being exactly that input; pass a separate "

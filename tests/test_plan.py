@@ -1,0 +1,127 @@
+"""The plan (canonical layout), the cpu task plan and the float16 conversions, unit by unit."""
+
+import numpy as np
+import pytest
+
+from parscan import _half, cpu
+from parscan._arrays import as_operand
+from parscan._problem import _distinct_elements, plan_backward, plan_forward
+
+
+def plan(a, x, h0=None, out=None, axis=-1, reverse=False):
+    op = lambda v, n: None if v is None else as_operand(v, n, allow_scalar=True)  # noqa: E731
+    problem, _, _ = plan_forward(np, op(a, "a"), op(x, "x"), op(h0, "h0"), op(out, "out"), axis, reverse)
+    return problem
+
+
+def test_contiguous_bct_merges_to_one_channel_dim():
+    x = np.zeros((4, 8, 100), np.float32)
+    p = plan(np.zeros_like(x), x)
+    assert p.shape == (1, 1, 32, 100)
+    assert p.x.strides == (0, 0, 100, 1) and p.out.strides == (0, 0, 100, 1)
+
+
+def test_time_major_tbc_is_channel_contiguous():
+    x = np.zeros((100, 4, 8), np.float32)
+    p = plan(0.5, x, axis=0)
+    assert p.shape == (1, 1, 32, 100)
+    assert p.x.strides == (0, 0, 1, 32)
+    assert p.a.strides == (0, 0, 0, 0) and p.a.buf.size == 1  # a scalar stays one element
+
+
+def test_per_channel_decay_is_not_materialised():
+    x = np.zeros((4, 8, 100), np.float32)
+    a = np.full((8, 1), 0.9, np.float32)
+    p = plan(a, x)
+    assert p.shape == (1, 4, 8, 100)
+    assert p.a.strides == (0, 0, 1, 0) and p.a.buf.size == 8
+    assert p.x.strides == (0, 800, 100, 1)
+
+
+def test_reverse_is_a_negative_time_stride():
+    x = np.arange(12, dtype=np.float64).reshape(3, 4)
+    p = plan(0.5, x, reverse=True)
+    assert p.x.strides[3] == -1 and p.x.off == 3
+    assert p.x.buf[p.x.off + p.x.strides[2] * 1] == x[1, 3]
+
+
+def test_fortran_order_orders_channels_by_stride():
+    x = np.asfortranarray(np.zeros((5, 6, 7)))
+    p = plan(0.5, x)
+    assert p.shape == (1, 1, 30, 7) and p.x.strides == (0, 0, 1, 30)
+
+
+def test_unmergeable_six_dims_take_one_copy():
+    x = np.zeros((2, 3, 2, 3, 2, 7))[::1, ::-1]
+    a = np.full((2, 1, 2, 1, 2, 1), 0.5)
+    p = plan(a, x)
+    assert p.shape[3] == 7 and np.prod(p.shape) == x.size
+    assert p.x.buf.base is not x.base  # copied into canonical order
+
+
+def test_output_allocated_in_canonical_order():
+    x = np.zeros((100, 4, 8), np.float32)
+    _, result, _ = plan_forward(np, as_operand(0.5, "a", allow_scalar=True), as_operand(x, "x"), None,
+                                None, 0, False)
+    assert result.strides == x.strides
+
+
+def test_backward_plan_reduces_broadcast_gradients():
+    h = np.zeros((4, 8, 100))
+    op = lambda v, n: as_operand(v, n, allow_scalar=True)  # noqa: E731
+    p, finish = plan_backward(np, op(np.ones((8, 1)), "a"), op(h, "h"), op(h, "grad_h"), op(np.ones(8), "h0"),
+                              -1, False)
+    assert p.grad_a.strides[3] == 0  # time-constant decay: summed in the kernel
+    ga, gx, gh0 = finish()
+    assert ga.shape == (8, 1) and gx.shape == h.shape and gh0.shape == (8,)
+
+
+def test_distinct_elements():
+    assert _distinct_elements(np.zeros((3, 4))) and _distinct_elements(np.zeros((3, 4))[::-1, ::2])
+    assert not _distinct_elements(np.broadcast_to(np.zeros(4), (3, 4)))
+    assert not _distinct_elements(np.lib.stride_tricks.as_strided(np.zeros(8), (3, 4), (8, 8)))
+
+
+@pytest.mark.parametrize("shape,strides,threads,want", [
+    ((1, 1, 1, 2**24), (0, 0, 0, 1), 2, (1, 2)),        # one long channel: time chunks
+    ((1, 1, 1, 1000), (0, 0, 0, 1), 2, (1, 1)),          # too short to chunk
+    ((1, 1, 3, 2**20), (0, 0, 2**20, 1), 2, (1, 2)),     # 3 channels on 2 threads: balance
+    ((1, 1, 64, 2**18), (0, 0, 2**18, 1), 2, (1, 1)),    # enough channels
+    ((1, 1, 64, 2**18), (0, 0, 1, 64), 2, (32, 1)),      # channel-contiguous: blocks of 32
+    ((1, 1, 2**16, 256), (0, 0, 1, 2**16), 2, (4096, 1)),
+    ((1, 1, 4, 2**22), (0, 0, 1, 4), 16, (4, 16)),       # few channel-contiguous channels, many threads
+])
+def test_task_plan(shape, strides, threads, want):
+    assert cpu.task_plan(shape, strides, threads) == want
+
+
+def test_task_plan_covers_every_channel_and_step():
+    for C2 in (1, 2, 3, 17, 64, 5000):
+        for T in (1, 4095, 4096 * 5 + 3):
+            for st in ((0, 0, T, 1), (0, 0, 1, C2)):
+                bs, nch = cpu.task_plan((1, 2, C2, T), st, 3)
+                assert bs >= 1 and 1 <= nch <= max(1, T // cpu.MIN_CHUNK)
+                assert bs == 1 or bs <= C2
+
+
+def test_half_conversions_are_exact_on_every_bit_pattern():
+    bits = np.arange(2**16, dtype=np.uint16)
+    want = bits.view(np.float16).astype(np.float32)
+    got = np.array([_half.half_to_float(b) for b in bits], np.float32)
+    finite = np.isfinite(want)
+    np.testing.assert_array_equal(got[finite], want[finite])
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(got[np.isinf(want)], want[np.isinf(want)])
+
+
+def test_float_to_half_rounds_to_nearest_even():
+    rng = np.random.default_rng(0)
+    vals = np.concatenate([
+        rng.standard_normal(20000).astype(np.float32) * 10.0 ** rng.integers(-9, 6, 20000),
+        np.array([0.0, -0.0, 65504, 65519.99, 65520, 1e6, -1e6, np.inf, -np.inf, 2**-24, 2**-25,
+                  3 * 2**-26, 6.1e-5, 2**-14, 1 + 2**-11, 1 + 3 * 2**-11], np.float32),
+    ])
+    want = vals.astype(np.float16).view(np.uint16)
+    got = np.array([_half.float_to_half(v) for v in vals], np.uint16)
+    np.testing.assert_array_equal(got, want)
+    assert _half.float_to_half(np.float32(np.nan)) & 0x7C00 == 0x7C00

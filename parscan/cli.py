@@ -1,0 +1,55 @@
+"""The ``parscan`` command (also ``python -m parscan``).  ``parscan demo`` is the default."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _demo(args):
+    from . import demo
+
+    res = demo.run(channels=args.channels, length=args.length, dtype=args.dtype, backend=args.backend,
+                   repeats=args.repeats)
+    tol = {"float16": 1e-2, "float32": 1e-4}.get(args.dtype, 1e-10)
+    if not res["max_rel_error"] <= tol:
+        print(f"parscan demo: result differs from the reference by {res['max_rel_error']:.3g}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _backends(args):
+    from . import available_backends
+
+    for st in available_backends().values():
+        print(st)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="parscan", description="Parallel linear recurrences h[t] = a[t]*h[t-1] + x[t].")
+    sub = p.add_subparsers(dest="command")
+    d = sub.add_parser("demo", help="run, check and time one scan on the best backend here (default)")
+    d.add_argument("--channels", type=int, default=64)
+    d.add_argument("--length", type=int, default=2**18, help="time steps T")
+    d.add_argument("--dtype", default="float32", choices=["float16", "float32", "float64", "complex64",
+                                                         "complex128"])
+    d.add_argument("--backend", default=None, help="cupy, numba, cpu or reference (default: best here)")
+    d.add_argument("--repeats", type=int, default=7)
+    d.set_defaults(func=_demo)
+    b = sub.add_parser("backends", help="which backends work here, and why not the rest")
+    b.set_defaults(func=_backends)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+        argv = ["demo"] + argv
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -11,7 +11,7 @@ def _demo(args):
 
     res = demo.run(channels=args.channels, length=args.length, dtype=args.dtype, backend=args.backend,
                    repeats=args.repeats)
-    tol = {"float16": 1e-2, "float32": 1e-4}.get(args.dtype, 1e-10)
+    tol = {"float16": 1e-2, "float32": 1e-4, "complex64": 1e-4}.get(args.dtype, 1e-10)
     if not res["max_rel_error"] <= tol:
         print(f"parscan demo: result differs from the reference by {res['max_rel_error']:.3g}", file=sys.stderr)
         return 1

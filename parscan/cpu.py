@@ -116,11 +116,16 @@ def _forward(a, ao, as_, x, xo, xs, h0, ho, hs, has_h0, o, oo, os_, shape, zero,
                 A[cbase + k0, ck], H[cbase + k0, ck] = _fwd_fold_time(a, ao, as_, x, xo, xs, i, j, k0,
                                                                       t0, t1, one, zero)
             else:
+                Av = np.full(k1 - k0, one)
+                Hv = np.full(k1 - k0, zero)
                 for t in range(t0, t1):
                     for k in range(k0, k1):
                         av = load(a[_at(ao, as_, i, j, k, t)])
-                        A[cbase + k, ck] = A[cbase + k, ck] * av
-                        H[cbase + k, ck] = av * H[cbase + k, ck] + load(x[_at(xo, xs, i, j, k, t)])
+                        Av[k - k0] = Av[k - k0] * av
+                        Hv[k - k0] = av * Hv[k - k0] + load(x[_at(xo, xs, i, j, k, t)])
+                for k in range(k0, k1):
+                    A[cbase + k, ck] = Av[k - k0]
+                    H[cbase + k, ck] = Hv[k - k0]
         for c in prange(nchan):
             for ck in range(nch - 1):
                 hin[c, ck + 1] = A[c, ck] * hin[c, ck] + H[c, ck]

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -193,7 +193,7 @@ def _broadcast(xp, op: Operand, shape, dtype, name, fix):
 
 def _canonical(xp, shape, axis, reverse, views):
     """A Canon for ``views``; copies the inputs once when their layout cannot be merged (see module doc)."""
-    views = [v if _well_aligned(v) else _copy_plain(xp, v) for v in views]
+    views = [v if _well_aligned(v) else xp.ascontiguousarray(v) for v in views]
     canon = Canon(xp, shape, axis, reverse, views)
     if not canon.fits:
         views = [canon.copy_in(v) for v in views]
@@ -201,18 +201,13 @@ def _canonical(xp, shape, axis, reverse, views):
     return canon, views
 
 
-def _copy_plain(xp, v):
-    new = xp.empty(v.shape, v.dtype)
-    new[...] = v
-    return new
-
-
 def _h0_view(xp, op, x_shape, axis, dtype):
-    """h0 broadcast to x's shape with a time length of 1."""
+    """h0 broadcast to x's shape with a time length of 1, in the compute dtype."""
     chan_shape = x_shape[:axis] + x_shape[axis + 1:]
     v = _broadcast(xp, op, chan_shape, dtype, "h0",
                    f"h0 must broadcast to x's shape without the time axis, {tuple(chan_shape)}")
-    return xp.expand_dims(v, axis)
+    v = xp.expand_dims(v, axis)
+    return v if v.dtype == dtype else v.astype(dtype)  # one value per channel: cast to the compute type
 
 
 def _distinct_elements(arr) -> bool:
@@ -265,8 +260,6 @@ def plan_forward(xp, a: Operand, x: Operand, h0: Operand | None, out: Operand | 
     if xa.size == 0:
         result = out.array if out is not None else xp.empty(shape, dtype)
         return None, result, lambda: result
-    if h0v is not None and h0v.dtype != dtype:
-        h0v = h0v.astype(dtype)  # h0 holds one value per channel: cast to the compute type
     inputs = [xa, av] + ([h0v] if h0v is not None else [])
     user_out = None if out is None else out.array
     merge = inputs + ([user_out] if user_out is not None else [])
@@ -321,8 +314,6 @@ def plan_backward(xp, a: Operand, h: Operand, grad_h: Operand, h0: Operand | Non
     acc = accumulation_dtype(dtype)
     av = _broadcast(xp, a, shape, dtype, "a", "a must broadcast to h's shape (it is the forward's a)")
     h0v = None if h0 is None else _h0_view(xp, h0, shape, axis, dtype)
-    if h0v is not None and h0v.dtype != dtype:
-        h0v = h0v.astype(dtype)
     a_shape = () if a.array is None else tuple(a.array.shape)
     a_dtype = dtype if a.array is None else a.array.dtype
     a_padded = (1,) * (len(shape) - len(a_shape)) + a_shape
@@ -368,5 +359,3 @@ def plan_backward(xp, a: Operand, h: Operand, grad_h: Operand, h0: Operand | Non
 
     return problem, finish
 
-
-Finish = Callable[[], Any]

@@ -55,10 +55,7 @@ def task_plan(shape, x_strides, nthreads):
     """
     C0, C1, C2, T = shape
     chan_inner = C2 > 1 and abs(x_strides[2]) < abs(x_strides[3])
-    bs = min(MAX_BLOCK, max(16, -(-C2 // nthreads))) if chan_inner else 1
-    bs = min(bs, C2) if chan_inner else 1
-    if chan_inner and bs < 2:
-        bs = 1
+    bs = min(C2, MAX_BLOCK, max(16, -(-C2 // nthreads))) if chan_inner else 1
     nblk = C0 * C1 * -(-C2 // bs)
     if nblk >= 4 * nthreads or nblk % nthreads == 0:
         nch = 1  # enough (or evenly divisible) channel work

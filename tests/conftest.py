@@ -84,3 +84,16 @@ def assert_close(got, want, dtype):
     tol = TOL[np.dtype(dtype).name]
     err = float(np.max(np.abs(got.astype(want.dtype) - want))) if want.size else 0.0
     assert err <= tol * scale, f"max error {err:.3g} > {tol * scale:.3g} ({dtype})"
+
+
+class Foreign:
+    """A minimal array library that speaks DLPack on the host (stands in for torch, JAX, ...)."""
+
+    def __init__(self, arr):
+        self.arr = arr
+
+    def __dlpack__(self, **kwargs):
+        return self.arr.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self):
+        return self.arr.__dlpack_device__()

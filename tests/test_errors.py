@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import parscan
+from conftest import Foreign
 
 X = np.ones((3, 5), np.float32)
 
@@ -73,18 +74,8 @@ def test_bad_backward_inputs():
 
 
 def test_mixed_libraries_are_refused():
-    class Producer:  # a foreign host array library speaking DLPack
-        def __init__(self, arr):
-            self.arr = arr
-
-        def __dlpack__(self, **kw):
-            return self.arr.__dlpack__(**kw)
-
-        def __dlpack_device__(self):
-            return self.arr.__dlpack_device__()
-
     with pytest.raises(ValueError, match="a is a .* array but x is a numpy array"):
-        parscan.linear_scan(Producer(np.ones((3, 5), np.float32)), X)
+        parscan.linear_scan(Foreign(np.ones((3, 5), np.float32)), X)
 
 
 def test_unavailable_backend_says_why():

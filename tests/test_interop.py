@@ -9,20 +9,7 @@ import pytest
 import parscan
 from parscan import reference
 from parscan._arrays import as_operand, give_back
-from conftest import assert_close, rand
-
-
-class Foreign:
-    """A minimal array library that speaks DLPack on the host (stands in for torch, JAX, ...)."""
-
-    def __init__(self, arr):
-        self.arr = arr
-
-    def __dlpack__(self, **kwargs):
-        return self.arr.__dlpack__(**kwargs)
-
-    def __dlpack_device__(self):
-        return self.arr.__dlpack_device__()
+from conftest import Foreign, assert_close, rand
 
 
 @pytest.fixture

@@ -2,7 +2,9 @@
 
 Both move the same bytes (read a and x, write the result), so ``multiply time / scan time`` is the
 fraction of the machine's practical memory bandwidth the scan reaches.  The two are timed alternately
-in one run, on the same arrays; medians and the min..max spread are reported.  Targets (issue #2):
+in one run, on the same arrays; the ratio reported is the median over the (multiply, scan) pairs, so
+that a noisy neighbour slowing one pair does not skew it, with its min..max beside the medians of the
+times and the min..max of the scan time.  Targets (issue #2):
 >= 0.5 for every shape from 1 x 2^24 to 2^16 x 2^8 in both layouts, >= 0.8 with >= 64 channels.
 
     python benchmarks/cpu_bench.py [--quick] [--out DIR]
@@ -54,18 +56,20 @@ def measure(channels, length, layout, dtype, repeats, backward=False):
         else:
             scan += _time(lambda: parscan.linear_scan(a, x, axis=axis, out=out, backend="cpu"), 1)
     m, s = float(np.median(mul)), float(np.median(scan))
+    pairs = np.array(mul) / np.array(scan)
     nbytes = 3 * x.nbytes if not backward else 5 * x.nbytes
     return dict(channels=channels, length=length, layout=layout, dtype=dtype, direction="backward" if backward else "forward",
                 scan_ms=s * 1e3, scan_ms_range=[min(scan) * 1e3, max(scan) * 1e3], multiply_ms=m * 1e3,
                 scan_gbps=nbytes / s / 1e9, multiply_gbps=3 * x.nbytes / m / 1e9,
-                ratio=(m / s) if not backward else None)
+                ratio=float(np.median(pairs)) if not backward else None,
+                ratio_range=[float(pairs.min()), float(pairs.max())] if not backward else None)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="2^20 elements, three shapes (seconds)")
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
-    p.add_argument("--repeats", type=int, default=9)
+    p.add_argument("--repeats", type=int, default=15)
     args = p.parse_args(argv)
     log_n = 20 if args.quick else 24
     chans = [0, 6, 12] if args.quick else [0, 2, 4, 6, 8, 10, 12, 14, 16]
@@ -92,12 +96,14 @@ def main(argv=None):
     worst64 = min((r["ratio"] for r in fwd if r["channels"] >= 64), default=float("nan"))
     lines = [f"# cpu backend vs NumPy multiply ({meta['cpus']} CPUs, {meta['numba_threads']} Numba threads, "
              f"float32, {meta['date']})", "",
-             "Ratio = NumPy multiply time / scan time on the same arrays (both read a, x and write one array); "
-             "medians, spread = min..max scan time.", "",
-             "| layout | direction | channels x T | scan ms (min..max) | scan GB/s | multiply GB/s | ratio |",
+             "Ratio = NumPy multiply time / scan time on the same arrays (both read a, x and write one array), "
+             "the median over alternating (multiply, scan) pairs with its min..max; times are medians with the "
+             "min..max of the scan time.", "",
+             "| layout | direction | channels x T | scan ms (min..max) | scan GB/s | multiply GB/s | ratio (min..max) |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
-        ratio = f"{r['ratio']:.2f}" if r["ratio"] is not None else "-"
+        ratio = (f"{r['ratio']:.2f} ({r['ratio_range'][0]:.2f}..{r['ratio_range'][1]:.2f})"
+                 if r["ratio"] is not None else "-")
         lines.append(f"| {r['layout']} | {r['direction']} | {r['channels']} x {r['length']} | {r['scan_ms']:.2f} "
                      f"({r['scan_ms_range'][0]:.2f}..{r['scan_ms_range'][1]:.2f}) | {r['scan_gbps']:.1f} | "
                      f"{r['multiply_gbps']:.1f} | {ratio} |")

@@ -58,6 +58,20 @@ def _load(v):
     return lambda v: v
 
 
+def load_as(v, like):
+    """The value of one element widened to the type of ``like`` (the accumulator)."""
+
+
+@overload(load_as)
+def _load_as(v, like):
+    ty = like
+    if isinstance(v, types.Integer):
+        return lambda v, like: ty(half_to_float(v))
+    if v == like:
+        return lambda v, like: v
+    return lambda v, like: ty(v)
+
+
 def store(v, buf):
     """``v`` converted for storing into ``buf``."""
 

@@ -117,3 +117,20 @@ def test_empty_backward(backend):
                                                np.ones(3), backend=backend)
     assert ga.shape == (3, 1) and gx.shape == (3, 0) and gh0.shape == (3,)
     assert not ga.any() and not gh0.any()
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_nan_and_inf_propagate_like_the_loop(backend, reverse):
+    rng = np.random.default_rng(3)
+    a = rng.uniform(0.2, 0.9, (3, 13))
+    h = reference.linear_scan(a, rng.standard_normal((3, 13)), reverse=reverse)
+    gh = rng.standard_normal((3, 13))
+    gh[0, 6], gh[1, 2], gh[2, 9] = np.nan, np.inf, -np.inf
+    h0 = np.ones(3)
+    got = parscan.linear_scan_backward(a, h, gh, h0, reverse=reverse, backend=backend)
+    want = reference.linear_scan_backward(a, h, gh, h0, reverse=reverse)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(np.isnan(g), np.isnan(w))
+        np.testing.assert_array_equal(np.isinf(g), np.isinf(w))
+        finite = np.isfinite(w)
+        np.testing.assert_allclose(g[finite], w[finite], rtol=1e-12)

@@ -83,13 +83,15 @@ def test_distinct_elements():
 
 
 @pytest.mark.parametrize("shape,strides,threads,want", [
-    ((1, 1, 1, 2**24), (0, 0, 0, 1), 2, (1, 2)),        # one long channel: time chunks
+    ((1, 1, 1, 2**24), (0, 0, 0, 1), 2, (1, 3)),        # one long channel: chunk 0 + one fold per thread
     ((1, 1, 1, 1000), (0, 0, 0, 1), 2, (1, 1)),          # too short to chunk
-    ((1, 1, 3, 2**20), (0, 0, 2**20, 1), 2, (1, 2)),     # 3 channels on 2 threads: balance
+    ((1, 1, 3, 2**20), (0, 0, 2**20, 1), 2, (1, 3)),     # 3 channels on 2 threads: 6 tasks a phase
     ((1, 1, 64, 2**18), (0, 0, 2**18, 1), 2, (1, 1)),    # enough channels
-    ((1, 1, 64, 2**18), (0, 0, 1, 64), 2, (32, 1)),      # channel-contiguous: blocks of 32
+    ((1, 1, 64, 2**18), (0, 0, 1, 64), 2, (64, 3)),      # channel-contiguous short rows stay whole
+    ((1, 1, 1024, 2**14), (0, 0, 1, 1024), 2, (1024, 3)),
+    ((1, 1, 8192, 2**11), (0, 0, 1, 8192), 2, (4096, 1)),  # long rows are split between threads
     ((1, 1, 2**16, 256), (0, 0, 1, 2**16), 2, (4096, 1)),
-    ((1, 1, 4, 2**22), (0, 0, 1, 4), 16, (4, 16)),       # few channel-contiguous channels, many threads
+    ((1, 1, 4, 2**22), (0, 0, 1, 4), 16, (4, 17)),       # few channel-contiguous channels, many threads
 ])
 def test_task_plan(shape, strides, threads, want):
     assert cpu.task_plan(shape, strides, threads) == want

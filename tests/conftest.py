@@ -13,6 +13,10 @@ import pytest  # noqa: E402
 
 import parscan  # noqa: E402
 
+# tests/sim runs the Numba CUDA kernels in the CUDA simulator: only in a process of its own, started
+# with NUMBA_ENABLE_CUDASIM=1 by tests/test_numba_simulator.py (the variable must precede numba's import)
+collect_ignore = [] if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" else ["sim"]
+
 DTYPES = ["float16", "float32", "float64", "complex64", "complex128"]
 # tolerance relative to the largest |reference| value (float16 is stored with 11 bits)
 TOL = {"float16": 4e-3, "float32": 2e-5, "float64": 1e-12, "complex64": 2e-5, "complex128": 1e-12}

@@ -1,0 +1,83 @@
+"""Launch configuration for the GPU scans, shared by the CuPy and Numba kernels (plain Python, unit
+tested on the CPU).
+
+A thread block of ``threads = chans * lanes`` threads covers a *tile*: ``chans`` neighbouring channels
+of C2 times ``lanes * items`` consecutive steps.  Each thread owns one channel and ``items``
+consecutive steps of it: it folds them to a pair (A, H) = (prod a, local scan end), the block scans
+the ``lanes`` pairs of each channel (Hillis-Steele in shared memory), and tiles that split a channel's
+time are chained by decoupled look-back (Merrill & Garland) over a small status array, one entry per
+(channel, time tile).  Then every thread rescans its steps from its incoming state, held in
+registers, and writes: each element is read once and written once.
+
+Thread order follows the data: when time is the fast axis of x (``(B, C, T)``) neighbouring threads
+take neighbouring step ranges of one channel (``chan_fast = False``); when channels are (``(T, B, C)``)
+neighbouring threads take neighbouring channels at the same steps, so every warp load is coalesced.
+
+Tiles get a *virtual* id from an atomic counter in launch order, time tiles fastest, so a tile's
+predecessors in time have always started: the look-back never waits on a tile that cannot run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+THREADS = 256        # threads per block
+ITEMS = 8            # steps per thread
+MAX_TILES = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How one (C0, C1, C2, T) problem is cut into tiles and blocks."""
+
+    threads: int      # threads per block
+    chans: int        # channels per tile (of C2)
+    lanes: int        # threads per channel in a tile (a power of two)
+    items: int        # steps per thread
+    chan_fast: bool   # neighbouring threads take neighbouring channels
+    chan_groups: int  # C0 * C1 * ceil(C2 / chans)
+    time_tiles: int   # ceil(T / (lanes * items))
+
+    @property
+    def tile_steps(self) -> int:
+        return self.lanes * self.items
+
+    @property
+    def blocks(self) -> int:
+        return self.chan_groups * self.time_tiles
+
+    @property
+    def status_entries(self) -> int:
+        """(channel, time tile) entries of look-back status: 0 when no channel spans two tiles."""
+        return 0 if self.time_tiles == 1 else self.chan_groups * self.chans * self.time_tiles
+
+
+def _pow2_at_least(n: int) -> int:
+    return 1 << max(0, (int(n) - 1).bit_length())
+
+
+def plan_launch(shape, x_strides, threads: int = THREADS, items: int = ITEMS) -> Launch:
+    """The launch for a problem of canonical ``shape`` (C0, C1, C2, T) whose x has ``x_strides``.
+
+    Channel-fast layouts put up to 32 channels side by side (a warp reads 32 neighbours per step)
+    and spend the rest of the block on time lanes; time-fast layouts give each channel as many lanes
+    as its length needs (up to the whole block) and pack several short channels into one block.
+    """
+    C0, C1, C2, T = (int(v) for v in shape)
+    if threads < 1 or threads & (threads - 1):
+        raise ValueError(f"threads must be a power of two, got {threads}")
+    chan_fast = C2 > 1 and abs(x_strides[2]) < abs(x_strides[3])
+    need = _pow2_at_least(-(-max(T, 1) // items))  # lanes that cover T
+    if chan_fast:
+        chans = min(32, threads, _pow2_at_least(C2))
+        lanes = min(threads // chans, need)
+        chans = min(threads // lanes, _pow2_at_least(C2))  # short T: more channels side by side
+    else:
+        lanes = min(threads, need)
+        chans = min(threads // lanes, _pow2_at_least(C2))
+    chan_groups = C0 * C1 * -(-C2 // chans)
+    time_tiles = max(1, -(-T // (lanes * items)))
+    launch = Launch(chans * lanes, chans, lanes, items, chan_fast, chan_groups, time_tiles)
+    if launch.blocks > MAX_TILES:
+        raise ValueError(f"problem {shape} needs {launch.blocks} tiles, more than one launch can take")
+    return launch

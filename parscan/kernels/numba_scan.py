@@ -1,0 +1,301 @@
+"""The ``numba`` backend: the single-pass tiled scans of :mod:`parscan.kernels.launch` as Numba
+``cuda.jit`` kernels.
+
+One kernel source serves the forward and the backward, every dtype and both thread orders; a
+factory specialises it per (accumulator dtype, direction) at compile time.  The algorithm, per tile
+(see ``launch``):
+
+1. each thread loads its ``items`` steps into registers, identity-padded past the end, and folds them
+   to ``(A, H)``; the forward loads ``(a[t], x[t])``, the backward runs time backwards on
+   ``(conj(a[t+1]), grad_h[t])`` (``g[t] = grad_h[t] + conj(a[t+1]) g[t+1]`` is a forward scan in
+   reversed time);
+2. a Hillis-Steele scan over the ``lanes`` pairs of each channel in shared memory, in a fixed order;
+3. when a channel spans several tiles, the tile's last lane publishes the aggregate, looks back for
+   the nearest predecessor with an inclusive prefix, applies the aggregates in between *in time
+   order* (so every inclusive prefix is the same expression ``A_u * inc_{u-1} + H_u`` whoever
+   evaluates it: results are bitwise repeatable), and publishes its own inclusive prefix;
+4. every thread rescans its steps from its incoming state and writes ``h`` (forward) or
+   ``grad_x``, ``grad_a`` and ``grad_h0`` (backward).  Where ``a`` is constant in time the backward
+   writes per-tile partial sums of ``grad_a``, summed over tiles by a second small kernel.
+
+Status flags are read and set with atomics, values are published before a ``threadfence`` and read
+with atomics (L1 is not coherent between blocks).  There are no warp shuffles: the CUDA simulator
+(``NUMBA_ENABLE_CUDASIM=1``) runs exactly this code.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+from numba import cuda, types
+
+from .launch import THREADS, plan_launch
+
+_EMPTY, _AGG, _INC = 0, 1, 2
+
+
+def _numba_type(dtype):
+    return {np.dtype(np.float32): types.float32, np.dtype(np.float64): types.float64,
+            np.dtype(np.complex64): types.complex64, np.dtype(np.complex128): types.complex128}[np.dtype(dtype)]
+
+
+@lru_cache(maxsize=None)
+def _kernels(acc_name: str, backward: bool):
+    """(scan kernel, sum kernel) for accumulator dtype ``acc_name`` and the direction."""
+    acc_dtype = np.dtype(acc_name)
+    acc = _numba_type(acc_dtype)
+    cplx = acc_dtype.kind == "c"
+    real = _numba_type(np.float32 if acc_dtype in (np.float32, np.complex64) else np.float64)
+    ncomp = 2 if cplx else 1
+    ITEMS = 8  # local arrays need a compile-time size; launch.items must not exceed it
+
+    if cplx:
+        @cuda.jit(device=True, inline=True)
+        def conj(v):
+            return v.conjugate()
+
+        @cuda.jit(device=True, inline=True)
+        def put(arr, i, v):
+            arr[2 * i] = v.real
+            arr[2 * i + 1] = v.imag
+
+        @cuda.jit(device=True, inline=True)
+        def get(arr, i):
+            return acc(cuda.atomic.add(arr, 2 * i, real(0)) + 1j * cuda.atomic.add(arr, 2 * i + 1, real(0)))
+    else:
+        @cuda.jit(device=True, inline=True)
+        def conj(v):
+            return v
+
+        @cuda.jit(device=True, inline=True)
+        def put(arr, i, v):
+            arr[i] = v
+
+        @cuda.jit(device=True, inline=True)
+        def get(arr, i):
+            return cuda.atomic.add(arr, i, real(0))
+
+    @cuda.jit(device=True, inline=True)
+    def at(off, s, i, j, k, t):
+        return off + i * s[0] + j * s[1] + k * s[2] + t * s[3]
+
+    @cuda.jit(device=True)
+    def look_back(flags, st_a, st_h, st_i, e0, tt, A, H):
+        """Incoming state of time tile ``tt`` of the channel whose entries start at ``e0``; publishes
+        the tile's aggregate (A, H) first and its inclusive prefix after."""
+        put(st_a, e0 + tt, A)
+        put(st_h, e0 + tt, H)
+        cuda.threadfence()
+        cuda.atomic.exch(flags, e0 + tt, _AGG)
+        s = tt - 1
+        while True:
+            f = cuda.atomic.add(flags, e0 + s, 0)
+            if f == _INC:
+                break
+            if f == _AGG:
+                s -= 1
+        cuda.threadfence()
+        h = get(st_i, e0 + s)
+        for u in range(s + 1, tt):
+            h = get(st_a, e0 + u) * h + get(st_h, e0 + u)
+        put(st_i, e0 + tt, A * h + H)
+        cuda.threadfence()
+        cuda.atomic.exch(flags, e0 + tt, _INC)
+        return h
+
+    @cuda.jit
+    def scan(a, ao, as_, x, xo, xs, hh, hho, hhs, h0, h0o, h0s, has_h0, o, oo, os_, ga, gao, gas,
+             gh0, g0o, g0s, parts, shape, chans, lanes, items, chan_fast, time_tiles, counter, flags,
+             st_a, st_h, st_i):
+        """Forward: (a, x, h0) -> o = h.  Backward: (a, x = grad_h, hh = h, h0) -> o = grad_x,
+        ga = grad_a (or per-(tile, lane) sums into ``parts`` when a is constant in time), gh0."""
+        sA = cuda.shared.array(THREADS, acc)
+        sH = cuda.shared.array(THREADS, acc)
+        sC = cuda.shared.array(THREADS, acc)
+        sV = cuda.shared.array(1, types.int64)
+        la = cuda.local.array(ITEMS, acc)
+        lx = cuda.local.array(ITEMS, acc)
+        C0, C1, C2, T = shape
+        tid = cuda.threadIdx.x
+        if tid == 0:
+            sV[0] = cuda.atomic.add(counter, 0, 1)
+        cuda.syncthreads()
+        v = sV[0]
+        cgrp = v // time_tiles
+        tt = v - cgrp * time_tiles
+        if chan_fast:  # tid = lane * chans + cl
+            cl = tid % chans
+            lane = tid // chans
+            step = chans
+        else:          # tid = cl * lanes + lane
+            cl = tid // lanes
+            lane = tid % lanes
+            step = 1
+        nkb = (C2 + chans - 1) // chans
+        i = cgrp // (C1 * nkb)
+        j = (cgrp // nkb) % C1
+        k = (cgrp % nkb) * chans + cl
+        live = k < C2
+        kk = k if live else 0
+        t0 = tt * lanes * items + lane * items
+        one = acc(1)
+        zero = acc(0)
+        # 1. load and fold (identity past the end and in dead channels)
+        A = one
+        H = zero
+        for m in range(items):
+            u = t0 + m
+            av = one
+            xv = zero
+            if live and u < T:
+                if backward:
+                    t = T - 1 - u
+                    av = conj(acc(a[at(ao, as_, i, j, kk, t + 1)])) if t + 1 < T else zero
+                    xv = acc(x[at(xo, xs, i, j, kk, t)])
+                else:
+                    av = acc(a[at(ao, as_, i, j, kk, u)])
+                    xv = acc(x[at(xo, xs, i, j, kk, u)])
+            la[m] = av
+            lx[m] = xv
+            A = A * av
+            H = av * H + xv
+        # 2. inclusive scan of the lanes' pairs of each channel, in a fixed order
+        sA[tid] = A
+        sH[tid] = H
+        cuda.syncthreads()
+        d = 1
+        while d < lanes:
+            pa = one
+            ph = zero
+            if lane >= d:
+                pa = sA[tid - d * step]
+                ph = sH[tid - d * step]
+            cuda.syncthreads()
+            if lane >= d:
+                H = A * ph + H
+                A = A * pa
+                sA[tid] = A
+                sH[tid] = H
+            cuda.syncthreads()
+            d *= 2
+        # 3. the channel's incoming state; across tiles by look-back
+        if lane == lanes - 1:
+            hin = zero
+            if not backward and has_h0 and live:
+                hin = acc(h0[at(h0o, h0s, i, j, kk, 0)])
+            if time_tiles > 1 and live:
+                e0 = ((i * C1 + j) * C2 + k) * time_tiles
+                if tt == 0:
+                    put(st_i, e0, A * hin + H)
+                    cuda.threadfence()
+                    cuda.atomic.exch(flags, e0, _INC)
+                else:
+                    hin = look_back(flags, st_a, st_h, st_i, e0, tt, A, H)
+            sC[cl] = hin
+        cuda.syncthreads()
+        h = sC[cl]
+        if lane > 0:
+            h = sA[tid - step] * h + sH[tid - step]
+        if not live:
+            return
+        # 4. rescan from registers and write
+        summed = gas[3] == 0
+        total = zero
+        for m in range(items):
+            u = t0 + m
+            if u < T:
+                h = la[m] * h + lx[m]
+                if backward:
+                    t = T - 1 - u
+                    o[at(oo, os_, i, j, k, t)] = h
+                    if t > 0:
+                        hp = acc(hh[at(hho, hhs, i, j, k, t - 1)])
+                    elif has_h0:
+                        hp = acc(h0[at(h0o, h0s, i, j, k, 0)])
+                    else:
+                        hp = zero
+                    gv = h * conj(hp)
+                    if summed:
+                        total += gv
+                    else:
+                        ga[at(gao, gas, i, j, k, t)] = gv
+                    if t == 0 and has_h0:
+                        gh0[at(g0o, g0s, i, j, k, 0)] = conj(acc(a[at(ao, as_, i, j, k, 0)])) * h
+                else:
+                    o[at(oo, os_, i, j, k, u)] = h
+        if backward and summed:
+            put(parts, ((i * C1 + j) * C2 + k) * (time_tiles * lanes) + tt * lanes + lane, total)
+
+    @cuda.jit
+    def finish(parts, ga, gao, gas, shape, width):
+        """Backward with a constant in time: each channel's grad_a is the sum of its ``width``
+        (tile, lane) parts, in a fixed order."""
+        C0, C1, C2, T = shape
+        c = cuda.grid(1)
+        if c >= C0 * C1 * C2:
+            return
+        s = acc(0)
+        for p in range(width):
+            s += get(parts, c * width + p)
+        ga[at(gao, gas, c // (C1 * C2), (c // C2) % C1, c % C2, 0)] = s
+
+    return scan, finish, np.dtype(real.name), ncomp
+
+
+def _args(s, written=False):
+    buf = s.buf
+    if isinstance(buf, np.ndarray) and not written:
+        buf = cuda.to_device(buf)  # simulator: it copies every host argument back after a launch
+    return buf, s.off, tuple(int(v) for v in s.strides)
+
+
+def _xp(buf):
+    """The array module for scratch next to ``buf`` (NumPy in the simulator)."""
+    if isinstance(buf, np.ndarray):  # the simulator takes host arrays
+        return np
+    import cupy
+    return cupy
+
+
+def _none(xp, dtype):
+    return xp.zeros(1, dtype), 0, (0, 0, 0, 0)
+
+
+def _status(launch, real, ncomp, xp):
+    n = max(1, launch.status_entries)
+    return (xp.zeros(1, np.int64), xp.zeros(n, np.int32), xp.zeros(n * ncomp, real),
+            xp.zeros(n * ncomp, real), xp.zeros(n * ncomp, real))
+
+
+def forward(problem, launch=None):
+    launch = launch or plan_launch(problem.shape, problem.x.strides)
+    scan, _, real, ncomp = _kernels(problem.acc_dtype.name, False)
+    xp = _xp(problem.x.buf)
+    none = _none(xp, problem.dtype)
+    h0 = _args(problem.h0) if problem.h0 is not None else none
+    scan[launch.blocks, launch.threads](
+        *_args(problem.a), *_args(problem.x), *none, *h0, problem.h0 is not None, *_args(problem.out, True),
+        *none, *none, xp.zeros(1, real), problem.shape, launch.chans, launch.lanes, launch.items,
+        launch.chan_fast, launch.time_tiles, *_status(launch, real, ncomp, xp))
+
+
+def backward(problem, launch=None):
+    launch = launch or plan_launch(problem.shape, problem.grad_h.strides)
+    scan, finish, real, ncomp = _kernels(problem.acc_dtype.name, True)
+    xp = _xp(problem.grad_h.buf)
+    C0, C1, C2, T = problem.shape
+    summed = problem.grad_a.strides[3] == 0
+    width = launch.time_tiles * launch.lanes
+    parts = xp.zeros(C0 * C1 * C2 * width * ncomp if summed else 1, real)
+    none = _none(xp, problem.dtype)
+    h0 = _args(problem.h0) if problem.h0 is not None else none
+    gh0 = _args(problem.grad_h0, True) if problem.grad_h0 is not None else none
+    scan[launch.blocks, launch.threads](
+        *_args(problem.a), *_args(problem.grad_h), *_args(problem.h), *h0, problem.h0 is not None,
+        *_args(problem.grad_x, True), *_args(problem.grad_a, True), *gh0, parts, problem.shape, launch.chans,
+        launch.lanes, launch.items, launch.chan_fast, launch.time_tiles,
+        *_status(launch, real, ncomp, xp))
+    nchan = C0 * C1 * C2
+    if summed and nchan:
+        finish[(nchan + 127) // 128, 128](parts, *_args(problem.grad_a, True), problem.shape, width)

@@ -41,14 +41,16 @@ def _numba_type(dtype):
 
 
 @lru_cache(maxsize=None)
-def _kernels(acc_name: str, backward: bool):
-    """(scan kernel, sum kernel) for accumulator dtype ``acc_name`` and the direction."""
+def _kernels(acc_name: str, backward: bool, items: int):
+    """(scan kernel, sum kernel, real dtype, components) for accumulator dtype ``acc_name``, the
+    direction and ``items`` steps per thread (a compile-time constant: the per-thread loops unroll
+    and the step values stay in registers)."""
     acc_dtype = np.dtype(acc_name)
     acc = _numba_type(acc_dtype)
     cplx = acc_dtype.kind == "c"
     real = _numba_type(np.float32 if acc_dtype in (np.float32, np.complex64) else np.float64)
     ncomp = 2 if cplx else 1
-    ITEMS = 8  # local arrays need a compile-time size; launch.items must not exceed it
+    ITEMS = items
 
     if cplx:
         @cuda.jit(device=True, inline=True)
@@ -106,7 +108,7 @@ def _kernels(acc_name: str, backward: bool):
 
     @cuda.jit
     def scan(a, ao, as_, x, xo, xs, hh, hho, hhs, h0, h0o, h0s, has_h0, o, oo, os_, ga, gao, gas,
-             gh0, g0o, g0s, parts, shape, chans, lanes, items, chan_fast, time_tiles, counter, flags,
+             gh0, g0o, g0s, parts, shape, chans, lanes, chan_fast, time_tiles, counter, flags,
              st_a, st_h, st_i):
         """Forward: (a, x, h0) -> o = h.  Backward: (a, x = grad_h, hh = h, h0) -> o = grad_x,
         ga = grad_a (or per-(tile, lane) sums into ``parts`` when a is constant in time), gh0."""
@@ -138,13 +140,13 @@ def _kernels(acc_name: str, backward: bool):
         k = (cgrp % nkb) * chans + cl
         live = k < C2
         kk = k if live else 0
-        t0 = tt * lanes * items + lane * items
+        t0 = (tt * lanes + lane) * ITEMS
         one = acc(1)
         zero = acc(0)
         # 1. load and fold (identity past the end and in dead channels)
         A = one
         H = zero
-        for m in range(items):
+        for m in range(ITEMS):
             u = t0 + m
             av = one
             xv = zero
@@ -202,7 +204,7 @@ def _kernels(acc_name: str, backward: bool):
         # 4. rescan from registers and write
         summed = gas[3] == 0
         total = zero
-        for m in range(items):
+        for m in range(ITEMS):
             u = t0 + m
             if u < T:
                 h = la[m] * h + lx[m]
@@ -270,19 +272,19 @@ def _status(launch, real, ncomp, xp):
 
 def forward(problem, launch=None):
     launch = launch or plan_launch(problem.shape, problem.x.strides)
-    scan, _, real, ncomp = _kernels(problem.acc_dtype.name, False)
+    scan, _, real, ncomp = _kernels(problem.acc_dtype.name, False, launch.items)
     xp = _xp(problem.x.buf)
     none = _none(xp, problem.dtype)
     h0 = _args(problem.h0) if problem.h0 is not None else none
     scan[launch.blocks, launch.threads](
         *_args(problem.a), *_args(problem.x), *none, *h0, problem.h0 is not None, *_args(problem.out, True),
-        *none, *none, xp.zeros(1, real), problem.shape, launch.chans, launch.lanes, launch.items,
+        *none, *none, xp.zeros(1, real), problem.shape, launch.chans, launch.lanes,
         launch.chan_fast, launch.time_tiles, *_status(launch, real, ncomp, xp))
 
 
 def backward(problem, launch=None):
     launch = launch or plan_launch(problem.shape, problem.grad_h.strides)
-    scan, finish, real, ncomp = _kernels(problem.acc_dtype.name, True)
+    scan, finish, real, ncomp = _kernels(problem.acc_dtype.name, True, launch.items)
     xp = _xp(problem.grad_h.buf)
     C0, C1, C2, T = problem.shape
     summed = problem.grad_a.strides[3] == 0
@@ -294,7 +296,7 @@ def backward(problem, launch=None):
     scan[launch.blocks, launch.threads](
         *_args(problem.a), *_args(problem.grad_h), *_args(problem.h), *h0, problem.h0 is not None,
         *_args(problem.grad_x, True), *_args(problem.grad_a, True), *gh0, parts, problem.shape, launch.chans,
-        launch.lanes, launch.items, launch.chan_fast, launch.time_tiles,
+        launch.lanes, launch.chan_fast, launch.time_tiles,
         *_status(launch, real, ncomp, xp))
     nchan = C0 * C1 * C2
     if summed and nchan:

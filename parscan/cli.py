@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 
@@ -26,6 +27,31 @@ def _backends(args):
     return 0
 
 
+def _kernels(args):
+    from .kernels import report
+
+    archs = [a.strip() for a in args.arch.split(",") if a.strip()]
+    backends = [b.strip() for b in args.backend.split(",") if b.strip()]
+    bad = [b for b in backends if b not in ("cupy", "numba")]
+    if bad or not backends:
+        print(f"parscan kernels: --backend takes cupy and/or numba, got {args.backend!r}", file=sys.stderr)
+        return 2
+    bad = [a for a in archs if not re.fullmatch(r"sm_\d{2,3}a?", a)]
+    if bad or not archs:
+        print(f"parscan kernels: --arch takes names like sm_80,sm_90, got {args.arch!r}", file=sys.stderr)
+        return 2
+    try:
+        rows = report.report(archs, backends)
+    except Exception as exc:  # noqa: BLE001 - any compile failure is reported, with its log
+        print(f"parscan kernels: compile failed: {exc}", file=sys.stderr)
+        return 1
+    print(report.format_table(rows))
+    spills = [r for r in rows if r.spill_stores or r.spill_loads or r.stack]
+    print(f"{len(rows)} kernels compiled for {', '.join(archs)} without a GPU; "
+          f"{len(spills)} with spills or stack use")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="parscan", description="Parallel linear recurrences h[t] = a[t]*h[t-1] + x[t].")
     sub = p.add_subparsers(dest="command")
@@ -39,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=_demo)
     b = sub.add_parser("backends", help="which backends work here, and why not the rest")
     b.set_defaults(func=_backends)
+    k = sub.add_parser("kernels", help="compile every GPU kernel (NVRTC, NVVM; no GPU needed) and report "
+                                       "registers, shared memory and spills")
+    k.add_argument("--arch", default="sm_80,sm_90", help="comma-separated target architectures")
+    k.add_argument("--backend", default="cupy,numba", help="cupy, numba or both")
+    k.set_defaults(func=_kernels)
     return p
 
 

@@ -52,6 +52,14 @@ class Launch:
         return 0 if self.time_tiles == 1 else self.chan_groups * self.chans * self.time_tiles
 
 
+def items_for(acc_dtype) -> int:
+    """Steps per thread for an accumulator dtype: 8, or 4 for 16-byte ones (complex128), whose eight
+    (a, x) pairs per thread would crowd the registers."""
+    import numpy as np
+
+    return 4 if np.dtype(acc_dtype).itemsize > 8 else 8
+
+
 def _pow2_at_least(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 

@@ -30,7 +30,7 @@ from functools import lru_cache
 import numpy as np
 from numba import cuda, types
 
-from .launch import THREADS, plan_launch
+from .launch import THREADS, items_for, plan_launch
 
 _EMPTY, _AGG, _INC = 0, 1, 2
 
@@ -271,7 +271,7 @@ def _status(launch, real, ncomp, xp):
 
 
 def forward(problem, launch=None):
-    launch = launch or plan_launch(problem.shape, problem.x.strides)
+    launch = launch or plan_launch(problem.shape, problem.x.strides, items=items_for(problem.acc_dtype))
     scan, _, real, ncomp = _kernels(problem.acc_dtype.name, False, launch.items)
     xp = _xp(problem.x.buf)
     none = _none(xp, problem.dtype)
@@ -283,7 +283,7 @@ def forward(problem, launch=None):
 
 
 def backward(problem, launch=None):
-    launch = launch or plan_launch(problem.shape, problem.grad_h.strides)
+    launch = launch or plan_launch(problem.shape, problem.grad_h.strides, items=items_for(problem.acc_dtype))
     scan, finish, real, ncomp = _kernels(problem.acc_dtype.name, True, launch.items)
     xp = _xp(problem.grad_h.buf)
     C0, C1, C2, T = problem.shape

@@ -5,7 +5,6 @@ scan, the look-back chain and the identity padding are all exercised on shapes t
 afford.  Run by tests/test_numba_simulator.py in a process with NUMBA_ENABLE_CUDASIM=1.
 """
 
-import functools
 import os
 
 import numpy as np
@@ -23,7 +22,8 @@ assert os.environ.get("NUMBA_ENABLE_CUDASIM") == "1", "run through tests/test_nu
 def simulated_numba_backend(monkeypatch):
     """Route every call to the Numba kernels (host arrays are the simulator's device arrays)."""
     monkeypatch.setattr(_backends, "select", lambda name, on_gpu: numba_scan)
-    monkeypatch.setattr(numba_scan, "plan_launch", functools.partial(launch.plan_launch, threads=32, items=4))
+    monkeypatch.setattr(numba_scan, "plan_launch",
+                        lambda shape, strides, **kw: launch.plan_launch(shape, strides, threads=32, items=4))
 
 
 CASES = [  # (shape, axis)

@@ -1,0 +1,149 @@
+"""The ``cupy`` backend: ``scan.cu`` loaded with ``cupy.RawModule``, one template instantiation per
+dtype combination, compiled lazily on first use (CuPy caches the binary on disk).
+
+Kernel arguments are the canonical operands of ``parscan._problem`` (a flat buffer, an element offset
+and four element strides each), so every layout the planner produces runs without a copy.  The
+instantiations cover x, h, h0 and the result in one dtype with ``a`` in that dtype or, for complex
+data, its real type; an operand in any other dtype (a mixed-precision call) is cast once to the
+result dtype, the only copy this backend makes.  Work is launched on CuPy's current stream.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+
+import numpy as np
+
+from .launch import Launch, items_for, plan_launch
+
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scan.cu")
+OPTIONS = ("-std=c++17",)
+
+_CTYPE = {"float16": "half_t", "float32": "float", "float64": "double",
+          "complex64": "cplx<float>", "complex128": "cplx<double>"}
+_REAL = {"complex64": "float32", "complex128": "float64"}
+_ACC = {"float16": "float32"}
+
+
+def instantiations():
+    """Every (kernel name expression, dtype key) the module holds.
+
+    Keys: ("scan", S, SA, SG, backward) and ("sum", SG, A), dtype names.
+    """
+    out = []
+    for s in _CTYPE:
+        acc = _ACC.get(s, s)
+        items = items_for(acc)
+        for sa in (s, _REAL.get(s)):
+            if sa is None:
+                continue
+            for backward in (False, True):
+                for sg in ((s, acc) if backward and acc != s else (s,)):
+                    name = (f"scan_kernel<{_CTYPE[s]}, {_CTYPE[sa]}, {_CTYPE[sg]}, {_CTYPE[acc]}, {items}, "
+                            f"{'true' if backward else 'false'}>")
+                    out.append((name, ("scan", s, sa, sg, backward)))
+        for sg in {s, acc}:
+            out.append((f"sum_parts<{_CTYPE[sg]}, {_CTYPE[acc]}>", ("sum", sg, acc)))
+    seen, unique = set(), []
+    for name, key in out:
+        if name not in seen:
+            seen.add(name)
+            unique.append((name, key))
+    return unique
+
+
+def source() -> str:
+    with open(SOURCE) as f:
+        return f.read()
+
+
+@lru_cache(maxsize=None)
+def _module():
+    import cupy
+
+    names = [n for n, _ in instantiations()]
+    return cupy.RawModule(code=source(), options=OPTIONS, name_expressions=names)
+
+
+def _function(key):
+    for name, k in instantiations():
+        if k == key:
+            return _module().get_function(name)
+    raise KeyError(key)
+
+
+def _op(s, dtype=None):
+    buf = s.buf if dtype is None or s.buf.dtype == dtype else s.buf.astype(dtype)
+    st = tuple(int(v) for v in s.strides)
+    return (buf, np.int64(s.off), *(np.int64(v) for v in st))
+
+
+def _none(cupy, dtype):
+    return (cupy.zeros(1, dtype), np.int64(0), np.int64(0), np.int64(0), np.int64(0), np.int64(0))
+
+
+def _status(cupy, launch: Launch, acc):
+    real = np.dtype(_REAL.get(acc.name, acc.name))
+    n = max(1, launch.status_entries) * (2 if acc.kind == "c" else 1)
+    return (cupy.zeros(1, np.uint64), cupy.zeros(max(1, launch.status_entries), np.int32),
+            cupy.empty(n, real), cupy.empty(n, real), cupy.empty(n, real)), real
+
+
+def _a_dtype(problem):
+    """a's kernel dtype: its own when the module has it (the result dtype or its real type)."""
+    d, a = problem.dtype, problem.a.buf.dtype
+    return a if a == d or (d.kind == "c" and a == np.dtype(_REAL[d.name])) else d
+
+
+def _geometry(problem, launch):
+    C0, C1, C2, T = (np.int64(v) for v in problem.shape)
+    return (C0, C1, C2, T, np.int32(launch.chans), np.int32(launch.lanes), np.int32(launch.chan_fast),
+            np.int64(launch.time_tiles))
+
+
+def forward(problem, launch=None):
+    import cupy
+
+    acc = problem.acc_dtype
+    launch = launch or plan_launch(problem.shape, problem.x.strides, items=items_for(acc))
+    d = problem.dtype
+    sa = _a_dtype(problem)
+    fn = _function(("scan", d.name, sa.name, d.name, False))
+    (counter, flags, st_a, st_h, st_i), real = _status(cupy, launch, acc)
+    none = _none(cupy, d)
+    h0 = _op(problem.h0, d) if problem.h0 is not None else none
+    args = (*_op(problem.a, sa), *_op(problem.x, d), *none, *h0, np.int32(problem.h0 is not None),
+            *_op(problem.out), *none, *_none(cupy, acc), cupy.zeros(1, real), *_geometry(problem, launch),
+            counter, flags, st_a, st_h, st_i)
+    fn((launch.blocks,), (launch.threads,), args)
+
+
+def backward(problem, launch=None):
+    import cupy
+
+    acc = problem.acc_dtype
+    launch = launch or plan_launch(problem.shape, problem.grad_h.strides, items=items_for(acc))
+    d = problem.dtype
+    sa = _a_dtype(problem)
+    sg = problem.grad_a.buf.dtype
+    fn = _function(("scan", d.name, sa.name, sg.name, True))
+    (counter, flags, st_a, st_h, st_i), real = _status(cupy, launch, acc)
+    C0, C1, C2, T = problem.shape
+    summed = problem.grad_a.strides[3] == 0
+    width = launch.time_tiles * launch.lanes
+    ncomp = 2 if acc.kind == "c" else 1
+    parts = cupy.empty(C0 * C1 * C2 * width * ncomp if summed else 1, real)
+    none = _none(cupy, d)
+    has_h0 = problem.h0 is not None
+    h0 = _op(problem.h0, d) if has_h0 else none
+    gh0 = _op(problem.grad_h0) if problem.grad_h0 is not None else _none(cupy, acc)
+    args = (*_op(problem.a, sa), *_op(problem.grad_h, d), *_op(problem.h, d), *h0, np.int32(has_h0),
+            *_op(problem.grad_x), *_op(problem.grad_a), *gh0, parts, *_geometry(problem, launch),
+            counter, flags, st_a, st_h, st_i)
+    fn((launch.blocks,), (launch.threads,), args)
+    nchan = C0 * C1 * C2
+    if summed and nchan:
+        total = _function(("sum", sg.name, acc.name))
+        total(((nchan + 127) // 128,), (128,), (parts, *_op(problem.grad_a), np.int64(C0), np.int64(C1),
+                                                 np.int64(C2), np.int64(width)))

@@ -1,0 +1,251 @@
+// parscan: single-pass tiled linear scans for the CuPy backend (forward and fused backward).
+//
+// The same algorithm as the Numba kernels in numba_scan.py, line for line; the tiling and the launch
+// are planned in launch.py.  Per tile of `chans` channels x `lanes * ITEMS` steps:
+//   1. each thread loads its ITEMS steps into registers (identity past the end) and folds them to a
+//      transfer pair (A, H): h_out = A * h_in + H.  The backward runs time backwards on
+//      (conj(a[t+1]), grad_h[t]): g[t] = grad_h[t] + conj(a[t+1]) g[t+1] is a forward scan in reversed time;
+//   2. a Hillis-Steele scan of each channel's lane pairs in shared memory, in a fixed order;
+//   3. when a channel spans several tiles, its last lane publishes the tile aggregate, looks back for
+//      the nearest predecessor holding an inclusive prefix, and applies the aggregates in between in
+//      time order (every inclusive prefix is the same expression A_u * inc_{u-1} + H_u whoever
+//      evaluates it, so results are bitwise repeatable), then publishes its own inclusive prefix;
+//   4. every thread rescans its steps from its incoming state and writes h, or grad_x / grad_a /
+//      grad_h0 (grad_a as per-(tile, lane) partial sums when a is constant in time, summed by
+//      sum_parts in a fixed order).
+// Tiles take virtual ids from an atomic counter (time tiles fastest), so a tile's predecessors have
+// always started.  64-bit indexing throughout.  float16 is stored as its bit pattern and accumulated
+// in float32; complex values are (re, im) pairs as NumPy stores them.
+
+typedef long long i64;
+
+struct half_t { unsigned short bits; };
+
+template <class R> struct cplx { R re, im; };
+
+template <class R> __device__ __forceinline__ cplx<R> operator*(cplx<R> a, cplx<R> b) {
+    return {a.re * b.re - a.im * b.im, a.re * b.im + a.im * b.re};
+}
+template <class R> __device__ __forceinline__ cplx<R> operator+(cplx<R> a, cplx<R> b) {
+    return {a.re + b.re, a.im + b.im};
+}
+
+// ---- accumulator traits: identity values, conjugate, status publication (L1-bypassing) ----------
+template <class A> struct Acc;
+
+template <> struct Acc<float> {
+    typedef float real;
+    static __device__ __forceinline__ float one() { return 1.0f; }
+    static __device__ __forceinline__ float zero() { return 0.0f; }
+    static __device__ __forceinline__ float conj(float v) { return v; }
+    static __device__ __forceinline__ void put(float* p, i64 i, float v) { __stcg(p + i, v); }
+    static __device__ __forceinline__ float get(const float* p, i64 i) { return __ldcg(p + i); }
+};
+template <> struct Acc<double> {
+    typedef double real;
+    static __device__ __forceinline__ double one() { return 1.0; }
+    static __device__ __forceinline__ double zero() { return 0.0; }
+    static __device__ __forceinline__ double conj(double v) { return v; }
+    static __device__ __forceinline__ void put(double* p, i64 i, double v) { __stcg(p + i, v); }
+    static __device__ __forceinline__ double get(const double* p, i64 i) { return __ldcg(p + i); }
+};
+template <class R> struct Acc<cplx<R> > {
+    typedef R real;
+    static __device__ __forceinline__ cplx<R> one() { return {R(1), R(0)}; }
+    static __device__ __forceinline__ cplx<R> zero() { return {R(0), R(0)}; }
+    static __device__ __forceinline__ cplx<R> conj(cplx<R> v) { return {v.re, -v.im}; }
+    static __device__ __forceinline__ void put(R* p, i64 i, cplx<R> v) {
+        __stcg(p + 2 * i, v.re);
+        __stcg(p + 2 * i + 1, v.im);
+    }
+    static __device__ __forceinline__ cplx<R> get(const R* p, i64 i) {
+        return {__ldcg(p + 2 * i), __ldcg(p + 2 * i + 1)};
+    }
+};
+
+// ---- storage <-> accumulator conversions --------------------------------------------------------
+__device__ __forceinline__ void widen(half_t v, float& out) {
+    asm("cvt.f32.f16 %0, %1;" : "=f"(out) : "h"(v.bits));
+}
+__device__ __forceinline__ void widen(float v, float& out) { out = v; }
+__device__ __forceinline__ void widen(double v, double& out) { out = v; }
+template <class R> __device__ __forceinline__ void widen(R v, cplx<R>& out) { out = {v, R(0)}; }
+template <class R> __device__ __forceinline__ void widen(cplx<R> v, cplx<R>& out) { out = v; }
+
+template <class A, class S> __device__ __forceinline__ A load(const S* p, i64 i) {
+    A v;
+    widen(p[i], v);
+    return v;
+}
+
+__device__ __forceinline__ void narrow(float v, half_t& out) {
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(out.bits) : "f"(v));
+}
+__device__ __forceinline__ void narrow(float v, float& out) { out = v; }
+__device__ __forceinline__ void narrow(double v, double& out) { out = v; }
+template <class R> __device__ __forceinline__ void narrow(cplx<R> v, cplx<R>& out) { out = v; }
+
+template <class S, class A> __device__ __forceinline__ void store(S* p, i64 i, A v) {
+    narrow(v, p[i]);
+}
+
+// ---- operands: a pointer, an element offset and four element strides (C0, C1, C2, T) ------------
+#define OPERAND(T, n) T n, i64 n##_o, i64 n##_s0, i64 n##_s1, i64 n##_s2, i64 n##_st
+#define AT(n, i, j, k, t) (n##_o + (i) * n##_s0 + (j) * n##_s1 + (k) * n##_s2 + (t) * n##_st)
+
+enum { EMPTY = 0, AGGREGATE = 1, INCLUSIVE = 2 };
+#define THREADS 256
+
+template <class A>
+__device__ A look_back(int* flags, typename Acc<A>::real* st_a, typename Acc<A>::real* st_h,
+                       typename Acc<A>::real* st_i, i64 e0, i64 tt, A agg_a, A agg_h) {
+    typedef Acc<A> T;
+    T::put(st_a, e0 + tt, agg_a);
+    T::put(st_h, e0 + tt, agg_h);
+    __threadfence();
+    atomicExch(flags + e0 + tt, AGGREGATE);
+    i64 s = tt - 1;
+    while (true) {
+        int f = atomicAdd(flags + e0 + s, 0);
+        if (f == INCLUSIVE) break;
+        if (f == AGGREGATE) s -= 1;
+    }
+    __threadfence();
+    A h = T::get(st_i, e0 + s);
+    for (i64 u = s + 1; u < tt; ++u) h = T::get(st_a, e0 + u) * h + T::get(st_h, e0 + u);
+    T::put(st_i, e0 + tt, agg_a * h + agg_h);
+    __threadfence();
+    atomicExch(flags + e0 + tt, INCLUSIVE);
+    return h;
+}
+
+// S: storage of x, h, h0, out / grad_x; SA: storage of a (S, or the real type of a complex
+// S); SG: storage of grad_a (S or A); A: accumulator, also grad_h0's storage.  Forward: x is x, out
+// is h (hh, ga, gh0 unused).
+// Backward: x is grad_h, hh is the forward's h, out is grad_x, ga is grad_a (or parts), gh0 is grad_h0.
+template <class S, class SA, class SG, class A, int ITEMS, bool BACKWARD>
+__global__ void __launch_bounds__(THREADS)
+scan_kernel(OPERAND(const SA*, a), OPERAND(const S*, x), OPERAND(const S*, hh), OPERAND(const S*, h0),
+            int has_h0, OPERAND(S*, o), OPERAND(SG*, ga), OPERAND(A*, gh0),
+            typename Acc<A>::real* parts, i64 C0, i64 C1, i64 C2, i64 T, int chans, int lanes,
+            int chan_fast, i64 time_tiles, unsigned long long* counter, int* flags,
+            typename Acc<A>::real* st_a, typename Acc<A>::real* st_h, typename Acc<A>::real* st_i) {
+    typedef Acc<A> Ops;
+    __shared__ A sA[THREADS];
+    __shared__ A sH[THREADS];
+    __shared__ A sC[THREADS];
+    __shared__ i64 sV;
+    A la[ITEMS], lx[ITEMS];
+    const int tid = threadIdx.x;
+    if (tid == 0) sV = (i64)atomicAdd(counter, 1ULL);
+    __syncthreads();
+    const i64 v = sV;
+    const i64 cgrp = v / time_tiles;
+    const i64 tt = v - cgrp * time_tiles;
+    int cl, lane, step;
+    if (chan_fast) { cl = tid % chans; lane = tid / chans; step = chans; }   // tid = lane * chans + cl
+    else { cl = tid / lanes; lane = tid % lanes; step = 1; }                 // tid = cl * lanes + lane
+    const i64 nkb = (C2 + chans - 1) / chans;
+    const i64 i = cgrp / (C1 * nkb);
+    const i64 j = (cgrp / nkb) % C1;
+    const i64 k = (cgrp % nkb) * chans + cl;
+    const bool live = k < C2;
+    const i64 kk = live ? k : 0;
+    const i64 t0 = (tt * lanes + lane) * (i64)ITEMS;
+    const A one = Ops::one(), zero = Ops::zero();
+
+    // 1. load and fold
+    A fa = one, fh = zero;
+#pragma unroll
+    for (int m = 0; m < ITEMS; ++m) {
+        const i64 u = t0 + m;
+        A av = one, xv = zero;
+        if (live && u < T) {
+            if (BACKWARD) {
+                const i64 t = T - 1 - u;
+                av = t + 1 < T ? Ops::conj(load<A>(a, AT(a, i, j, kk, t + 1))) : zero;
+                xv = load<A>(x, AT(x, i, j, kk, t));
+            } else {
+                av = load<A>(a, AT(a, i, j, kk, u));
+                xv = load<A>(x, AT(x, i, j, kk, u));
+            }
+        }
+        la[m] = av;
+        lx[m] = xv;
+        fa = fa * av;
+        fh = av * fh + xv;
+    }
+    // 2. inclusive scan of each channel's lane pairs
+    sA[tid] = fa;
+    sH[tid] = fh;
+    __syncthreads();
+    for (int d = 1; d < lanes; d *= 2) {
+        A pa = one, ph = zero;
+        if (lane >= d) { pa = sA[tid - d * step]; ph = sH[tid - d * step]; }
+        __syncthreads();
+        if (lane >= d) {
+            fh = fa * ph + fh;
+            fa = fa * pa;
+            sA[tid] = fa;
+            sH[tid] = fh;
+        }
+        __syncthreads();
+    }
+    // 3. the channel's incoming state; across tiles by look-back
+    if (lane == lanes - 1) {
+        A hin = zero;
+        if (!BACKWARD && has_h0 && live) hin = load<A>(h0, AT(h0, i, j, kk, 0));
+        if (time_tiles > 1 && live) {
+            const i64 e0 = ((i * C1 + j) * C2 + k) * time_tiles;
+            if (tt == 0) {
+                Ops::put(st_i, e0, fa * hin + fh);
+                __threadfence();
+                atomicExch(flags + e0, INCLUSIVE);
+            } else {
+                hin = look_back<A>(flags, st_a, st_h, st_i, e0, tt, fa, fh);
+            }
+        }
+        sC[cl] = hin;
+    }
+    __syncthreads();
+    A h = sC[cl];
+    if (lane > 0) h = sA[tid - step] * h + sH[tid - step];
+    if (!live) return;
+    // 4. rescan from registers and write
+    const bool summed = ga_st == 0;
+    A total = zero;
+#pragma unroll
+    for (int m = 0; m < ITEMS; ++m) {
+        const i64 u = t0 + m;
+        if (u < T) {
+            h = la[m] * h + lx[m];
+            if (BACKWARD) {
+                const i64 t = T - 1 - u;
+                store(o, AT(o, i, j, k, t), h);
+                A hp = zero;
+                if (t > 0) hp = load<A>(hh, AT(hh, i, j, k, t - 1));
+                else if (has_h0) hp = load<A>(h0, AT(h0, i, j, k, 0));
+                const A gv = h * Ops::conj(hp);
+                if (summed) total = total + gv;
+                else store(ga, AT(ga, i, j, k, t), gv);
+                if (t == 0 && has_h0)
+                    store(gh0, AT(gh0, i, j, k, 0), Ops::conj(load<A>(a, AT(a, i, j, k, 0))) * h);
+            } else {
+                store(o, AT(o, i, j, k, u), h);
+            }
+        }
+    }
+    if (BACKWARD && summed)
+        Ops::put(parts, ((i * C1 + j) * C2 + k) * (time_tiles * lanes) + tt * lanes + lane, total);
+}
+
+// Backward with a constant in time: grad_a of each channel is the sum of its `width` parts, in order.
+template <class SG, class A>
+__global__ void sum_parts(const typename Acc<A>::real* parts, OPERAND(SG*, ga), i64 C0, i64 C1, i64 C2,
+                          i64 width) {
+    const i64 c = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C0 * C1 * C2) return;
+    A s = Acc<A>::zero();
+    for (i64 p = 0; p < width; ++p) s = s + Acc<A>::get(parts, c * width + p);
+    store(ga, AT(ga, c / (C1 * C2), (c / C2) % C1, c % C2, 0), s);
+}

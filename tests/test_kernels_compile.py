@@ -1,0 +1,80 @@
+"""GPU kernels compiled on the CPU: every instantiation and signature, for sm_80 and sm_90, with no
+spills; plus the launch planning both GPU backends share."""
+
+import numpy as np
+import pytest
+
+from parscan import cli
+from parscan.kernels import cupy_scan, launch
+
+pytest.importorskip("cupy")  # NVRTC comes with CuPy's wheel (the test extra installs both)
+
+
+@pytest.fixture(scope="module")
+def rows():
+    from parscan.kernels import report
+
+    return report.report(("sm_80", "sm_90"))
+
+
+def test_every_kernel_compiles_for_both_architectures(rows):
+    names = {n for n, _ in cupy_scan.instantiations()}
+    for arch in ("sm_80", "sm_90"):
+        assert {r.kernel for r in rows if r.backend == "cupy" and r.arch == arch} == names
+        numba = {r.kernel for r in rows if r.backend == "numba" and r.arch == arch}
+        assert len(numba) == 10  # five dtypes, forward and backward
+
+
+def test_no_kernel_spills_or_uses_a_stack(rows):
+    bad = [r for r in rows if r.spill_stores or r.spill_loads or r.stack]
+    assert not bad, bad
+    # 256 threads a block: at most 255 registers; the scans keep their tile state in shared memory
+    assert all(0 < r.registers <= 255 for r in rows)
+    assert all(r.smem > 0 for r in rows if "scan" in r.kernel)
+
+
+def test_kernels_command_prints_the_table(capsys):
+    assert cli.main(["kernels", "--arch", "sm_90", "--backend", "cupy"]) == 0
+    out = capsys.readouterr().out
+    assert "scan_kernel<float, float, float, float, 8, false>" in out and "sm_90" in out and "regs" in out
+    assert cli.main(["kernels", "--arch", "sm90"]) == 2
+    assert cli.main(["kernels", "--backend", "torch"]) == 2
+
+
+def test_kernels_command_fails_on_a_compile_error(monkeypatch, capsys):
+    monkeypatch.setattr(cupy_scan, "source", lambda: "this is not CUDA")
+    assert cli.main(["kernels", "--arch", "sm_80", "--backend", "cupy"]) == 1
+    assert "compile failed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("shape,strides,want", [
+    # (C0, C1, C2, T), x strides -> (chans, lanes, chan_fast, time tiles)
+    ((1, 1, 1, 2**27), (0, 0, 0, 1), (1, 256, False, 2**16)),      # one long channel: many time tiles
+    ((1, 1, 2**16, 2**10), (0, 0, 2**10, 1), (2, 128, False, 1)),  # many short channels: no look-back
+    ((1, 1, 2**16, 2**10), (0, 0, 1, 2**16), (32, 8, True, 16)),   # channel-contiguous: 32 side by side
+    ((1, 1, 4, 2**22), (0, 0, 1, 4), (4, 64, True, 2**13)),
+    ((8, 1, 1536, 128), (1536 * 128, 0, 128, 1), (16, 16, False, 1)),  # accelerated-scan's shapes
+    ((1, 1, 3, 5), (0, 0, 5, 1), (4, 1, False, 1)),
+])
+def test_plan_launch(shape, strides, want):
+    lc = launch.plan_launch(shape, strides)
+    assert (lc.chans, lc.lanes, lc.chan_fast, lc.time_tiles) == want
+    assert lc.threads == lc.chans * lc.lanes <= launch.THREADS
+
+
+def test_plan_launch_covers_every_channel_and_step():
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        shape = tuple(int(v) for v in rng.integers(1, 6, 3)) + (int(rng.integers(0, 5000)),)
+        chan_fast = bool(rng.integers(0, 2))
+        strides = (0, 0, 1, shape[2]) if chan_fast else (0, 0, shape[3], 1)
+        lc = launch.plan_launch(shape, strides, threads=int(2 ** rng.integers(0, 9)), items=int(rng.integers(1, 9)))
+        assert lc.chan_groups * lc.chans >= shape[0] * shape[1] * shape[2]
+        assert lc.time_tiles * lc.tile_steps >= shape[3]
+        assert lc.lanes & (lc.lanes - 1) == 0 and lc.threads <= 256
+        assert lc.status_entries == (0 if lc.time_tiles == 1 else lc.chan_groups * lc.chans * lc.time_tiles)
+
+
+def test_steps_per_thread_by_accumulator():
+    assert launch.items_for(np.float32) == 8 and launch.items_for(np.complex64) == 8
+    assert launch.items_for(np.complex128) == 4

@@ -26,10 +26,6 @@ class BackendStatus:
 
 _DEVICE = {"cupy": "cuda", "numba": "cuda", "cpu": "host", "reference": "host"}
 BACKENDS = tuple(_DEVICE)
-_PENDING = {
-    "cupy": "the CuPy RawModule kernels are not part of this release yet (issue #3)",
-    "numba": "the Numba cuda.jit kernels are not part of this release yet (issue #4)",
-}
 
 
 def _cuda_reason() -> str:
@@ -45,6 +41,17 @@ def _cuda_reason() -> str:
     return "no CUDA device"
 
 
+def _numba_cuda_reason() -> str:
+    try:
+        from numba import cuda
+    except ImportError as exc:  # pragma: no cover - depends on the machine
+        return f"numba-cuda is not installed ({exc}); install parscan[cuda13] or parscan[cuda12]"
+    try:
+        return "" if cuda.is_available() else "Numba finds no usable CUDA device or driver"
+    except Exception as exc:  # noqa: BLE001  # pragma: no cover
+        return f"Numba cannot use CUDA ({type(exc).__name__}: {exc})"
+
+
 @lru_cache(maxsize=None)
 def status(name: str) -> BackendStatus:
     dev = _DEVICE[name]
@@ -54,7 +61,7 @@ def status(name: str) -> BackendStatus:
         except ImportError as exc:  # pragma: no cover
             return BackendStatus(name, dev, False, f"Numba is not installed ({exc}): pip install numba")
     if dev == "cuda":
-        reason = _cuda_reason() or _PENDING.get(name, "")
+        reason = _cuda_reason() or (_numba_cuda_reason() if name == "numba" else "")
         return BackendStatus(name, dev, not reason, reason)
     return BackendStatus(name, dev, True)
 

@@ -84,10 +84,14 @@ def _none(cupy, dtype):
 
 
 def _status(cupy, launch: Launch, acc):
+    """Look-back scratch from CuPy's pool: one zeroed int32 block holds the tile counter (as uint64)
+    and the flags; the three value arrays need no zeroing (a flag guards every read)."""
     real = np.dtype(_REAL.get(acc.name, acc.name))
-    n = max(1, launch.status_entries) * (2 if acc.kind == "c" else 1)
-    return (cupy.zeros(1, np.uint64), cupy.zeros(max(1, launch.status_entries), np.int32),
-            cupy.empty(n, real), cupy.empty(n, real), cupy.empty(n, real)), real
+    n = max(1, launch.status_entries)
+    z = cupy.zeros(2 + n, np.int32)
+    vals = cupy.empty(3 * n * (2 if acc.kind == "c" else 1), real)
+    st_a, st_h, st_i = (vals[k * vals.size // 3:(k + 1) * vals.size // 3] for k in range(3))
+    return (z[:2].view(np.uint64), z[2:], st_a, st_h, st_i), real
 
 
 def _a_dtype(problem):
@@ -116,7 +120,8 @@ def forward(problem, launch=None):
     args = (*_op(problem.a, sa), *_op(problem.x, d), *none, *h0, np.int32(problem.h0 is not None),
             *_op(problem.out), *none, *_none(cupy, acc), cupy.zeros(1, real), *_geometry(problem, launch),
             counter, flags, st_a, st_h, st_i)
-    fn((launch.blocks,), (launch.threads,), args)
+    with cupy.cuda.Device(problem.x.buf.device.id):
+        fn((launch.blocks,), (launch.threads,), args)
 
 
 def backward(problem, launch=None):
@@ -141,9 +146,10 @@ def backward(problem, launch=None):
     args = (*_op(problem.a, sa), *_op(problem.grad_h, d), *_op(problem.h, d), *h0, np.int32(has_h0),
             *_op(problem.grad_x), *_op(problem.grad_a), *gh0, parts, *_geometry(problem, launch),
             counter, flags, st_a, st_h, st_i)
-    fn((launch.blocks,), (launch.threads,), args)
     nchan = C0 * C1 * C2
-    if summed and nchan:
-        total = _function(("sum", sg.name, acc.name))
-        total(((nchan + 127) // 128,), (128,), (parts, *_op(problem.grad_a), np.int64(C0), np.int64(C1),
-                                                 np.int64(C2), np.int64(width)))
+    with cupy.cuda.Device(problem.grad_h.buf.device.id):
+        fn((launch.blocks,), (launch.threads,), args)
+        if summed and nchan:
+            total = _function(("sum", sg.name, acc.name))
+            total(((nchan + 127) // 128,), (128,), (parts, *_op(problem.grad_a), np.int64(C0), np.int64(C1),
+                                                     np.int64(C2), np.int64(width)))

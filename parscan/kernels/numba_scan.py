@@ -25,6 +25,7 @@ with atomics (L1 is not coherent between blocks).  There are no warp shuffles: t
 
 from __future__ import annotations
 
+import contextlib
 from functools import lru_cache
 
 import numpy as np
@@ -260,6 +261,32 @@ def _xp(buf):
     return cupy
 
 
+class _Launcher:
+    """Launches on the data's device and, for CuPy data, on CuPy's current stream (host arrays, as
+    in the simulator: a plain launch).  Use as a context: scratch is allocated on that device."""
+
+    def __init__(self, buf, xp):
+        self.cupy = xp is not np
+        self._ctx = xp.cuda.Device(buf.device.id) if self.cupy else contextlib.nullcontext()
+        if self.cupy:
+            self.device = cuda.gpus[buf.device.id]
+            self.stream = cuda.external_stream(xp.cuda.get_current_stream().ptr)
+
+    def __enter__(self):
+        self._ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._ctx.__exit__(*exc)
+
+    def __call__(self, kernel, blocks, threads, *args):
+        if not self.cupy:
+            kernel[blocks, threads](*args)
+            return
+        with self.device:
+            kernel[blocks, threads, self.stream](*args)
+
+
 def _none(xp, dtype):
     return xp.zeros(1, dtype), 0, (0, 0, 0, 0)
 
@@ -271,33 +298,39 @@ def _status(launch, real, ncomp, xp):
 
 
 def forward(problem, launch=None):
-    launch = launch or plan_launch(problem.shape, problem.x.strides, items=items_for(problem.acc_dtype))
-    scan, _, real, ncomp = _kernels(problem.acc_dtype.name, False, launch.items)
+    acc = problem.acc_dtype
+    launch = launch or plan_launch(problem.shape, problem.x.strides, items=items_for(acc))
+    scan, _, real, ncomp = _kernels(acc.name, False, launch.items)
     xp = _xp(problem.x.buf)
-    none = _none(xp, problem.dtype)
-    h0 = _args(problem.h0) if problem.h0 is not None else none
-    scan[launch.blocks, launch.threads](
-        *_args(problem.a), *_args(problem.x), *none, *h0, problem.h0 is not None, *_args(problem.out, True),
-        *none, *none, xp.zeros(1, real), problem.shape, launch.chans, launch.lanes,
-        launch.chan_fast, launch.time_tiles, *_status(launch, real, ncomp, xp))
+    with _Launcher(problem.x.buf, xp) as run:
+        none = _none(xp, problem.dtype)
+        h0 = _args(problem.h0) if problem.h0 is not None else none
+        run(scan, launch.blocks, launch.threads,
+            *_args(problem.a), *_args(problem.x), *none, *h0, problem.h0 is not None,
+            *_args(problem.out, True), *none, *_none(xp, acc), xp.zeros(1, real), problem.shape,
+            launch.chans, launch.lanes, launch.chan_fast, launch.time_tiles,
+            *_status(launch, real, ncomp, xp))
 
 
 def backward(problem, launch=None):
-    launch = launch or plan_launch(problem.shape, problem.grad_h.strides, items=items_for(problem.acc_dtype))
-    scan, finish, real, ncomp = _kernels(problem.acc_dtype.name, True, launch.items)
+    acc = problem.acc_dtype
+    launch = launch or plan_launch(problem.shape, problem.grad_h.strides, items=items_for(acc))
+    scan, finish, real, ncomp = _kernels(acc.name, True, launch.items)
     xp = _xp(problem.grad_h.buf)
     C0, C1, C2, T = problem.shape
+    nchan = C0 * C1 * C2
     summed = problem.grad_a.strides[3] == 0
     width = launch.time_tiles * launch.lanes
-    parts = xp.zeros(C0 * C1 * C2 * width * ncomp if summed else 1, real)
-    none = _none(xp, problem.dtype)
-    h0 = _args(problem.h0) if problem.h0 is not None else none
-    gh0 = _args(problem.grad_h0, True) if problem.grad_h0 is not None else none
-    scan[launch.blocks, launch.threads](
-        *_args(problem.a), *_args(problem.grad_h), *_args(problem.h), *h0, problem.h0 is not None,
-        *_args(problem.grad_x, True), *_args(problem.grad_a, True), *gh0, parts, problem.shape, launch.chans,
-        launch.lanes, launch.chan_fast, launch.time_tiles,
-        *_status(launch, real, ncomp, xp))
-    nchan = C0 * C1 * C2
-    if summed and nchan:
-        finish[(nchan + 127) // 128, 128](parts, *_args(problem.grad_a, True), problem.shape, width)
+    with _Launcher(problem.grad_h.buf, xp) as run:
+        parts = xp.zeros(nchan * width * ncomp if summed else 1, real)
+        none = _none(xp, problem.dtype)
+        h0 = _args(problem.h0) if problem.h0 is not None else none
+        gh0 = _args(problem.grad_h0, True) if problem.grad_h0 is not None else _none(xp, acc)
+        run(scan, launch.blocks, launch.threads,
+            *_args(problem.a), *_args(problem.grad_h), *_args(problem.h), *h0, problem.h0 is not None,
+            *_args(problem.grad_x, True), *_args(problem.grad_a, True), *gh0, parts, problem.shape,
+            launch.chans, launch.lanes, launch.chan_fast, launch.time_tiles,
+            *_status(launch, real, ncomp, xp))
+        if summed and nchan:
+            run(finish, (nchan + 127) // 128, 128, parts, *_args(problem.grad_a, True), problem.shape,
+                width)

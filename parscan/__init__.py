@@ -4,12 +4,15 @@ Public names:
 
 - :func:`linear_scan` and :func:`linear_scan_backward`: the scan and its adjoint;
 - :func:`available_backends`: which backends work here, and why not the rest;
-- :mod:`parscan.reference`: the ground truth (a float64 sequential loop).
+- :mod:`parscan.reference`: the ground truth (a float64 sequential loop);
+- :class:`GILRLSTM`, :class:`GILR`, :class:`SRU`, :class:`QRNN` (:mod:`parscan.layers`): recurrent
+  layers on the scans with hand-written gradients; :mod:`parscan.tasks`: the paper's sign task.
 """
 
 from ._backends import BackendStatus, BackendUnavailable, available_backends
+from .layers import GILR, GILRLSTM, QRNN, SRU
 from .scan import linear_scan, linear_scan_backward
 
 __version__ = "0.1.0"
 __all__ = ["linear_scan", "linear_scan_backward", "available_backends", "BackendStatus",
-           "BackendUnavailable", "__version__"]
+           "BackendUnavailable", "GILRLSTM", "GILR", "SRU", "QRNN", "__version__"]

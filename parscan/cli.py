@@ -52,6 +52,25 @@ def _kernels(args):
     return 0
 
 
+def _train(args):
+    from . import tasks
+
+    xp = None
+    if args.device == "gpu":
+        try:
+            import cupy as xp
+        except ImportError:
+            print("parscan train: --device gpu needs CuPy (pip install parscan[cuda13])", file=sys.stderr)
+            return 2
+    for name in ("length", "hidden", "layers", "batch", "max_steps"):
+        if getattr(args, name) < 1:
+            print(f"parscan train: --{name.replace('_', '-')} must be >= 1", file=sys.stderr)
+            return 2
+    log = tasks.train(args.length, args.hidden, args.layers, args.batch, lr=args.lr, clip=args.clip,
+                      max_steps=args.max_steps, seed=args.seed, xp=xp, log_path=args.log, every=args.every)
+    return 0 if log["converged"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="parscan", description="Parallel linear recurrences h[t] = a[t]*h[t-1] + x[t].")
     sub = p.add_subparsers(dest="command")
@@ -70,6 +89,19 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--arch", default="sm_80,sm_90", help="comma-separated target architectures")
     k.add_argument("--backend", default="cupy,numba", help="cupy, numba or both")
     k.set_defaults(func=_kernels)
+    t = sub.add_parser("train", help="train a stacked GILR-LSTM on the paper's long-dependency sign task")
+    t.add_argument("--length", type=int, default=1024, help="sequence length T")
+    t.add_argument("--hidden", type=int, default=64)
+    t.add_argument("--layers", type=int, default=2)
+    t.add_argument("--batch", type=int, default=8)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--clip", type=float, default=20.0, help="global gradient-norm clip")
+    t.add_argument("--max-steps", type=int, default=5000)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--every", type=int, default=10, help="progress line every this many steps")
+    t.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
+    t.add_argument("--log", default="train-log.json", help="JSON log of every step")
+    t.set_defaults(func=_train)
     return p
 
 

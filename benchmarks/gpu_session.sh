@@ -7,9 +7,11 @@ mkdir -p "$OUT"
 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
 python -m parscan kernels --arch sm_90 > "$OUT/kernels.txt" 2>&1
 python -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py > "$OUT/gpu-tests.txt" 2>&1; echo "gpu tests rc=$?" >> "$OUT/gpu-tests.txt"
-for tool in memcheck racecheck synccheck; do
-  compute-sanitizer --tool $tool --error-exitcode 1 python benchmarks/sanitize.py cupy > "$OUT/sanitizer-$tool-cupy.txt" 2>&1
-  echo "rc=$?" >> "$OUT/sanitizer-$tool-cupy.txt"
+for backend in cupy numba; do
+  for tool in memcheck racecheck synccheck; do
+    compute-sanitizer --tool $tool --error-exitcode 1 python benchmarks/sanitize.py $backend > "$OUT/sanitizer-$tool-$backend.txt" 2>&1
+    echo "rc=$?" >> "$OUT/sanitizer-$tool-$backend.txt"
+  done
 done
-python benchmarks/gpu_bench.py --out "$OUT" > "$OUT/gpu-bench.txt" 2>&1; echo "bench rc=$?" >> "$OUT/gpu-bench.txt"
+python -m parscan bench --out "$OUT" > "$OUT/bench.txt" 2>&1; echo "bench rc=$?" >> "$OUT/bench.txt"
 tail -n 3 "$OUT"/*.txt

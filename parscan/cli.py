@@ -71,6 +71,31 @@ def _train(args):
     return 0 if log["converged"] else 1
 
 
+def _bench(args):
+    from . import bench
+
+    suites = [s.strip() for s in args.suite.split(",")] if args.suite else None
+    dtypes = [d.strip() for d in args.dtype.split(",")]
+    bad = [d for d in dtypes if d not in ("float16", "float32", "float64", "complex64", "complex128")]
+    if bad:
+        print(f"parscan bench: unknown dtype(s) {bad}", file=sys.stderr)
+        return 2
+    try:
+        meta, rows, skipped = bench.run(suites, quick=args.quick, dtypes=dtypes, out=args.out,
+                                        repeats=args.repeats)
+    except ValueError as exc:
+        print(f"parscan bench: {exc}", file=sys.stderr)
+        return 2
+    for suite, why in skipped.items():
+        print(f"suite {suite} skipped: {why}")
+    for note in meta["notes"]:
+        print(note)
+    with open(f"{args.out}/bench.md") as f:
+        print(f.read())
+    print("wrote " + ", ".join(f"{args.out}/{n}" for n in meta["outputs"]))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="parscan", description="Parallel linear recurrences h[t] = a[t]*h[t-1] + x[t].")
     sub = p.add_subparsers(dest="command")
@@ -89,6 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--arch", default="sm_80,sm_90", help="comma-separated target architectures")
     k.add_argument("--backend", default="cupy,numba", help="cupy, numba or both")
     k.set_defaults(func=_kernels)
+    be = sub.add_parser("bench", help="benchmark suites: cpu, latency, roofline, paper, peers")
+    be.add_argument("--suite", default=None, help="comma-separated suites (default: all that run here)")
+    be.add_argument("--quick", action="store_true", help="a one-minute subset")
+    be.add_argument("--dtype", default="float32,float16,float64,complex64", help="dtypes of the roofline suite")
+    be.add_argument("--out", default="bench-results", help="folder for bench.json, bench.md and plots")
+    be.add_argument("--repeats", type=int, default=None)
+    be.set_defaults(func=_bench)
     t = sub.add_parser("train", help="train a stacked GILR-LSTM on the paper's long-dependency sign task")
     t.add_argument("--length", type=int, default=1024, help="sequence length T")
     t.add_argument("--hidden", type=int, default=64)

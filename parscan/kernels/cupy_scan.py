@@ -106,21 +106,28 @@ def _geometry(problem, launch):
             np.int64(launch.time_tiles))
 
 
+def _check_launch(launch, acc):
+    if launch.items != items_for(acc) or launch.threads > 256:
+        raise ValueError(f"scan.cu is instantiated for {items_for(acc)} steps a thread and at most 256 threads, "
+                         f"got a launch with {launch.items} and {launch.threads}")
+
+
 def forward(problem, launch=None):
     import cupy
 
     acc = problem.acc_dtype
     launch = launch or plan_launch(problem.shape, problem.x.strides, items=items_for(acc))
+    _check_launch(launch, acc)
     d = problem.dtype
     sa = _a_dtype(problem)
-    fn = _function(("scan", d.name, sa.name, d.name, False))
-    (counter, flags, st_a, st_h, st_i), real = _status(cupy, launch, acc)
-    none = _none(cupy, d)
-    h0 = _op(problem.h0, d) if problem.h0 is not None else none
-    args = (*_op(problem.a, sa), *_op(problem.x, d), *none, *h0, np.int32(problem.h0 is not None),
-            *_op(problem.out), *none, *_none(cupy, acc), cupy.zeros(1, real), *_geometry(problem, launch),
-            counter, flags, st_a, st_h, st_i)
-    with cupy.cuda.Device(problem.x.buf.device.id):
+    with cupy.cuda.Device(problem.x.buf.device.id):  # scratch, casts and the launch on the data's device
+        fn = _function(("scan", d.name, sa.name, d.name, False))
+        (counter, flags, st_a, st_h, st_i), real = _status(cupy, launch, acc)
+        none = _none(cupy, d)
+        h0 = _op(problem.h0, d) if problem.h0 is not None else none
+        args = (*_op(problem.a, sa), *_op(problem.x, d), *none, *h0, np.int32(problem.h0 is not None),
+                *_op(problem.out), *none, *_none(cupy, acc), cupy.zeros(1, real), *_geometry(problem, launch),
+                counter, flags, st_a, st_h, st_i)
         fn((launch.blocks,), (launch.threads,), args)
 
 
@@ -129,25 +136,26 @@ def backward(problem, launch=None):
 
     acc = problem.acc_dtype
     launch = launch or plan_launch(problem.shape, problem.grad_h.strides, items=items_for(acc))
+    _check_launch(launch, acc)
     d = problem.dtype
     sa = _a_dtype(problem)
     sg = problem.grad_a.buf.dtype
-    fn = _function(("scan", d.name, sa.name, sg.name, True))
-    (counter, flags, st_a, st_h, st_i), real = _status(cupy, launch, acc)
     C0, C1, C2, T = problem.shape
+    nchan = C0 * C1 * C2
     summed = problem.grad_a.strides[3] == 0
     width = launch.time_tiles * launch.lanes
     ncomp = 2 if acc.kind == "c" else 1
-    parts = cupy.empty(C0 * C1 * C2 * width * ncomp if summed else 1, real)
-    none = _none(cupy, d)
     has_h0 = problem.h0 is not None
-    h0 = _op(problem.h0, d) if has_h0 else none
-    gh0 = _op(problem.grad_h0) if problem.grad_h0 is not None else _none(cupy, acc)
-    args = (*_op(problem.a, sa), *_op(problem.grad_h, d), *_op(problem.h, d), *h0, np.int32(has_h0),
-            *_op(problem.grad_x), *_op(problem.grad_a), *gh0, parts, *_geometry(problem, launch),
-            counter, flags, st_a, st_h, st_i)
-    nchan = C0 * C1 * C2
     with cupy.cuda.Device(problem.grad_h.buf.device.id):
+        fn = _function(("scan", d.name, sa.name, sg.name, True))
+        (counter, flags, st_a, st_h, st_i), real = _status(cupy, launch, acc)
+        parts = cupy.empty(nchan * width * ncomp if summed else 1, real)
+        none = _none(cupy, d)
+        h0 = _op(problem.h0, d) if has_h0 else none
+        gh0 = _op(problem.grad_h0) if problem.grad_h0 is not None else _none(cupy, acc)
+        args = (*_op(problem.a, sa), *_op(problem.grad_h, d), *_op(problem.h, d), *h0, np.int32(has_h0),
+                *_op(problem.grad_x), *_op(problem.grad_a), *gh0, parts, *_geometry(problem, launch),
+                counter, flags, st_a, st_h, st_i)
         fn((launch.blocks,), (launch.threads,), args)
         if summed and nchan:
             total = _function(("sum", sg.name, acc.name))

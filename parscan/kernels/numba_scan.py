@@ -19,7 +19,8 @@ factory specialises it per (accumulator dtype, direction) at compile time.  The 
    writes per-tile partial sums of ``grad_a``, summed over tiles by a second small kernel.
 
 Status flags are read and set with atomics, values are published before a ``threadfence`` and read
-with atomics (L1 is not coherent between blocks).  There are no warp shuffles: the CUDA simulator
+with atomics (L1 is not coherent between blocks): adding -0.0, the exact identity of IEEE addition,
+so a read never changes a published value, not even the sign of a zero.  There are no warp shuffles: the CUDA simulator
 (``NUMBA_ENABLE_CUDASIM=1``) runs exactly this code.
 """
 
@@ -65,7 +66,7 @@ def _kernels(acc_name: str, backward: bool, items: int):
 
         @cuda.jit(device=True, inline=True)
         def get(arr, i):
-            return acc(cuda.atomic.add(arr, 2 * i, real(0)) + 1j * cuda.atomic.add(arr, 2 * i + 1, real(0)))
+            return acc(complex(cuda.atomic.add(arr, 2 * i, real(-0.0)), cuda.atomic.add(arr, 2 * i + 1, real(-0.0))))
     else:
         @cuda.jit(device=True, inline=True)
         def conj(v):
@@ -77,7 +78,7 @@ def _kernels(acc_name: str, backward: bool, items: int):
 
         @cuda.jit(device=True, inline=True)
         def get(arr, i):
-            return cuda.atomic.add(arr, i, real(0))
+            return cuda.atomic.add(arr, i, real(-0.0))
 
     @cuda.jit(device=True, inline=True)
     def at(off, s, i, j, k, t):
@@ -266,25 +267,33 @@ class _Launcher:
     in the simulator: a plain launch).  Use as a context: scratch is allocated on that device."""
 
     def __init__(self, buf, xp):
-        self.cupy = xp is not np
+        self.xp, self.cupy = xp, xp is not np
         self._ctx = xp.cuda.Device(buf.device.id) if self.cupy else contextlib.nullcontext()
-        if self.cupy:
-            self.device = cuda.gpus[buf.device.id]
-            self.stream = cuda.external_stream(xp.cuda.get_current_stream().ptr)
+        self._dev = buf.device.id if self.cupy else None
 
     def __enter__(self):
         self._ctx.__enter__()
+        if self.cupy:  # CuPy's current stream of the data's device
+            self.stream = cuda.external_stream(self.xp.cuda.get_current_stream().ptr)
         return self
 
     def __exit__(self, *exc):
         return self._ctx.__exit__(*exc)
 
+    @staticmethod
+    def _wrap(v):
+        """CuPy arrays as Numba device arrays without the per-argument stream synchronisation Numba
+        does by default (the kernel runs on that very stream)."""
+        if type(v).__module__.startswith("cupy"):
+            return cuda.from_cuda_array_interface(v.__cuda_array_interface__, owner=v, sync=False)
+        return v
+
     def __call__(self, kernel, blocks, threads, *args):
         if not self.cupy:
             kernel[blocks, threads](*args)
             return
-        with self.device:
-            kernel[blocks, threads, self.stream](*args)
+        with cuda.gpus[self._dev]:
+            kernel[blocks, threads, self.stream](*(self._wrap(v) for v in args))
 
 
 def _none(xp, dtype):

@@ -159,6 +159,24 @@ def _fwd_scan_time(a, ao, as_, x, xo, xs, o, oo, os_, i, j, k, t0, t1, h):
 
 
 @njit(fastmath=_FM)
+def _fwd_channels_time(a, ao, as_, x, xo, xs, o, oo, os_, C1, C2, T, c0, c1, hin):
+    """Time-inner scans of whole channels c0..c1-1 (flat index), walking (i, j, k) without divisions:
+    with many short channels the per-task index arithmetic would otherwise cost as much as the scan."""
+    i = c0 // (C1 * C2)
+    j = (c0 // C2) % C1
+    k = c0 % C2
+    for c in range(c0, c1):
+        _fwd_scan_time(a, ao, as_, x, xo, xs, o, oo, os_, i, j, k, 0, T, hin[c, 0])
+        k += 1
+        if k == C2:
+            k = 0
+            j += 1
+            if j == C1:
+                j = 0
+                i += 1
+
+
+@njit(fastmath=_FM)
 def _fwd_fold_rows(a, ao, as_, x, xo, xs, i, j, k0, k1, t0, t1, Av, Hv):
     """Channel-inner fold of channels k0..k1-1 over steps t0..t1-1 into the pairs Av, Hv."""
     for t in range(t0, t1):
@@ -213,7 +231,7 @@ def _fwd_task(a, ao, as_, x, xo, xs, o, oo, os_, C1, C2, nb, bs, blk, t0, t1, hi
 
 
 @njit(parallel=True, cache=True, fastmath=_FM)
-def _forward(a, ao, as_, x, xo, xs, h0, ho, hs, has_h0, o, oo, os_, shape, zero, one, bs, nch):
+def _forward(a, ao, as_, x, xo, xs, h0, ho, hs, has_h0, o, oo, os_, shape, zero, one, bs, nch, nparts):
     C0, C1, C2, T = shape
     nb = (C2 + bs - 1) // bs
     nblk = C0 * C1 * nb
@@ -227,6 +245,11 @@ def _forward(a, ao, as_, x, xo, xs, h0, ho, hs, has_h0, o, oo, os_, shape, zero,
             i = c // (C1 * C2)
             j = (c // C2) % C1
             hin[c, 0] = load(h0[_at(ho, hs, i, j, c % C2, 0)])
+    if bs == 1 and nch == 1:  # many time-inner channels: contiguous runs of whole channels per task
+        for p in prange(nparts):
+            _fwd_channels_time(a, ao, as_, x, xo, xs, o, oo, os_, C1, C2, T, p * nchan // nparts,
+                               (p + 1) * nchan // nparts, hin)
+        return
     first = 0
     if nch > 1:
         # phase 1: chunk 0 is scanned (its incoming state is known), chunks 1..nch-2 are folded
@@ -468,10 +491,12 @@ def _dummy(problem):
 
 
 def forward(problem):
-    bs, nch = task_plan(problem.shape, problem.x.strides, numba.get_num_threads())
+    nthreads = numba.get_num_threads()
+    bs, nch = task_plan(problem.shape, problem.x.strides, nthreads)
+    nparts = max(1, min(math.prod(problem.shape[:3]), 8 * nthreads))
     h0 = _args(problem.h0) if problem.h0 is not None else _dummy(problem)
     _forward(*_args(problem.a), *_args(problem.x), *h0, problem.h0 is not None, *_args(problem.out),
-             problem.shape, *_scalars(problem), bs, nch)
+             problem.shape, *_scalars(problem), bs, nch, nparts)
 
 
 def backward(problem):

@@ -1,0 +1,169 @@
+"""PyTorch embedding: differentiable scans and the GILR-LSTM layer as torch ops (optional: ``parscan[torch]``).
+
+- :func:`linear_scan`: ``h = parscan.linear_scan(a, x, h0, axis, reverse)`` on CPU or CUDA tensors,
+  differentiable in a, x and h0 (complex included, PyTorch's convention), registered with
+  ``torch.library.custom_op`` (with a fake implementation) so it traces under ``torch.compile``
+  without graph breaks.  Tensors reach the kernels zero-copy through DLPack (CPU: the cpu backend;
+  CUDA: the cupy backend, on torch's current stream via CuPy's external stream).  bfloat16, which
+  NumPy and CuPy lack, is computed in float32 and rounded back (a copy each way).
+- :class:`GILRLSTM`: :class:`parscan.layers.GILRLSTM` as an ``nn.Module`` whose hand-written backward
+  is an autograd Function; its parameters are torch Parameters that the layer reads zero-copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Optional
+
+import torch
+
+from . import layers as _layers
+from .scan import linear_scan as _scan
+from .scan import linear_scan_backward as _scan_backward
+
+
+def _stream(t: torch.Tensor):
+    """CuPy's current stream = torch's current stream, for CUDA tensors."""
+    if not t.is_cuda:
+        return contextlib.nullcontext()
+    import cupy
+
+    return cupy.cuda.ExternalStream(torch.cuda.current_stream(t.device).cuda_stream, t.device.index)
+
+
+def _wide(t):
+    return t.float() if t is not None and t.dtype == torch.bfloat16 else t
+
+
+def _dtype(a, x, h0):
+    d = torch.result_type(a, x) if h0 is None else torch.promote_types(torch.result_type(a, x), h0.dtype)
+    return d
+
+
+@torch.library.custom_op("parscan::linear_scan", mutates_args=())
+def _linear_scan_op(a: torch.Tensor, x: torch.Tensor, h0: Optional[torch.Tensor], axis: int,
+                    reverse: bool) -> torch.Tensor:
+    want = _dtype(a, x, h0)
+    with _stream(x):
+        h = _scan(_wide(a.detach()), _wide(x.detach()), None if h0 is None else _wide(h0.detach()), axis=axis,
+                  reverse=reverse)
+    return h.to(want) if h.dtype != want else h
+
+
+@_linear_scan_op.register_fake
+def _(a, x, h0, axis, reverse):
+    return torch.empty(x.shape, dtype=_dtype(a, x, h0), device=x.device)
+
+
+@torch.library.custom_op("parscan::linear_scan_backward", mutates_args=())
+def _linear_scan_backward_op(a: torch.Tensor, h: torch.Tensor, grad_h: torch.Tensor, h0: Optional[torch.Tensor],
+                             axis: int, reverse: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    with _stream(h):
+        ga, gx, gh0 = _scan_backward(_wide(a.detach()), _wide(h.detach()), _wide(grad_h.detach()),
+                                     None if h0 is None else _wide(h0.detach()), axis=axis, reverse=reverse)
+    gh0 = torch.zeros((), dtype=gx.dtype, device=gx.device) if gh0 is None else gh0.to(h0.dtype)
+    return ga.to(a.dtype), gx.to(h.dtype), gh0
+
+
+@_linear_scan_backward_op.register_fake
+def _(a, h, grad_h, h0, axis, reverse):
+    gh0 = torch.empty((), dtype=h.dtype, device=h.device) if h0 is None else torch.empty_like(h0)
+    return torch.empty_like(a), torch.empty_like(h), gh0
+
+
+def _setup(ctx, inputs, output):
+    a, x, h0, axis, reverse = inputs
+    ctx.save_for_backward(a, output, h0)
+    ctx.axis, ctx.reverse, ctx.x_dtype = axis, reverse, x.dtype
+
+
+def _backward(ctx, grad_h):
+    a, h, h0 = ctx.saved_tensors
+    ga, gx, gh0 = _linear_scan_backward_op(a, h, grad_h.contiguous(), h0, ctx.axis, ctx.reverse)
+    return ga, gx.to(ctx.x_dtype), (gh0 if h0 is not None else None), None, None
+
+
+_linear_scan_op.register_autograd(_backward, setup_context=_setup)
+
+
+def linear_scan(a, x, h0=None, axis=-1, reverse=False):
+    """Differentiable ``h[t] = a[t] * h[t-1] + x[t]`` along ``axis`` on torch tensors.
+
+    ``a`` may be a tensor broadcastable to x or a Python number; ``h0`` a tensor broadcastable to x's
+    shape without ``axis``, or None.  Same semantics as :func:`parscan.linear_scan`.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}; use parscan.linear_scan for other arrays")
+    if not isinstance(a, torch.Tensor):
+        a = torch.tensor(a, dtype=x.dtype if not isinstance(a, complex) or x.is_complex() else torch.complex64,
+                         device=x.device)
+    if h0 is not None and not isinstance(h0, torch.Tensor):
+        h0 = torch.tensor(h0, dtype=x.dtype, device=x.device)
+    return _linear_scan_op(a, x, h0, int(axis), bool(reverse))
+
+
+# -------------------------------------------------------------------------------------- GILR-LSTM
+
+class _GILRLSTMFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, layer, names, x, s0, c0, *params):
+        arrays = {n: p.detach().numpy() if not p.is_cuda else _cupy(p.detach()) for n, p in zip(names, params)}
+        layer.params = arrays  # zero-copy views of the torch Parameters
+        xa = x.detach().numpy() if not x.is_cuda else _cupy(x.detach())
+        state = None if s0 is None else (_host_or_cupy(s0), _host_or_cupy(c0))
+        with _stream(x):
+            h, (sT, cT), cache = layer.forward(xa, state)
+        ctx.layer, ctx.names, ctx.cache, ctx.device = layer, names, cache, x.device
+        ctx.has_state = s0 is not None
+        return _to_torch(h), _to_torch(sT), _to_torch(cT)
+
+    @staticmethod
+    def backward(ctx, grad_h, grad_sT, grad_cT):
+        gs = (_host_or_cupy(grad_sT.contiguous()), _host_or_cupy(grad_cT.contiguous()))
+        with _stream(grad_h):
+            dx, grads, (ds0, dc0) = ctx.layer.backward(_host_or_cupy(grad_h.contiguous()), ctx.cache, gs)
+        out = [None, None, _to_torch(dx)]
+        out += [_to_torch(ds0), _to_torch(dc0)] if ctx.has_state else [None, None]
+        out += [_to_torch(grads[n]) for n in ctx.names]
+        return tuple(out)
+
+
+def _cupy(t):
+    import cupy
+
+    return cupy.from_dlpack(t)
+
+
+def _host_or_cupy(t):
+    return t.detach().numpy() if not t.is_cuda else _cupy(t.detach())
+
+
+def _to_torch(v):
+    return torch.from_numpy(v) if hasattr(v, "__array_interface__") else torch.from_dlpack(v)
+
+
+class GILRLSTM(torch.nn.Module):
+    """:class:`parscan.layers.GILRLSTM` as a torch module (hand-written gradients, torch optimisers).
+
+    ``forward(x, state=None) -> (h, (s_T, c_T))`` with x of shape (T, B, input_size).
+    """
+
+    def __init__(self, input_size, hidden_size, *, dtype=torch.float32, seed=None, forget_bias=1.0):
+        super().__init__()
+        np_dtype = {torch.float32: "float32", torch.float64: "float64"}.get(dtype)
+        if np_dtype is None:
+            raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+        self._layer = _layers.GILRLSTM(input_size, hidden_size, dtype=np_dtype, seed=seed, forget_bias=forget_bias)
+        self._names = list(self._layer.params)
+        for n in self._names:
+            self.register_parameter(n, torch.nn.Parameter(torch.from_numpy(self._layer.params[n].copy())))
+
+    def forward(self, x, state=None):
+        s0, c0 = (None, None) if state is None else state
+        params = [getattr(self, n) for n in self._names]
+        if params[0].is_cuda:
+            import cupy
+
+            self._layer.xp = cupy
+        h, sT, cT = _GILRLSTMFunction.apply(self._layer, self._names, x, s0, c0, *params)
+        return h, (sT, cT)

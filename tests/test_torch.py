@@ -1,0 +1,97 @@
+"""parscan.torch: the differentiable op (gradcheck against torch's autograd, complex included),
+torch.compile without graph breaks, half precisions, and the GILR-LSTM module."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="torch is optional (parscan[torch])")
+pt = pytest.importorskip("parscan.torch")
+
+
+def _loop(a, x, h0, axis, reverse):
+    """The recurrence written with torch ops: torch's own autograd differentiates it."""
+    x = x.movedim(axis, 0)
+    a = torch.broadcast_to(a, x.movedim(0, axis).shape).movedim(axis, 0) if a.dim() else a.expand(x.shape)
+    steps = range(x.shape[0] - 1, -1, -1) if reverse else range(x.shape[0])
+    h = torch.zeros_like(x[0]) if h0 is None else h0 + torch.zeros_like(x[0])
+    out = [None] * x.shape[0]
+    for t in steps:
+        h = a[t] * h + x[t]
+        out[t] = h
+    return torch.stack(out).movedim(0, axis)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("a_shape", [(3, 6), (3, 1), ()])
+def test_gradcheck_and_match_the_loop(dtype, reverse, a_shape):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 6, dtype=dtype, generator=g, requires_grad=True)
+    a = (0.5 * torch.rand(a_shape, generator=g, dtype=torch.float64) + 0.3).to(dtype).requires_grad_()
+    h0 = torch.randn(3, dtype=dtype, generator=g, requires_grad=True)
+    f = lambda a, x, h0: pt.linear_scan(a, x, h0, reverse=reverse)  # noqa: E731
+    assert torch.autograd.gradcheck(f, (a, x, h0))
+    h = f(a, x, h0)
+    want = _loop(a, x, h0, -1, reverse)
+    torch.testing.assert_close(h, want)
+    w = torch.randn(h.shape, dtype=dtype, generator=g)
+    got = torch.autograd.grad((h * w.conj()).real.sum(), (a, x, h0))
+    exp = torch.autograd.grad((want * w.conj()).real.sum(), (a, x, h0))
+    for u, v in zip(got, exp):
+        torch.testing.assert_close(u, v)
+
+
+def test_time_major_axis_and_no_h0():
+    x = torch.randn(7, 2, 3, dtype=torch.float64, requires_grad=True)
+    a = torch.full((1, 2, 3), 0.8, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, x: pt.linear_scan(a, x, axis=0), (a, x))
+
+
+def test_torch_compile_has_no_graph_breaks():
+    x = torch.randn(4, 64)
+    a = torch.rand(4, 64) * 0.5 + 0.4
+
+    def f(a, x):
+        return pt.linear_scan(a, x * 2.0).sum()
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(a, x), f(a, x))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precisions(dtype):
+    x = torch.randn(2, 300).to(dtype).requires_grad_()
+    a = (torch.rand(2, 300) * 0.5 + 0.4).to(dtype).requires_grad_()
+    h = pt.linear_scan(a, x)
+    assert h.dtype == dtype
+    want = _loop(a.double(), x.double(), None, -1, False)
+    torch.testing.assert_close(h.double(), want, rtol=2e-2, atol=2e-2)
+    h.float().sum().backward()
+    assert x.grad.dtype == dtype and a.grad.dtype == dtype
+
+
+def test_gilrlstm_module_trains_and_matches_the_numpy_layer():
+    from parscan import layers
+
+    m = pt.GILRLSTM(3, 4, dtype=torch.float64, seed=0)
+    ref = layers.GILRLSTM(3, 4, dtype="float64", seed=0)
+    x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
+    h, (s, c) = m(x)
+    h_ref, _, cache = ref.forward(x.detach().numpy())
+    np.testing.assert_allclose(h.detach().numpy(), h_ref, rtol=1e-12)
+    (h.sum() + s.sum()).backward()
+    dx, grads, _ = ref.backward(np.ones_like(h_ref), cache, (np.ones((2, 4)), np.zeros((2, 4))))
+    np.testing.assert_allclose(x.grad.numpy(), dx, rtol=1e-10)
+    for n, p in m.named_parameters():
+        np.testing.assert_allclose(p.grad.numpy(), grads[n], rtol=1e-10, err_msg=n)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    before = m.W.detach().clone()
+    opt.step()
+    assert not torch.equal(before, m.W.detach())
+
+
+def test_errors():
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        pt.linear_scan(0.5, np.ones(3))
+    with pytest.raises(TypeError, match="dtype must be torch.float32 or torch.float64"):
+        pt.GILRLSTM(2, 2, dtype=torch.float16)

@@ -93,6 +93,10 @@ def as_operand(obj, name: str, *, allow_scalar: bool = False) -> Operand:
     if cp is not None and isinstance(obj, cp.ndarray):
         return _checked(Operand(name, obj, "cupy", obj.device.id))
     top = _top_module(obj)
+    if top in ("jax", "jaxlib") and "Tracer" in type(obj).__name__:
+        raise TypeError(f"{name} is a JAX tracer: parscan runs eagerly on concrete jax.Array values and "
+                        f"cannot be traced by jax.jit / grad / vmap; call it outside the transformation "
+                        f"(or wrap it in jax.pure_callback)")
     if top == "numba" and hasattr(obj, "__cuda_array_interface__"):
         arr = _cupy().asarray(obj)
         return _checked(Operand(name, arr, "numba", arr.device.id))

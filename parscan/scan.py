@@ -47,6 +47,9 @@ def linear_scan(a, x, h0=None, *, axis=-1, reverse=False, out=None, backend=None
     ao = as_operand(a, "a", allow_scalar=True)
     ho = None if h0 is None else as_operand(h0, "h0", allow_scalar=True)
     oo = None if out is None else as_operand(out, "out")
+    if oo is not None and oo.library in ("jax", "jaxlib"):
+        raise ValueError("out cannot be a JAX array: JAX arrays are immutable and parscan never writes into "
+                         "JAX-owned memory; drop out= and use the returned jax.Array")
     check_same_place(xo, ao, ho, oo)
     impl = _backends.select(backend, xo.on_gpu)
     problem, _, finish = plan_forward(array_module(xo), ao, xo, ho, oo, axis, reverse)

@@ -196,6 +196,21 @@ def _fwd_scan_rows(a, ao, as_, x, xo, xs, o, oo, os_, i, j, k0, k1, t0, t1, hv):
             o[_at(oo, os_, i, j, k, t)] = store(v, o)
 
 
+@njit
+def _take(M, base, n, col):
+    """Rows base..base+n-1 of column ``col`` of a per-(channel, chunk) table, as a local array."""
+    v = np.empty(n, M.dtype)
+    for k in range(n):
+        v[k] = M[base + k, col]
+    return v
+
+
+@njit
+def _put(M, base, col, v):
+    for k in range(v.shape[0]):
+        M[base + k, col] = v[k]
+
+
 @njit(fastmath=_FM)
 def _fwd_task(a, ao, as_, x, xo, xs, o, oo, os_, C1, C2, nb, bs, blk, t0, t1, hin, col, scan, A, H):
     """One task: block ``blk`` over steps t0..t1-1; scans from hin[:, col] into H[:, col] when ``scan``,
@@ -210,24 +225,16 @@ def _fwd_task(a, ao, as_, x, xo, xs, o, oo, os_, C1, C2, nb, bs, blk, t0, t1, hi
             A[c, col], H[c, col] = _fwd_fold_time(a, ao, as_, x, xo, xs, i, j, k0, t0, t1,
                                                   A[c, col], H[c, col])
         return
-    n = k1 - k0
+    n, b = k1 - k0, cbase + k0
     if scan:
-        hv = np.empty(n, hin.dtype)
-        for k in range(n):
-            hv[k] = hin[cbase + k0 + k, col]
+        hv = _take(hin, b, n, col)
         _fwd_scan_rows(a, ao, as_, x, xo, xs, o, oo, os_, i, j, k0, k1, t0, t1, hv)
-        for k in range(n):
-            H[cbase + k0 + k, col] = hv[k]
+        _put(H, b, col, hv)
     else:
-        Av = np.empty(n, A.dtype)
-        Hv = np.empty(n, H.dtype)
-        for k in range(n):
-            Av[k] = A[cbase + k0 + k, col]
-            Hv[k] = H[cbase + k0 + k, col]
+        Av, Hv = _take(A, b, n, col), _take(H, b, n, col)
         _fwd_fold_rows(a, ao, as_, x, xo, xs, i, j, k0, k1, t0, t1, Av, Hv)
-        for k in range(n):
-            A[cbase + k0 + k, col] = Av[k]
-            H[cbase + k0 + k, col] = Hv[k]
+        _put(A, b, col, Av)
+        _put(H, b, col, Hv)
 
 
 @njit(parallel=True, cache=True, fastmath=_FM)
@@ -409,25 +416,17 @@ def _bwd_task(a, ao, as_, h, hO, hS, gh, go, gs, h0, h0o, h0s, has_h0, gx, xo, x
             A[c, col], H[c, col] = _bwd_fold_time(a, ao, as_, gh, go, gs, i, j, k0, t0, t1,
                                                   A[c, col], H[c, col])
     elif scan:
-        cg = np.empty(n, cin.dtype)
+        cg = _take(cin, cbase + k0, n, col)
         tot = np.zeros(n, cin.dtype)
-        for k in range(n):
-            cg[k] = cin[cbase + k0 + k, col]
         _bwd_scan_rows(a, ao, as_, h, hO, hS, gh, go, gs, h0, h0o, h0s, has_h0, gx, xo, xs, ga, ao2,
                        as2, i, j, k0, k1, t0, t1, cg, tot, zero)
-        for k in range(n):
-            H[cbase + k0 + k, col] = cg[k]
-            parts[cbase + k0 + k, col] = tot[k]
+        _put(H, cbase + k0, col, cg)
+        _put(parts, cbase + k0, col, tot)
     else:
-        Av = np.empty(n, A.dtype)
-        Hv = np.empty(n, H.dtype)
-        for k in range(n):
-            Av[k] = A[cbase + k0 + k, col]
-            Hv[k] = H[cbase + k0 + k, col]
+        Av, Hv = _take(A, cbase + k0, n, col), _take(H, cbase + k0, n, col)
         _bwd_fold_rows(a, ao, as_, gh, go, gs, i, j, k0, k1, t0, t1, Av, Hv)
-        for k in range(n):
-            A[cbase + k0 + k, col] = Av[k]
-            H[cbase + k0 + k, col] = Hv[k]
+        _put(A, cbase + k0, col, Av)
+        _put(H, cbase + k0, col, Hv)
 
 
 @njit(parallel=True, cache=True, fastmath=_FM)

@@ -11,8 +11,9 @@ Public names:
 
 from ._backends import BackendStatus, BackendUnavailable, available_backends
 from .layers import GILR, GILRLSTM, QRNN, SRU
+from .matrix import matrix_linear_scan, matrix_linear_scan_backward
 from .scan import linear_scan, linear_scan_backward
 
 __version__ = "0.1.0"
-__all__ = ["linear_scan", "linear_scan_backward", "available_backends", "BackendStatus",
+__all__ = ["linear_scan", "linear_scan_backward", "matrix_linear_scan", "matrix_linear_scan_backward", "available_backends", "BackendStatus",
            "BackendUnavailable", "GILRLSTM", "GILR", "SRU", "QRNN", "__version__"]

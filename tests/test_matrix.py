@@ -1,0 +1,97 @@
+"""matrix_linear_scan: cpu and reference against a plain loop, the backward against finite differences
+and the adjoint identity, broadcasting, errors."""
+
+import numpy as np
+import pytest
+
+import parscan
+from parscan import matrix
+
+BACKENDS = ["cpu", "reference"]
+
+
+def _loop(A, x, h0, reverse=False):
+    A = np.broadcast_to(A, x.shape[:-2] + A.shape[-3:]) if A.ndim - 1 < x.ndim else A
+    T = x.shape[-2]
+    h = np.zeros(x.shape[:-2] + x.shape[-1:], np.result_type(A, x)) if h0 is None else h0 + 0 * x[..., 0, :]
+    out = np.empty(np.broadcast_shapes(x.shape, h[..., None, :].shape), h.dtype)
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        At = A[..., t if A.shape[-3] > 1 else 0, :, :]
+        h = np.einsum("...ij,...j->...i", At, h) + x[..., t, :]
+        out[..., t, :] = h
+    return out
+
+
+def _rand(rng, shape, dtype):
+    v = rng.standard_normal(shape)
+    if np.dtype(dtype).kind == "c":
+        v = v + 1j * rng.standard_normal(shape)
+    return v.astype(dtype)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", ["float32", "float64", "complex64", "complex128"])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("n,T,a_shape", [(1, 9, (2, 9)), (3, 17, (2, 17)), (5, 4, (1,)), (4, 30, (2, 1))])
+def test_forward_matches_the_loop(backend, dtype, reverse, n, T, a_shape):
+    rng = np.random.default_rng(n * T)
+    x = _rand(rng, (2, T, n), dtype)
+    A = (0.4 * _rand(rng, a_shape + (n, n), dtype) / np.sqrt(n)).astype(dtype)
+    h0 = _rand(rng, (2, n), dtype)
+    h = parscan.matrix_linear_scan(A, x, h0, reverse=reverse, backend=backend)
+    want = _loop(A.astype(np.complex128 if np.iscomplexobj(A) else np.float64), x, h0, reverse)
+    assert h.dtype == np.dtype(dtype) and h.shape == x.shape
+    tol = 1e-4 if dtype in ("float32", "complex64") else 1e-12
+    np.testing.assert_allclose(h, want, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", ["float64", "complex128"])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("a_shape", [(2, 5), (1, 1), (5,)])
+def test_backward_matches_finite_differences(backend, dtype, reverse, a_shape):
+    rng = np.random.default_rng(3)
+    n = 3
+    x, w, h0 = _rand(rng, (2, 5, n), dtype), _rand(rng, (2, 5, n), dtype), _rand(rng, (2, n), dtype)
+    A = 0.5 * _rand(rng, a_shape + (n, n), dtype)
+
+    def loss(A, x, h0):
+        return float(np.real(np.sum(np.conj(w) * _loop(A, x, h0, reverse))))
+
+    h = parscan.matrix_linear_scan(A, x, h0, reverse=reverse, backend=backend)
+    gA, gx, gh0 = parscan.matrix_linear_scan_backward(A, h, w, h0, reverse=reverse, backend=backend)
+    for got, v, f in ((gA, A, lambda v: loss(v, x, h0)), (gx, x, lambda v: loss(A, v, h0)),
+                      (gh0, h0, lambda v: loss(A, x, v))):
+        fd = np.zeros_like(v)
+        units = (1.0, 1j) if np.iscomplexobj(v) else (1.0,)
+        for idx in np.ndindex(v.shape):
+            for u in units:
+                vp, vm = v.copy(), v.copy()
+                vp[idx] += 1e-6 * u
+                vm[idx] -= 1e-6 * u
+                fd[idx] += u * (f(vp) - f(vm)) / 2e-6
+        assert got.shape == v.shape
+        np.testing.assert_allclose(got, fd, rtol=1e-6, atol=1e-7)
+
+
+def test_cpu_equals_reference_on_a_longer_run_and_empty_time():
+    rng = np.random.default_rng(5)
+    x, A = rng.standard_normal((7, 500, 8)), 0.3 * rng.standard_normal((7, 500, 8, 8)) / np.sqrt(8)
+    np.testing.assert_allclose(parscan.matrix_linear_scan(A, x, backend="cpu"),
+                               parscan.matrix_linear_scan(A, x, backend="reference"), rtol=1e-10, atol=1e-12)
+    e = parscan.matrix_linear_scan(np.zeros((0, 2, 2)), np.zeros((0, 2)))
+    assert e.shape == (0, 2)
+
+
+def test_errors():
+    with pytest.raises(ValueError, match=r"A must have shape \(\.\.\., T, n, n\)"):
+        parscan.matrix_linear_scan(np.zeros((4, 3, 2)), np.zeros((4, 3)))
+    with pytest.raises(ValueError, match="do not broadcast"):
+        parscan.matrix_linear_scan(np.zeros((3, 4, 2, 2)), np.zeros((2, 4, 2)))
+    with pytest.raises(TypeError, match="x has an integer dtype"):
+        parscan.matrix_linear_scan(np.zeros((4, 2, 2), int), np.zeros((4, 2), int))
+    with pytest.raises(ValueError, match="unknown backend"):
+        parscan.matrix_linear_scan(np.zeros((4, 2, 2)), np.zeros((4, 2)), backend="fast")
+    with pytest.raises(parscan.BackendUnavailable, match="no cupy"):
+        matrix._select("cupy", True)

@@ -6,7 +6,9 @@ Public names:
 - :func:`available_backends`: which backends work here, and why not the rest;
 - :mod:`parscan.reference`: the ground truth (a float64 sequential loop);
 - :class:`GILRLSTM`, :class:`GILR`, :class:`SRU`, :class:`QRNN` (:mod:`parscan.layers`): recurrent
-  layers on the scans with hand-written gradients; :mod:`parscan.tasks`: the paper's sign task.
+  layers on the scans with hand-written gradients; :mod:`parscan.tasks`: the paper's sign task;
+- :func:`matrix_linear_scan` (dense n x n coefficients) and :mod:`parscan.deer` (nonlinear RNNs by
+  Newton iterations on the scan).
 """
 
 from ._backends import BackendStatus, BackendUnavailable, available_backends

@@ -7,6 +7,8 @@ Suites (``--suite``, comma-separated; default all that can run here):
   ``scipy.signal.lfilter`` for constant decays.  Targets: ratio >= 0.5 everywhere, >= 0.8 with >= 64
   channels (issue #2).
 - ``latency``: the Python overhead of one call on a tiny input, per available backend.
+- ``deer``: a GRU (batch 16, hidden 1..32, T = 1k..64k) by the sequential loop, DEER and quasi-DEER on
+  the host; the GPU version is part of issue #8's device work.
 - ``roofline`` (GPU): forward and backward per backend, dtype and layout, 1 x 2^27 .. 2^17 x 2^10,
   as effective GB/s and % of the device's own device-to-device copy bandwidth measured in the same run.
 - ``paper`` (GPU): Martin & Cundy's Table 1 (minibatch 1, m = 4/32/128, T = 16..65,536), the
@@ -37,7 +39,7 @@ PAPER_TABLE1 = {  # (m, T) -> the paper's parallel/serial speedup (Martin & Cund
     (4, 4096): 1.02, (32, 4096): 2.94, (128, 4096): 3.36, (4, 65536): 38.5, (32, 65536): 41.8,
     (128, 65536): 17.5}
 GPU_SUITES = ("roofline", "paper", "peers")
-SUITES = ("cpu", "latency") + GPU_SUITES
+SUITES = ("cpu", "latency", "deer") + GPU_SUITES
 
 
 class Progress:
@@ -170,6 +172,34 @@ def suite_latency(ctx):
         m, lo, hi = _stats(ts)
         rows.append(dict(suite="latency", name=name, us=m * 1e6, us_range=[lo * 1e6, hi * 1e6]))
         ctx["progress"].step(f"latency {name}")
+    return rows
+
+
+# ------------------------------------------------------------------------------------------- deer
+
+def suite_deer(ctx):
+    """A GRU (batch 16) by the sequential loop, DEER and quasi-DEER on the host (NumPy + cpu backend)."""
+    from . import deer
+
+    rows = []
+    Ts = (1024, 8192) if ctx["quick"] else (1024, 8192, 65536)
+    ns = (1, 4) if ctx["quick"] else (1, 4, 16, 32)
+    for n in ns:
+        for T in Ts:
+            cell = deer.GRUCell(1, n)
+            p = cell.init_params(0)
+            rng = np.random.default_rng(0)
+            x, y0 = rng.standard_normal((T, 16, 1)), np.zeros((16, n))
+            t_seq = _stats(_wall(lambda: deer.sequential(cell, p, x, y0), 1))[0]
+            want = deer.sequential(cell, p, x, y0)
+            for method in ("deer", "quasi"):
+                deer.solve(cell, p, x[:16], y0, method=method)  # compile the kernels first
+                y, info = deer.solve(cell, p, x, y0, method=method)
+                t = _stats(_wall(lambda: deer.solve(cell, p, x, y0, method=method), 1 if ctx["quick"] else 3))[0]
+                rows.append(dict(suite="deer", name=method, hidden=n, length=T, batch=16, ms=t * 1e3,
+                                 sequential_ms=t_seq * 1e3, speedup=t_seq / t, iterations=info.iterations,
+                                 converged=info.converged, max_error=float(np.abs(y - want).max())))
+            ctx["progress"].step(f"deer n={n} T={T}")
     return rows
 
 
@@ -471,7 +501,7 @@ def run(suites=None, quick=False, dtypes=("float32", "float16", "float64", "comp
 
         ctx["cupy"] = cupy
         ctx["copy"] = copy_bandwidth(cupy, ctx["repeats"])
-    total = sum({"cpu": len(ctx["cpu_shapes"]) + 1, "latency": len(st), "roofline": 24 * len(dtypes) * len(gpu),
+    total = sum({"cpu": len(ctx["cpu_shapes"]) + 1, "latency": len(st), "deer": 6 if quick else 12, "roofline": 24 * len(dtypes) * len(gpu),
                  "paper": 12, "peers": 10}[s] for s in wanted)
     ctx["progress"] = Progress(total, progress)
     rows = []

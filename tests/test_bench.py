@@ -33,3 +33,9 @@ def test_gpu_suites_are_skipped_with_the_reason_here(tmp_path):
 def test_bad_suite_and_dtype():
     assert cli.main(["bench", "--suite", "bogus"]) == 2
     assert cli.main(["bench", "--dtype", "int8"]) == 2
+
+
+def test_deer_suite_runs_and_matches_the_loop(tmp_path, monkeypatch):
+    meta, rows, skipped = bench.run(["deer"], quick=True, out=str(tmp_path), progress=False)
+    assert {r["name"] for r in rows} == {"deer", "quasi"}
+    assert all(r["converged"] and r["max_error"] < 1e-8 and r["speedup"] > 0 for r in rows)

@@ -143,7 +143,7 @@ def backward(problem, launch=None):
     C0, C1, C2, T = problem.shape
     nchan = C0 * C1 * C2
     summed = problem.grad_a.strides[3] == 0
-    width = launch.time_tiles * launch.lanes
+    width = launch.time_tiles
     ncomp = 2 if acc.kind == "c" else 1
     has_h0 = problem.h0 is not None
     with cupy.cuda.Device(problem.grad_h.buf.device.id):

@@ -113,10 +113,11 @@ def _kernels(acc_name: str, backward: bool, items: int):
              gh0, g0o, g0s, parts, shape, chans, lanes, chan_fast, time_tiles, counter, flags,
              st_a, st_h, st_i):
         """Forward: (a, x, h0) -> o = h.  Backward: (a, x = grad_h, hh = h, h0) -> o = grad_x,
-        ga = grad_a (or per-(tile, lane) sums into ``parts`` when a is constant in time), gh0."""
+        ga = grad_a (or per-tile sums into ``parts`` when a is constant in time), gh0."""
         sA = cuda.shared.array(THREADS, acc)
         sH = cuda.shared.array(THREADS, acc)
         sC = cuda.shared.array(THREADS, acc)
+        sR = cuda.shared.array(THREADS, acc)
         sV = cuda.shared.array(1, types.int64)
         la = cuda.local.array(ITEMS, acc)
         lx = cuda.local.array(ITEMS, acc)
@@ -201,14 +202,12 @@ def _kernels(acc_name: str, backward: bool, items: int):
         h = sC[cl]
         if lane > 0:
             h = sA[tid - step] * h + sH[tid - step]
-        if not live:
-            return
-        # 4. rescan from registers and write
+        # 4. rescan from registers and write (dead channels skip the loop but reach the barrier below)
         summed = gas[3] == 0
         total = zero
         for m in range(ITEMS):
             u = t0 + m
-            if u < T:
+            if live and u < T:
                 h = la[m] * h + lx[m]
                 if backward:
                     t = T - 1 - u
@@ -228,13 +227,19 @@ def _kernels(acc_name: str, backward: bool, items: int):
                         gh0[at(g0o, g0s, i, j, k, 0)] = conj(acc(a[at(ao, as_, i, j, k, 0)])) * h
                 else:
                     o[at(oo, os_, i, j, k, u)] = h
-        if backward and summed:
-            put(parts, ((i * C1 + j) * C2 + k) * (time_tiles * lanes) + tt * lanes + lane, total)
+        if backward and summed:  # the tile's grad_a sum per channel, over its lanes in a fixed order
+            sR[tid] = total
+            cuda.syncthreads()
+            if live and lane == lanes - 1:
+                s = zero
+                for q in range(lanes):
+                    s += sR[tid - (lanes - 1 - q) * step]
+                put(parts, ((i * C1 + j) * C2 + k) * time_tiles + tt, s)
 
     @cuda.jit
     def finish(parts, ga, gao, gas, shape, width):
-        """Backward with a constant in time: each channel's grad_a is the sum of its ``width``
-        (tile, lane) parts, in a fixed order."""
+        """Backward with a constant in time: each channel's grad_a is the sum of its ``width`` tile
+        parts, in a fixed order."""
         C0, C1, C2, T = shape
         c = cuda.grid(1)
         if c >= C0 * C1 * C2:
@@ -329,7 +334,7 @@ def backward(problem, launch=None):
     C0, C1, C2, T = problem.shape
     nchan = C0 * C1 * C2
     summed = problem.grad_a.strides[3] == 0
-    width = launch.time_tiles * launch.lanes
+    width = launch.time_tiles
     with _Launcher(problem.grad_h.buf, xp) as run:
         parts = xp.zeros(nchan * width * ncomp if summed else 1, real)
         none = _none(xp, problem.dtype)

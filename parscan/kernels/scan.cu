@@ -11,8 +11,8 @@
 //      time order (every inclusive prefix is the same expression A_u * inc_{u-1} + H_u whoever
 //      evaluates it, so results are bitwise repeatable), then publishes its own inclusive prefix;
 //   4. every thread rescans its steps from its incoming state and writes h, or grad_x / grad_a /
-//      grad_h0 (grad_a as per-(tile, lane) partial sums when a is constant in time, summed by
-//      sum_parts in a fixed order).
+//      grad_h0 (grad_a, when a is constant in time, as one partial sum per (channel, tile), summed
+//      over the tile's lanes in the block and over tiles by sum_parts, both in a fixed order).
 // Tiles take virtual ids from an atomic counter (time tiles fastest), so a tile's predecessors have
 // always started.  64-bit indexing throughout.  float16 is stored as its bit pattern and accumulated
 // in float32; complex values are (re, im) pairs as NumPy stores them.
@@ -124,7 +124,7 @@ __device__ A look_back(int* flags, typename Acc<A>::real* st_a, typename Acc<A>:
 // is h (hh, ga, gh0 unused).
 // Backward: x is grad_h, hh is the forward's h, out is grad_x, ga is grad_a (or parts), gh0 is grad_h0.
 template <class S, class SA, class SG, class A, int ITEMS, bool BACKWARD>
-__global__ void __launch_bounds__(THREADS)
+__global__ void __launch_bounds__(THREADS, 1)  // registers over occupancy: no spills (tune on a device)
 scan_kernel(OPERAND(const SA*, a), OPERAND(const S*, x), OPERAND(const S*, hh), OPERAND(const S*, h0),
             int has_h0, OPERAND(S*, o), OPERAND(SG*, ga), OPERAND(A*, gh0),
             typename Acc<A>::real* parts, i64 C0, i64 C1, i64 C2, i64 T, int chans, int lanes,
@@ -210,14 +210,13 @@ scan_kernel(OPERAND(const SA*, a), OPERAND(const S*, x), OPERAND(const S*, hh), 
     __syncthreads();
     A h = sC[cl];
     if (lane > 0) h = sA[tid - step] * h + sH[tid - step];
-    if (!live) return;
-    // 4. rescan from registers and write
+    // 4. rescan from registers and write (dead channels skip the loop but reach the barrier below)
     const bool summed = ga_st == 0;
     A total = zero;
 #pragma unroll
     for (int m = 0; m < ITEMS; ++m) {
         const i64 u = t0 + m;
-        if (u < T) {
+        if (live && u < T) {
             h = la[m] * h + lx[m];
             if (BACKWARD) {
                 const i64 t = T - 1 - u;
@@ -235,11 +234,19 @@ scan_kernel(OPERAND(const SA*, a), OPERAND(const S*, x), OPERAND(const S*, hh), 
             }
         }
     }
-    if (BACKWARD && summed)
-        Ops::put(parts, ((i * C1 + j) * C2 + k) * (time_tiles * lanes) + tt * lanes + lane, total);
+    if (BACKWARD && summed) {  // the tile's grad_a sum per channel, over its lanes in a fixed order
+        __shared__ A sR[THREADS];
+        sR[tid] = total;
+        __syncthreads();
+        if (live && lane == lanes - 1) {
+            A s = zero;
+            for (int q = 0; q < lanes; ++q) s = s + sR[tid - (lanes - 1 - q) * step];
+            Ops::put(parts, ((i * C1 + j) * C2 + k) * time_tiles + tt, s);
+        }
+    }
 }
 
-// Backward with a constant in time: grad_a of each channel is the sum of its `width` parts, in order.
+// Backward with a constant in time: grad_a of each channel is the sum of its `width` tile parts, in order.
 template <class SG, class A>
 __global__ void sum_parts(const typename Acc<A>::real* parts, OPERAND(SG*, ga), i64 C0, i64 C1, i64 C2,
                           i64 width) {

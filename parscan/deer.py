@@ -37,8 +37,10 @@ def _sig(v):
     return 0.5 * (np.tanh(0.5 * v) + 1.0)
 
 
-class TanhCell:
-    """y' = tanh(x W_ih^T + b_ih + y W_hh^T + b_hh) (torch.nn.RNNCell's names and shapes)."""
+class _Cell:
+    """Sizes and torch's initialisation (uniform +-1/sqrt(n)) of ``gates`` stacked blocks."""
+
+    gates = 1
 
     def __init__(self, input_size, hidden_size):
         self.input_size, self.hidden_size = int(input_size), int(hidden_size)
@@ -46,8 +48,15 @@ class TanhCell:
     def init_params(self, seed=None, dtype="float64"):
         rng = np.random.default_rng(seed)
         m, n, k = self.input_size, self.hidden_size, 1 / np.sqrt(self.hidden_size)
+        g = self.gates * n
         u = lambda *s: rng.uniform(-k, k, s).astype(dtype)  # noqa: E731
-        return {"weight_ih": u(n, m), "weight_hh": u(n, n), "bias_ih": u(n), "bias_hh": u(n)}
+        return {"weight_ih": u(g, m), "weight_hh": u(g, n), "bias_ih": u(g), "bias_hh": u(g)}
+
+
+class TanhCell(_Cell):
+    """y' = tanh(x W_ih^T + b_ih + y W_hh^T + b_hh) (torch.nn.RNNCell's names and shapes)."""
+
+    gates = 1
 
     def step(self, p, y, x):
         return np.tanh(x @ p["weight_ih"].T + p["bias_ih"] + y @ p["weight_hh"].T + p["bias_hh"])
@@ -69,7 +78,7 @@ class TanhCell:
         return d @ p["weight_hh"], d @ p["weight_ih"], grads
 
 
-class GRUCell:
+class GRUCell(_Cell):
     """torch.nn.GRUCell's equations, names and gate order (r, z, n)::
 
         r = sigma(W_ir x + b_ir + W_hr y + b_hr),  z = sigma(W_iz x + b_iz + W_hz y + b_hz)
@@ -78,14 +87,7 @@ class GRUCell:
     Params: ``weight_ih`` (3n, m), ``weight_hh`` (3n, n), ``bias_ih`` (3n,), ``bias_hh`` (3n,).
     """
 
-    def __init__(self, input_size, hidden_size):
-        self.input_size, self.hidden_size = int(input_size), int(hidden_size)
-
-    def init_params(self, seed=None, dtype="float64"):
-        rng = np.random.default_rng(seed)
-        m, n, k = self.input_size, self.hidden_size, 1 / np.sqrt(self.hidden_size)
-        u = lambda *s: rng.uniform(-k, k, s).astype(dtype)  # noqa: E731
-        return {"weight_ih": u(3 * n, m), "weight_hh": u(3 * n, n), "bias_ih": u(3 * n), "bias_hh": u(3 * n)}
+    gates = 3
 
     def _gates(self, p, y, x):
         n = self.hidden_size

@@ -29,11 +29,13 @@ _HOST = ("cpu", "reference")
 @njit(parallel=True, cache=True, fastmath={"contract"})
 def _forward_cpu(A, x, h0, out, reverse):
     B, T, n = x.shape
+    shared = np.int64(0 if A.shape[0] > 1 else 1)  # one A for every batch row
     for b in prange(B):
+        ab = np.int64(b) * (1 - shared)
         h = h0[b].copy()
         for s in range(T):
             t = T - 1 - s if reverse else s
-            At = A[b, t if A.shape[1] > 1 else 0]
+            At = A[ab, t if A.shape[1] > 1 else 0]
             new = np.empty(n, x.dtype)
             for i in range(n):
                 acc = x[b, t, i]
@@ -48,13 +50,15 @@ def _forward_cpu(A, x, h0, out, reverse):
 def _backward_cpu(A, h, gh, h0, gx, gA, gh0, reverse):
     """gA has shape (B, T or 1, n, n): per-step outer products, or their sum over time."""
     B, T, n = h.shape
+    shared = np.int64(0 if A.shape[0] > 1 else 1)
     for b in prange(B):
+        ab = np.int64(b) * (1 - shared)
         g = np.zeros(n, h.dtype)
         for s in range(T):
             t = s if reverse else T - 1 - s      # walk against the forward's direction
             nxt = t - 1 if reverse else t + 1    # the step that read h_t
             if 0 <= nxt < T:
-                An = A[b, nxt if A.shape[1] > 1 else 0]
+                An = A[ab, nxt if A.shape[1] > 1 else 0]
                 new = np.empty(n, h.dtype)
                 for i in range(n):
                     acc = gh[b, t, i]
@@ -72,7 +76,7 @@ def _backward_cpu(A, h, gh, h0, gx, gA, gh0, reverse):
                 for j in range(n):
                     gA[b, k, i, j] += g[i] * np.conj(hp[j])
         first = T - 1 if reverse else 0
-        A0 = A[b, first if A.shape[1] > 1 else 0]
+        A0 = A[ab, first if A.shape[1] > 1 else 0]
         for i in range(n):
             gh0[b, i] = 0
             for j in range(n):
@@ -82,6 +86,7 @@ def _backward_cpu(A, h, gh, h0, gx, gA, gh0, reverse):
 def _reference_forward(A, x, h0, reverse):
     acc = np.complex128 if np.iscomplexobj(A) or np.iscomplexobj(x) else np.float64
     A, x, h = A.astype(acc), x.astype(acc), h0.astype(acc).copy()
+    A = np.broadcast_to(A, x.shape[:1] + A.shape[1:])  # a batch-shared A stays one copy
     out = np.empty(x.shape, acc)
     T = x.shape[1]
     for s in range(T):
@@ -96,6 +101,7 @@ def _reference_backward(A, h, gh, h0, reverse):
     acc = np.complex128 if np.iscomplexobj(A) or np.iscomplexobj(h) else np.float64
     A, h, gh, h0 = (v.astype(acc) for v in (A, h, gh, h0))
     B, T, n = h.shape
+    A = np.broadcast_to(A, (B,) + A.shape[1:])
     gx = np.zeros_like(h)
     gA = np.zeros((B, A.shape[1]) + A.shape[2:], acc)
     g = np.zeros((B, n), acc)
@@ -144,7 +150,10 @@ def _prepare(A, x, h0, names):
         raise TypeError(f"matrix_linear_scan needs floating-point or complex data, got {dt}; cast first")
     work = np.float32 if dt == np.float16 else dt
     Bn = int(np.prod(lead_b)) if lead_b else 1
-    Ab = np.ascontiguousarray(np.broadcast_to(A, lead_b + A.shape[-3:]).reshape(Bn, *A.shape[-3:]), work)
+    if np.prod(A.shape[:-3], dtype=int) == 1:  # one A for the whole batch: not materialised per batch row
+        Ab = np.ascontiguousarray(A.reshape((1,) + A.shape[-3:]), work)
+    else:
+        Ab = np.ascontiguousarray(np.broadcast_to(A, lead_b + A.shape[-3:]).reshape(Bn, *A.shape[-3:]), work)
     xb = np.ascontiguousarray(np.broadcast_to(x, lead_b + (T, n)).reshape(Bn, T, n), work)
     hb = (np.zeros((Bn, n), work) if h0 is None else
           np.ascontiguousarray(np.broadcast_to(h0, lead_b + (n,)).reshape(Bn, n), work))
@@ -195,11 +204,11 @@ def matrix_linear_scan_backward(A, h, grad_h, h0=None, *, reverse=False, backend
     Ab, hb, h0b, lead, dt = _prepare(Aa, ha, None if h0o is None else h0o.array, ("A", "h"))
     gb = np.ascontiguousarray(np.broadcast_to(ga, ha.shape).reshape(hb.shape), hb.dtype)
     if hb.shape[1] == 0:
-        gx, gA, gh0 = np.empty_like(hb), np.zeros(Ab.shape, hb.dtype), np.zeros_like(h0b)
+        gx, gA, gh0 = np.empty_like(hb), np.zeros(hb.shape[:1] + Ab.shape[1:], hb.dtype), np.zeros_like(h0b)
     elif name == "reference":
         gx, gA, gh0 = _reference_backward(Ab, hb, gb, h0b, reverse)
     else:
-        gx, gA, gh0 = np.empty_like(hb), np.zeros(Ab.shape, hb.dtype), np.empty_like(h0b)
+        gx, gA, gh0 = np.empty_like(hb), np.zeros(hb.shape[:1] + Ab.shape[1:], hb.dtype), np.empty_like(h0b)
         _backward_cpu(Ab, hb, gb, h0b, gx, gA, gh0, bool(reverse))
     gA = _reduce(gA.reshape(lead + Ab.shape[1:]), Aa.shape)
     if np.iscomplexobj(gA) and not np.iscomplexobj(Aa):

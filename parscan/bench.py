@@ -32,6 +32,7 @@ import time
 import numpy as np
 
 from . import _backends, reference
+from .demo import _timed as _wall  # one warm-up call, then ``repeats`` timed calls
 from .scan import linear_scan, linear_scan_backward
 
 PAPER_TABLE1 = {  # (m, T) -> the paper's parallel/serial speedup (Martin & Cundy 2018, Table 1)
@@ -65,18 +66,6 @@ class Progress:
 def _stats(times):
     t = np.asarray(times)
     return float(np.median(t)), float(t.min()), float(t.max())
-
-
-def _wall(fn, repeats, sync=lambda: None):
-    fn()
-    sync()
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        out.append(time.perf_counter() - t0)
-    return out
 
 
 # ------------------------------------------------------------------------------------------- cpu
@@ -114,8 +103,8 @@ def suite_cpu(ctx):
         ctx["progress"].step(f"cpu {channels} x {length} {lay}")
     for _ in range(ctx["repeats"]):
         for common, a, x, out, axis, mul, scan in cases:
-            mul += _wall(lambda: np.multiply(a, x, out=out), 1)  # noqa: B023 - called at once
-            scan += _wall(lambda: linear_scan(a, x, axis=axis, out=out, backend="cpu"), 1)  # noqa: B023
+            mul.extend(_wall(lambda: np.multiply(a, x, out=out), 1))  # noqa: B023 - called at once
+            scan.extend(_wall(lambda: linear_scan(a, x, axis=axis, out=out, backend="cpu"), 1))  # noqa: B023
     for common, a, x, out, axis, mul, scan in cases:
         pairs = np.array(mul) / np.array(scan)
         s, smin, smax = _stats(scan)

@@ -93,9 +93,6 @@ class _Layer:
     def _zeros(self, shape):
         return self.xp.zeros(shape, self.dtype)
 
-    def zero_grads(self):
-        return {k: self.xp.zeros_like(v) for k, v in self.params.items()}
-
 
 class GILR(_Layer):
     """Gated impulse linear recurrence: h_t = g_t h_{t-1} + (1 - g_t) j_t (see module docstring).

@@ -36,8 +36,8 @@ def _wide(t):
 
 
 def _dtype(a, x, h0):
-    d = torch.result_type(a, x) if h0 is None else torch.promote_types(torch.result_type(a, x), h0.dtype)
-    return d
+    d = torch.result_type(a, x)
+    return d if h0 is None else torch.promote_types(d, h0.dtype)
 
 
 @torch.library.custom_op("parscan::linear_scan", mutates_args=())
@@ -113,7 +113,7 @@ class _GILRLSTMFunction(torch.autograd.Function):
         state = None if s0 is None else (_host_or_cupy(s0), _host_or_cupy(c0))
         with _stream(x):
             h, (sT, cT), cache = layer.forward(xa, state)
-        ctx.layer, ctx.names, ctx.cache, ctx.device = layer, names, cache, x.device
+        ctx.layer, ctx.names, ctx.cache = layer, names, cache
         ctx.has_state = s0 is not None
         return _to_torch(h), _to_torch(sT), _to_torch(cT)
 

@@ -66,11 +66,13 @@ def _module():
     return cupy.RawModule(code=source(), options=OPTIONS, name_expressions=names)
 
 
+@lru_cache(maxsize=None)
+def _names():
+    return {key: name for name, key in instantiations()}
+
+
 def _function(key):
-    for name, k in instantiations():
-        if k == key:
-            return _module().get_function(name)
-    raise KeyError(key)
+    return _module().get_function(_names()[key])
 
 
 def _op(s, dtype=None):
@@ -106,20 +108,20 @@ def _geometry(problem, launch):
             np.int64(launch.time_tiles))
 
 
-def _check_launch(launch, acc):
+def _plan(problem, lead, launch):
+    """``(acc, launch, dtype, a's kernel dtype)``; a given launch must match the instantiations."""
+    acc = problem.acc_dtype
+    launch = launch or plan_launch(problem.shape, lead.strides, items=items_for(acc))
     if launch.items != items_for(acc) or launch.threads > 256:
         raise ValueError(f"scan.cu is instantiated for {items_for(acc)} steps a thread and at most 256 threads, "
                          f"got a launch with {launch.items} and {launch.threads}")
+    return acc, launch, problem.dtype, _a_dtype(problem)
 
 
 def forward(problem, launch=None):
     import cupy
 
-    acc = problem.acc_dtype
-    launch = launch or plan_launch(problem.shape, problem.x.strides, items=items_for(acc))
-    _check_launch(launch, acc)
-    d = problem.dtype
-    sa = _a_dtype(problem)
+    acc, launch, d, sa = _plan(problem, problem.x, launch)
     with cupy.cuda.Device(problem.x.buf.device.id):  # scratch, casts and the launch on the data's device
         fn = _function(("scan", d.name, sa.name, d.name, False))
         (counter, flags, st_a, st_h, st_i), real = _status(cupy, launch, acc)
@@ -134,11 +136,7 @@ def forward(problem, launch=None):
 def backward(problem, launch=None):
     import cupy
 
-    acc = problem.acc_dtype
-    launch = launch or plan_launch(problem.shape, problem.grad_h.strides, items=items_for(acc))
-    _check_launch(launch, acc)
-    d = problem.dtype
-    sa = _a_dtype(problem)
+    acc, launch, d, sa = _plan(problem, problem.grad_h, launch)
     sg = problem.grad_a.buf.dtype
     C0, C1, C2, T = problem.shape
     nchan = C0 * C1 * C2

@@ -31,23 +31,13 @@ template <class R> __device__ __forceinline__ cplx<R> operator+(cplx<R> a, cplx<
 }
 
 // ---- accumulator traits: identity values, conjugate, status publication (L1-bypassing) ----------
-template <class A> struct Acc;
-
-template <> struct Acc<float> {
-    typedef float real;
-    static __device__ __forceinline__ float one() { return 1.0f; }
-    static __device__ __forceinline__ float zero() { return 0.0f; }
-    static __device__ __forceinline__ float conj(float v) { return v; }
-    static __device__ __forceinline__ void put(float* p, i64 i, float v) { __stcg(p + i, v); }
-    static __device__ __forceinline__ float get(const float* p, i64 i) { return __ldcg(p + i); }
-};
-template <> struct Acc<double> {
-    typedef double real;
-    static __device__ __forceinline__ double one() { return 1.0; }
-    static __device__ __forceinline__ double zero() { return 0.0; }
-    static __device__ __forceinline__ double conj(double v) { return v; }
-    static __device__ __forceinline__ void put(double* p, i64 i, double v) { __stcg(p + i, v); }
-    static __device__ __forceinline__ double get(const double* p, i64 i) { return __ldcg(p + i); }
+template <class R> struct Acc {  // float, double
+    typedef R real;
+    static __device__ __forceinline__ R one() { return R(1); }
+    static __device__ __forceinline__ R zero() { return R(0); }
+    static __device__ __forceinline__ R conj(R v) { return v; }
+    static __device__ __forceinline__ void put(R* p, i64 i, R v) { __stcg(p + i, v); }
+    static __device__ __forceinline__ R get(const R* p, i64 i) { return __ldcg(p + i); }
 };
 template <class R> struct Acc<cplx<R> > {
     typedef R real;

@@ -107,6 +107,18 @@ def _as_strided(xp, arr, shape, strides, writeable):
     return xp.lib.stride_tricks.as_strided(arr, shape, strides)
 
 
+def flat_buffer(xp, v, writeable: bool = False):
+    """``(buf, off)``: a 1-d view of the memory ``v`` spans (from its lowest-addressed element) and
+    the element offset of ``v[0, ..., 0]`` in it, so ``v[idx] == buf[off + sum(idx * strides // itemsize)]``."""
+    item = v.itemsize
+    corner = tuple(slice(n - 1, n) if s < 0 else slice(0, 1) for n, s in zip(v.shape, v.strides))
+    base = v[corner]
+    lo = _ptr(base)
+    hi = lo + sum((n - 1) * abs(s) for n, s in zip(v.shape, v.strides))
+    buf = _as_strided(xp, base, ((hi - lo) // item + 1,), (item,), writeable)
+    return buf, (_ptr(v) - lo) // item
+
+
 class Canon:
     """The mapping of an N-d shape with a time ``axis`` onto ``(C0, C1, C2, T)``.
 
@@ -145,13 +157,7 @@ class Canon:
         T = v.shape[self.axis]
         if T == 1:
             es[3] = 0
-        # the lowest-addressed element of v starts the flat buffer
-        corner = tuple(slice(n - 1, n) if s < 0 else slice(0, 1) for n, s in zip(v.shape, v.strides))
-        base = v[corner]
-        lo = _ptr(base)
-        hi = lo + sum((n - 1) * abs(s) for n, s in zip(v.shape, v.strides))
-        buf = _as_strided(self.xp, base, ((hi - lo) // item + 1,), (item,), writeable)
-        off = (_ptr(v) - lo) // item
+        buf, off = flat_buffer(self.xp, v, writeable)
         if self.reverse and T > 1:
             off += (T - 1) * es[3]
             es[3] = -es[3]

@@ -9,21 +9,38 @@ broadcast against x's; ``h0`` (..., n) broadcasts too.  ``reverse=True`` runs
 
 (PyTorch's convention for complex numbers; grad_A is summed over what A was broadcast along).
 
-Backends: ``reference`` (a float64 / complex128 loop) and ``cpu`` (Numba, parallel over the batch of
-leading dims, sequential in time: n^2 work per step, where a parallel-in-time scan would need n^3
-matrix products and only pays on a GPU).  float16 is computed in float32 (one cast copy each way).
-The GPU kernels for this scan are not written yet: the CUDA backends raise BackendUnavailable.
+Backends:
+
+- ``reference``: a float64 / complex128 loop, the ground truth;
+- ``cpu``: Numba, parallel over the batch of leading dims and sequential in time (n^2 work a step;
+  a parallel-in-time scan needs n^3 matrix products and pays only with thousands of threads);
+- ``cupy`` and ``numba``: the chunked parallel-in-time scan of :mod:`parscan.kernels.matrix_launch`
+  (one kernel in ``scan.cu`` and its Numba twin).  Operands go in as views: broadcast leading dims
+  and a time-constant A are zero strides, never materialised (leading dims that cannot be merged into
+  one batch stride are copied once).  The backward is the same scan in reversed time; grad_A is
+  one elementwise product per step, or one batched matrix product when A is constant in time.
+
+n = 1 runs as the elementwise :func:`parscan.linear_scan` (except on ``reference``).  float16 is
+computed in float32 (one cast copy each way); operands of another dtype than the result's are cast
+once.
 """
 
 from __future__ import annotations
+
+import importlib
+import math
 
 import numpy as np
 from numba import njit, prange
 
 from . import _backends
-from ._arrays import as_operand, check_same_place, give_back
+from ._arrays import array_module, as_operand, check_same_place, give_back
+from ._problem import _as_strided
+from .kernels import matrix_launch
+from .scan import linear_scan, linear_scan_backward
 
 _HOST = ("cpu", "reference")
+_CUDA = {"cupy": "parscan.kernels.cupy_scan", "numba": "parscan.kernels.numba_matrix"}
 
 
 @njit(parallel=True, cache=True, fastmath={"contract"})
@@ -119,19 +136,28 @@ def _reference_backward(A, h, gh, h0, reverse):
 
 
 def _select(backend, on_gpu):
+    """``("host", name)`` or ``("cuda", module with matrix_pass)``."""
     name = backend or ("cupy" if on_gpu else "cpu")
-    if name in ("cupy", "numba"):
-        raise _backends.BackendUnavailable(f"matrix_linear_scan has no {name} (CUDA) kernels yet (issue #8); "
-                                           f"use host arrays with backend='cpu'")
-    if name not in _HOST:
-        raise ValueError(f"unknown backend {name!r}; matrix_linear_scan runs on 'cpu' or 'reference'")
+    if name not in _HOST and name not in _CUDA:
+        raise ValueError(f"unknown backend {name!r}; matrix_linear_scan runs on 'cupy', 'numba', 'cpu' or "
+                         f"'reference' (or None for the default)")
+    if name in _CUDA:
+        if not on_gpu:
+            raise ValueError(f"backend {name!r} runs on CUDA arrays but the inputs are in host memory; parscan "
+                             f"does not copy behind your back: pass CuPy (or other CUDA) arrays, or use "
+                             f"backend='cpu'")
+        st = _backends.status(name)
+        if not st.available:
+            raise _backends.BackendUnavailable(f"backend {name!r} is not available here: {st.reason}")
+        return "cuda", importlib.import_module(_CUDA[name])
     if on_gpu:
-        raise ValueError("matrix_linear_scan runs on host arrays only for now (no CUDA kernels yet, issue #8)")
-    return name
+        raise ValueError(f"backend {name!r} runs on host arrays but the inputs are on a CUDA device; use "
+                         f"backend='cupy' or 'numba', or move the data to the host first")
+    return "host", name
 
 
-def _prepare(A, x, h0, names):
-    """Broadcast to (B, T|1, n, n), (B, T, n), (B, n) contiguous arrays of the working dtype."""
+def _check(A, x, h0, names):
+    """``(lead, T, n, dtype, working dtype)`` of a call, or a clear error."""
     if x.ndim < 2:
         raise ValueError(f"{names[1]} must have shape (..., T, n), got {x.shape}")
     *lead, T, n = x.shape
@@ -148,8 +174,15 @@ def _prepare(A, x, h0, names):
     dt = np.result_type(A, x, *(() if h0 is None else (h0,)))
     if dt.kind not in "fc":
         raise TypeError(f"matrix_linear_scan needs floating-point or complex data, got {dt}; cast first")
-    work = np.float32 if dt == np.float16 else dt
-    Bn = int(np.prod(lead_b)) if lead_b else 1
+    if n > matrix_launch.MAX_N:
+        raise ValueError(f"n = {n} is more than the {matrix_launch.MAX_N} the scan supports; the matrix scan "
+                         f"is meant for small n (1..64)")
+    return lead_b, T, n, dt, np.dtype(np.float32 if dt == np.float16 else dt)
+
+
+def _prepare(A, x, h0, lead_b, T, n, work):
+    """Host: broadcast to (B, T|1, n, n), (B, T, n), (B, n) contiguous arrays of the working dtype."""
+    Bn = math.prod(lead_b)
     if np.prod(A.shape[:-3], dtype=int) == 1:  # one A for the whole batch: not materialised per batch row
         Ab = np.ascontiguousarray(A.reshape((1,) + A.shape[-3:]), work)
     else:
@@ -157,7 +190,19 @@ def _prepare(A, x, h0, names):
     xb = np.ascontiguousarray(np.broadcast_to(x, lead_b + (T, n)).reshape(Bn, T, n), work)
     hb = (np.zeros((Bn, n), work) if h0 is None else
           np.ascontiguousarray(np.broadcast_to(h0, lead_b + (n,)).reshape(Bn, n), work))
-    return Ab, xb, hb, lead_b, dt
+    return Ab, xb, hb
+
+
+def _batched(xp, v, lead, tail, work):
+    """CUDA: ``v`` in the working dtype, broadcast to ``lead + tail`` with the leading dims as one batch
+    dim: a view where the strides allow it (a broadcast is a zero stride), else one copy."""
+    v = xp.broadcast_to(v.astype(work, copy=False), lead + tail)
+    k = len(lead)
+    dims = [(m, st) for m, st in zip(v.shape[:k], v.strides[:k]) if m != 1]
+    if (all(st % v.itemsize == 0 for st in v.strides)
+            and all(dims[d][1] == dims[d + 1][0] * dims[d + 1][1] for d in range(len(dims) - 1))):
+        return _as_strided(xp, v, (math.prod(lead),) + tail, (dims[-1][1] if dims else 0,) + v.strides[k:], False)
+    return xp.ascontiguousarray(v).reshape((math.prod(lead),) + tail)
 
 
 def _host(v, name):
@@ -165,22 +210,75 @@ def _host(v, name):
     return op, op.array
 
 
+def _conj(v):
+    return v.conj() if v.dtype.kind == "c" else v
+
+
+def _cuda_forward(impl, xp, A, x, h0, reverse, lead, T, n, work):
+    out = xp.empty((math.prod(lead), T, n), work)
+    matrix_launch.scan(impl.matrix_pass, xp, _batched(xp, A, lead, (T, n, n), work),
+                       _batched(xp, x, lead, (T, n), work),
+                       None if h0 is None else _batched(xp, h0, lead, (n,), work), out, reverse=reverse)
+    return out
+
+
+def _cuda_backward(impl, xp, A, h, gh, h0, reverse, lead, T, n, work):
+    """``(grad_x, grad_A with A's time length, grad_h0)`` over the flat batch."""
+    B = math.prod(lead)
+    if T == 0:
+        return (xp.empty((B, 0, n), work), xp.zeros((B, A.shape[-3], n, n), work),
+                None if h0 is None else xp.zeros((B, n), work))
+    Av = _batched(xp, A, lead, (T, n, n), work)
+    hv, h0v = _batched(xp, h, lead, (T, n), work), None if h0 is None else _batched(xp, h0, lead, (n,), work)
+    gx = xp.empty((B, T, n), work)
+    # g_t = grad_h_t + A_{t+1}^H g_{t+1}: the scan in reversed time of A's conjugate transpose, one step on
+    matrix_launch.scan(impl.matrix_pass, xp, Av.swapaxes(-1, -2), _batched(xp, gh, lead, (T, n), work), None, gx,
+                       reverse=not reverse, shift=-1 if reverse else 1, conj=True)
+    first = T - 1 if reverse else 0      # the step that read h0
+    inner = slice(0, T - 1) if reverse else slice(1, T)
+    prev = slice(1, T) if reverse else slice(0, T - 1)
+    g_in, h_in, g0 = gx[:, inner], _conj(hv[:, prev]), gx[:, first]
+    if A.shape[-3] == 1:  # sum over time of g_t h_{t-1}^H: one batched matrix product
+        gA = xp.matmul(g_in.swapaxes(1, 2), h_in)
+        if h0v is not None:
+            gA += g0[:, :, None] * _conj(h0v)[:, None, :]
+        gA = gA[:, None]
+    else:
+        gA = xp.empty((B, T, n, n), work)
+        gA[:, inner] = g_in[..., :, None] * h_in[..., None, :]
+        gA[:, first] = 0 if h0v is None else g0[:, :, None] * _conj(h0v)[:, None, :]
+    gh0 = None if h0v is None else xp.matmul(_conj(Av[:, first]).swapaxes(-1, -2), g0[..., None])[..., 0]
+    return gx, gA, gh0
+
+
 def matrix_linear_scan(A, x, h0=None, *, reverse=False, backend=None):
-    """``h_t = A_t h_{t-1} + x_t`` for x (..., T, n), A (..., T or 1, n, n), h0 (..., n) (see module doc)."""
+    """``h_t = A_t h_{t-1} + x_t`` for x (..., T, n), A (..., T or 1, n, n), h0 (..., n) (see module doc).
+
+    Returns h (x's shape broadcast with the leading dims of A and h0) in the caller's library, dtype
+    the result type of A, x and h0.  n = 1 runs as the elementwise :func:`parscan.linear_scan`.
+    """
     xo, xa = _host(x, "x")
     Ao, Aa = _host(A, "A")
     ho = None if h0 is None else as_operand(h0, "h0")
+    ha = None if ho is None else ho.array
     check_same_place(xo, Ao, ho)
-    name = _select(backend, xo.on_gpu)
-    Ab, xb, hb, lead, dt = _prepare(Aa, xa, None if ho is None else ho.array, ("A", "x"))
-    if xb.shape[1] == 0:
-        out = np.empty_like(xb)
-    elif name == "reference":
-        out = _reference_forward(Ab, xb, hb, reverse)
+    kind, impl = _select(backend, xo.on_gpu)
+    lead, T, n, dt, work = _check(Aa, xa, ha, ("A", "x"))
+    name = backend or ("cupy" if xo.on_gpu else "cpu")
+    if n == 1 and name != "reference" and xa.shape[:-2] == lead:
+        return give_back(linear_scan(Aa[..., 0], xa, ha, axis=-2, reverse=reverse, backend=name), xo)
+    if kind == "cuda":
+        out = _cuda_forward(impl, array_module(xo), Aa, xa, ha, reverse, lead, T, n, work)
     else:
-        out = np.empty_like(xb)
-        _forward_cpu(Ab, xb, hb, out, bool(reverse))
-    return give_back(out.reshape(lead + xb.shape[1:]).astype(dt, copy=False), xo)
+        Ab, xb, hb = _prepare(Aa, xa, ha, lead, T, n, work)
+        if T == 0:
+            out = np.empty_like(xb)
+        elif impl == "reference":
+            out = _reference_forward(Ab, xb, hb, reverse)
+        else:
+            out = np.empty_like(xb)
+            _forward_cpu(Ab, xb, hb, out, bool(reverse))
+    return give_back(out.reshape(lead + (T, n)).astype(dt, copy=False), xo)
 
 
 def _reduce(g, shape):
@@ -192,29 +290,42 @@ def _reduce(g, shape):
 
 
 def matrix_linear_scan_backward(A, h, grad_h, h0=None, *, reverse=False, backend=None):
-    """``(grad_A, grad_x, grad_h0)`` of :func:`matrix_linear_scan` (formulas in the module doc)."""
+    """``(grad_A, grad_x, grad_h0)`` of :func:`matrix_linear_scan` (formulas in the module doc).
+
+    grad_A has A's shape and dtype (summed over what A was broadcast along), grad_x h's shape,
+    grad_h0 h0's shape (None without h0)."""
     ho_, ha = _host(h, "h")
     Ao, Aa = _host(A, "A")
     go, ga = _host(grad_h, "grad_h")
     h0o = None if h0 is None else as_operand(h0, "h0")
+    h0a = None if h0o is None else h0o.array
     check_same_place(ho_, Ao, go, h0o)
-    name = _select(backend, ho_.on_gpu)
+    kind, impl = _select(backend, ho_.on_gpu)
     if ga.shape != ha.shape:
         raise ValueError(f"grad_h must have h's shape {ha.shape}, got {ga.shape}")
-    Ab, hb, h0b, lead, dt = _prepare(Aa, ha, None if h0o is None else h0o.array, ("A", "h"))
-    gb = np.ascontiguousarray(np.broadcast_to(ga, ha.shape).reshape(hb.shape), hb.dtype)
-    if hb.shape[1] == 0:
-        gx, gA, gh0 = np.empty_like(hb), np.zeros(hb.shape[:1] + Ab.shape[1:], hb.dtype), np.zeros_like(h0b)
-    elif name == "reference":
-        gx, gA, gh0 = _reference_backward(Ab, hb, gb, h0b, reverse)
+    lead, T, n, dt, work = _check(Aa, ha, h0a, ("A", "h"))
+    name = backend or ("cupy" if ho_.on_gpu else "cpu")
+    back = lambda v: None if v is None else give_back(v, ho_)  # noqa: E731
+    if n == 1 and name != "reference" and ha.shape[:-2] == lead:
+        g_a, gx, gh0 = linear_scan_backward(Aa[..., 0], ha, ga, h0a, axis=-2, reverse=reverse, backend=name)
+        return back(g_a[..., None]), back(gx), back(gh0)
+    xp = array_module(ho_)
+    if kind == "cuda":
+        gx, gA, gh0 = _cuda_backward(impl, xp, Aa, ha, ga, h0a, reverse, lead, T, n, work)
     else:
-        gx, gA, gh0 = np.empty_like(hb), np.zeros(hb.shape[:1] + Ab.shape[1:], hb.dtype), np.empty_like(h0b)
-        _backward_cpu(Ab, hb, gb, h0b, gx, gA, gh0, bool(reverse))
-    gA = _reduce(gA.reshape(lead + Ab.shape[1:]), Aa.shape)
-    if np.iscomplexobj(gA) and not np.iscomplexobj(Aa):
+        Ab, hb, h0b = _prepare(Aa, ha, h0a, lead, T, n, work)
+        gb = np.ascontiguousarray(np.broadcast_to(ga, ha.shape).reshape(hb.shape), hb.dtype)
+        if T == 0:
+            gx, gA, gh0 = np.empty_like(hb), np.zeros(hb.shape[:1] + Ab.shape[1:], work), np.zeros_like(h0b)
+        elif impl == "reference":
+            gx, gA, gh0 = _reference_backward(Ab, hb, gb, h0b, reverse)
+        else:
+            gx, gA, gh0 = np.empty_like(hb), np.zeros(hb.shape[:1] + Ab.shape[1:], work), np.empty_like(h0b)
+            _backward_cpu(Ab, hb, gb, h0b, gx, gA, gh0, bool(reverse))
+    gA = _reduce(gA.reshape(lead + gA.shape[1:]), Aa.shape)
+    if gA.dtype.kind == "c" and Aa.dtype.kind != "c":
         gA = gA.real  # a real A's gradient is the real part (PyTorch's convention)
-    gx = gx.reshape(lead + hb.shape[1:]).astype(dt, copy=False)
-    gh0 = None if h0o is None else _reduce(gh0.reshape(lead + (hb.shape[-1],)), h0o.array.shape).astype(
-        h0o.array.dtype, copy=False)
-    back = lambda v: None if v is None else give_back(np.ascontiguousarray(v), ho_)  # noqa: E731
-    return back(gA.astype(Aa.dtype, copy=False)), back(gx), back(gh0)
+    gx = gx.reshape(lead + (T, n)).astype(dt, copy=False)
+    gh0 = None if h0a is None else _reduce(gh0.reshape(lead + (n,)), h0a.shape).astype(h0a.dtype, copy=False)
+    return (back(xp.ascontiguousarray(gA.astype(Aa.dtype, copy=False))), back(gx),
+            back(None if gh0 is None else xp.ascontiguousarray(gh0)))

@@ -93,5 +93,13 @@ def test_errors():
         parscan.matrix_linear_scan(np.zeros((4, 2, 2), int), np.zeros((4, 2), int))
     with pytest.raises(ValueError, match="unknown backend"):
         parscan.matrix_linear_scan(np.zeros((4, 2, 2)), np.zeros((4, 2)), backend="fast")
-    with pytest.raises(parscan.BackendUnavailable, match="no cupy"):
-        matrix._select("cupy", True)
+    with pytest.raises(ValueError, match="runs on CUDA arrays but the inputs are in host memory"):
+        parscan.matrix_linear_scan(np.zeros((4, 2, 2)), np.zeros((4, 2)), backend="numba")
+    with pytest.raises(ValueError, match="more than the 256"):
+        parscan.matrix_linear_scan(np.zeros((1, 257, 257)), np.zeros((1, 257)))
+    for name in ("cupy", "numba"):
+        if parscan.available_backends()[name].available:
+            assert matrix._select(name, True)[0] == "cuda"
+        else:
+            with pytest.raises(parscan.BackendUnavailable, match=f"backend '{name}' is not available here"):
+                matrix._select(name, True)

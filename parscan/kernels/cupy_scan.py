@@ -29,7 +29,7 @@ _ACC = {"float16": "float32"}
 def instantiations():
     """Every (kernel name expression, dtype key) the module holds.
 
-    Keys: ("scan", S, SA, SG, backward) and ("sum", SG, A), dtype names.
+    Keys: ("scan", S, SA, SG, backward), ("sum", SG, A) and ("matrix", S), dtype names.
     """
     out = []
     for s in _CTYPE:
@@ -45,6 +45,8 @@ def instantiations():
                     out.append((name, ("scan", s, sa, sg, backward)))
         for sg in {s, acc}:
             out.append((f"sum_parts<{_CTYPE[sg]}, {_CTYPE[acc]}>", ("sum", sg, acc)))
+    for s in ("float32", "float64", "complex64", "complex128"):
+        out.append((f"matrix_pass<{_CTYPE[s]}>", ("matrix", s)))
     seen, unique = set(), []
     for name, key in out:
         if name not in seen:
@@ -159,3 +161,26 @@ def backward(problem, launch=None):
             total = _function(("sum", sg.name, acc.name))
             total(((nchan + 127) // 128,), (128,), (parts, *_op(problem.grad_a), np.int64(C0), np.int64(C1),
                                                      np.int64(C2), np.int64(width)))
+
+
+def matrix_pass(aggregate, A, conj, shift, x, h0, carry, out, L, nch, reverse):
+    """Launch one pass of the matrix scan (see :mod:`parscan.kernels.matrix_launch`) on CuPy's
+    current stream of ``out``'s device.  Views go in as they are: a pointer to element 0 and element
+    strides (negative and zero strides included)."""
+    import cupy
+
+    from . import matrix_launch
+
+    B, T, n = x.shape
+    es = lambda v: tuple(np.int64(s // v.itemsize) for s in v.strides)  # noqa: E731
+    with cupy.cuda.Device(out.device.id):
+        fn = _function(("matrix", out.dtype.name))
+        none = cupy.zeros(1, out.dtype)
+        h0a = (h0, *es(h0)) if h0 is not None else (none, np.int64(0), np.int64(0))
+        ost = es(out) + (np.int64(0),) * (4 - out.ndim)
+        cols = B * nch * (n + 1 if aggregate else 1)
+        threads = matrix_launch.THREADS
+        fn((matrix_launch.blocks_for(cols, n, threads),), (threads,),
+           (np.int32(aggregate), A, *es(A), np.int32(conj), np.int64(shift), x, *es(x), *h0a,
+            np.int32(h0 is not None), carry if carry is not None else none, out, *ost, np.int64(B), np.int64(T),
+            np.int32(n), np.int64(L), np.int64(nch), np.int32(reverse)))

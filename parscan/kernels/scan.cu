@@ -246,3 +246,72 @@ __global__ void sum_parts(const typename Acc<A>::real* parts, OPERAND(SG*, ga), 
     for (i64 p = 0; p < width; ++p) s = s + Acc<A>::get(parts, c * width + p);
     store(ga, AT(ga, c / (C1 * C2), (c / C2) % C1, c % C2, 0), s);
 }
+
+// ---- the matrix scan h_t = A_t h_{t-1} + x_t (n x n coefficients), one pass of the chunked scan ----
+// The time axis is cut into chunks of L steps (matrix_launch.py plans them and drives the passes).
+// Work is a set of *columns*: n-vectors v that step as v <- M_t v + f_t, one thread per entry, a
+// block holding cpb = THREADS / n columns side by side in shared memory (entry i of column q at
+// tile[i * cpb + q]), every column of the block stepping in lockstep.
+//   aggregate (pass 1): per (batch row b, chunk c < nch) the n + 1 columns of [P | s]: P starts as the
+//     identity and steps with f = 0 (P = A_last ... A_first over the chunk), s starts at 0 and steps
+//     with f = x; written to out[b, c, i, j], j = n for s.  The chunks' (P, s) pairs are then scanned
+//     (recursively, by the same passes) into the state at every chunk's end.
+//   final (pass 2): per (b, c) one column, the state, from h0 (c = 0) or the end of chunk c - 1
+//     (carry[b, c - 1], contiguous (B, nch - 1, n)), writing h_t to out at every step.
+// The coefficient at step t is A[t + shift] (zero outside [0, T)), conjugated when conj_a: the
+// backward passes the transposed view, conj_a = 1 and shift = +-1 to run g_t = grad_h_t + A_{t+1}^H g_{t+1}.
+template <class S>
+__global__ void __launch_bounds__(THREADS)
+matrix_pass(int aggregate, const S* __restrict__ A, i64 A_sb, i64 A_st, i64 A_si, i64 A_sk, int conj_a,
+            i64 shift, const S* __restrict__ x, i64 x_sb, i64 x_st, i64 x_si, const S* __restrict__ h0, i64 h0_sb,
+            i64 h0_si, int has_h0, const S* __restrict__ carry, S* __restrict__ out, i64 o_sb, i64 o_st,
+            i64 o_si, i64 o_sj, i64 B, i64 T, int n, i64 L, i64 nch, int reverse) {
+    typedef Acc<S> Ops;
+    __shared__ S tile[THREADS];
+    const int cpb = THREADS / n;
+    const int tid = threadIdx.x;
+    const int q = tid % cpb, i = tid / cpb;
+    const int ncols = aggregate ? n + 1 : 1;
+    const i64 gc = (i64)blockIdx.x * cpb + q;
+    const bool live = i < n && gc < B * nch * ncols;
+    i64 b = 0, c = 0;
+    int j = 0;
+    if (live) {
+        j = (int)(gc % ncols);
+        const i64 bc = gc / ncols;
+        c = bc % nch;
+        b = bc / nch;
+    }
+    const bool state = !aggregate || j == n;  // the column driven by x
+    S v = Ops::zero();
+    if (live) {
+        if (aggregate) v = j == i ? Ops::one() : Ops::zero();
+        else if (c > 0) v = carry[(b * (nch - 1) + c - 1) * n + i];
+        else if (has_h0) v = h0[b * h0_sb + i * h0_si];
+    }
+    tile[tid] = v;
+    __syncthreads();
+    for (i64 s = 0; s < L; ++s) {
+        const i64 p = c * L + s;
+        const bool act = live && p < T;
+        i64 t = 0;
+        if (act) {
+            t = reverse ? T - 1 - p : p;
+            S acc = state ? x[b * x_sb + t * x_st + i * x_si] : Ops::zero();
+            const i64 te = t + shift;
+            if (te >= 0 && te < T) {
+                const S* row = A + b * A_sb + te * A_st + i * A_si;
+                if (conj_a)
+                    for (int k = 0; k < n; ++k) acc = acc + Ops::conj(row[k * A_sk]) * tile[k * cpb + q];
+                else
+                    for (int k = 0; k < n; ++k) acc = acc + row[k * A_sk] * tile[k * cpb + q];
+            }
+            v = acc;
+        }
+        __syncthreads();
+        if (act) tile[tid] = v;
+        __syncthreads();
+        if (act && !aggregate) out[b * o_sb + t * o_st + i * o_si] = v;
+    }
+    if (live && aggregate) out[b * o_sb + c * o_st + i * o_si + j * o_sj] = v;
+}

@@ -1,0 +1,117 @@
+"""The matrix scan's pass (see :mod:`parscan.kernels.matrix_launch`) as a Numba ``cuda.jit`` kernel,
+line for line the ``matrix_pass`` of ``scan.cu``.
+
+Columns of n entries step in lockstep, a block holding ``threads // n`` of them side by side in
+shared memory (entry i of column q at ``tile[i * cpb + q]``, so a warp reads neighbouring words); a
+thread owns one entry and computes ``v_i <- sum_k M_t[i, k] v_k (+ x_t[i])`` each step.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+from numba import cuda
+
+from .._problem import flat_buffer
+from . import matrix_launch
+from .numba_scan import _Launcher, _numba_type, _xp
+
+
+@lru_cache(maxsize=None)
+def matrix_kernel(acc_name: str, threads: int):
+    """The pass kernel for accumulator (and storage) dtype ``acc_name``, ``threads`` a block."""
+    acc = _numba_type(np.dtype(acc_name))
+    cplx = np.dtype(acc_name).kind == "c"
+    THREADS = threads
+
+    if cplx:
+        @cuda.jit(device=True, inline=True)
+        def conj(v):
+            return v.conjugate()
+    else:
+        @cuda.jit(device=True, inline=True)
+        def conj(v):
+            return v
+
+    @cuda.jit
+    def matrix_pass(aggregate, A, Ao, As, conj_a, shift, x, xo, xs, h0, h0o, h0s, has_h0, carry, o, oo, os_,
+                    B, T, n, L, nch, reverse):
+        tile = cuda.shared.array(THREADS, acc)
+        cpb = THREADS // n
+        tid = cuda.threadIdx.x
+        q = tid % cpb
+        i = tid // cpb
+        ncols = n + 1 if aggregate else 1
+        gc = cuda.blockIdx.x * cpb + q
+        live = i < n and gc < B * nch * ncols
+        b = 0
+        c = 0
+        j = 0
+        if live:
+            j = gc % ncols
+            bc = gc // ncols
+            c = bc % nch
+            b = bc // nch
+        state = (not aggregate) or j == n  # the column driven by x
+        v = acc(0)
+        if live:
+            if aggregate:
+                v = acc(1) if j == i else acc(0)
+            elif c > 0:
+                v = carry[(b * (nch - 1) + c - 1) * n + i]
+            elif has_h0:
+                v = h0[h0o + b * h0s[0] + i * h0s[1]]
+        tile[tid] = v
+        cuda.syncthreads()
+        for s in range(L):
+            p = c * L + s
+            act = live and p < T
+            t = 0
+            if act:
+                t = T - 1 - p if reverse else p
+                total = x[xo + b * xs[0] + t * xs[1] + i * xs[2]] if state else acc(0)
+                te = t + shift
+                if te >= 0 and te < T:
+                    row = Ao + b * As[0] + te * As[1] + i * As[2]
+                    if conj_a:
+                        for k in range(n):
+                            total += conj(A[row + k * As[3]]) * tile[k * cpb + q]
+                    else:
+                        for k in range(n):
+                            total += A[row + k * As[3]] * tile[k * cpb + q]
+                v = total
+            cuda.syncthreads()
+            if act:
+                tile[tid] = v
+            cuda.syncthreads()
+            if act and not aggregate:
+                o[oo + b * os_[0] + t * os_[1] + i * os_[2]] = v
+        if live and aggregate:
+            o[oo + b * os_[0] + c * os_[1] + i * os_[2] + j * os_[3]] = v
+
+    return matrix_pass
+
+
+def _flat(xp, v, written=False):
+    buf, off = flat_buffer(xp, v, written)
+    if isinstance(buf, np.ndarray) and not written:
+        buf = cuda.to_device(buf)  # simulator: it copies every host argument back after a launch
+    return buf, off, tuple(int(s) // v.itemsize for s in v.strides)
+
+
+def matrix_pass(aggregate, A, conj, shift, x, h0, carry, out, L, nch, reverse):
+    """Launch one pass (arguments as in :func:`parscan.kernels.matrix_launch.scan`)."""
+    xp = _xp(out)
+    B, T, n = x.shape
+    threads = matrix_launch.THREADS
+    kernel = matrix_kernel(out.dtype.name, threads)
+    pad4 = lambda s: s + (0,) * (4 - len(s))  # noqa: E731
+    with _Launcher(out, xp) as run:
+        none = xp.zeros(1, out.dtype)
+        h0a = _flat(xp, h0) if h0 is not None else (none, 0, (0, 0))
+        ob, oo, os_ = _flat(xp, out, True)
+        cols = B * nch * (n + 1 if aggregate else 1)
+        run(kernel, matrix_launch.blocks_for(cols, n, threads), threads,
+            bool(aggregate), *_flat(xp, A), bool(conj), int(shift), *_flat(xp, x), *h0a, h0 is not None,
+            carry.reshape(-1) if carry is not None else none, ob, oo, pad4(os_), B, T, n, L, nch, bool(reverse))

@@ -1,17 +1,38 @@
 #!/usr/bin/env bash
-# Everything a session with a lent GPU should run, in one call (see DEVELOPERS.md): the GPU test suite,
-# compute-sanitizer on both backends, and the GPU benchmark.  Results go to ${OUT:-benchmarks/results}.
+# What a session with a lent GPU should run (see DEVELOPERS.md), in stages that each fit one device call
+# (10 minutes at most):  bash benchmarks/gpu_session.sh STAGE [STAGE ...]
+#   tests     the kernel report for sm_90 and the GPU test suite (tests/test_gpu.py)
+#   sanitize  compute-sanitizer memcheck, racecheck and synccheck on both backends (benchmarks/sanitize.py)
+#   bench     parscan bench: the roofline, paper and peers suites
+#   deer      parscan bench --suite deer-gpu (issue #8)
+# Results go to ${OUT:-benchmarks/results}; each stage's log ends with its exit status.
 set -u
 OUT=${OUT:-benchmarks/results}
 mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+[ $# -gt 0 ] || set -- tests sanitize bench deer
 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
-python -m parscan kernels --arch sm_90 > "$OUT/kernels.txt" 2>&1
-python -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py > "$OUT/gpu-tests.txt" 2>&1; echo "gpu tests rc=$?" >> "$OUT/gpu-tests.txt"
-for backend in cupy numba; do
-  for tool in memcheck racecheck synccheck; do
-    compute-sanitizer --tool $tool --error-exitcode 1 python benchmarks/sanitize.py $backend > "$OUT/sanitizer-$tool-$backend.txt" 2>&1
-    echo "rc=$?" >> "$OUT/sanitizer-$tool-$backend.txt"
-  done
+for stage in "$@"; do
+  case $stage in
+    tests)
+      python -m parscan kernels --arch sm_90 > "$OUT/kernels.txt" 2>&1
+      python -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py > "$OUT/gpu-tests.txt" 2>&1
+      echo "gpu tests rc=$?" >> "$OUT/gpu-tests.txt" ;;
+    sanitize)
+      for backend in cupy numba; do
+        for tool in memcheck racecheck synccheck; do
+          compute-sanitizer --tool $tool --error-exitcode 1 python benchmarks/sanitize.py $backend \
+            > "$OUT/sanitizer-$tool-$backend.txt" 2>&1
+          echo "rc=$?" >> "$OUT/sanitizer-$tool-$backend.txt"
+        done
+      done ;;
+    bench)
+      python -m parscan bench --suite roofline,paper,peers --out "$OUT/bench" > "$OUT/bench.txt" 2>&1
+      echo "bench rc=$?" >> "$OUT/bench.txt" ;;
+    deer)
+      python -m parscan bench --suite deer-gpu --out "$OUT/deer" > "$OUT/deer.txt" 2>&1
+      echo "deer rc=$?" >> "$OUT/deer.txt" ;;
+    *) echo "unknown stage $stage (tests, sanitize, bench, deer)" >&2; exit 2 ;;
+  esac
+  tail -n 3 "$OUT"/*.txt
 done
-python -m parscan bench --out "$OUT" > "$OUT/bench.txt" 2>&1; echo "bench rc=$?" >> "$OUT/bench.txt"
-tail -n 3 "$OUT"/*.txt

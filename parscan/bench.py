@@ -8,7 +8,11 @@ Suites (``--suite``, comma-separated; default all that can run here):
   channels (issue #2).
 - ``latency``: the Python overhead of one call on a tiny input, per available backend.
 - ``deer``: a GRU (batch 16, hidden 1..32, T = 1k..64k) by the sequential loop, DEER and quasi-DEER on
-  the host; the GPU version is part of issue #8's device work.
+  the host.
+- ``deer-gpu`` (GPU): the same GRU (hidden 1..64, T = 1k..1M, float32) by DEER and quasi-DEER on CuPy
+  arrays against the sequential GRU stepped by one GPU kernel; speedup = sequential / DEER time (and,
+  up to T = 16k, against the cell stepped from Python with CuPy, an unfused framework loop).
+  Goals (issue #8): >= 1000x at n = 1, T = 1M; faster than sequential at n = 32.
 - ``roofline`` (GPU): forward and backward per backend, dtype and layout, 1 x 2^27 .. 2^17 x 2^10,
   as effective GB/s and % of the device's own device-to-device copy bandwidth measured in the same run.
 - ``paper`` (GPU): Martin & Cundy's Table 1 (minibatch 1, m = 4/32/128, T = 16..65,536), the
@@ -39,7 +43,7 @@ PAPER_TABLE1 = {  # (m, T) -> the paper's parallel/serial speedup (Martin & Cund
     (4, 16): 0.06, (32, 16): 0.06, (128, 16): 0.05, (4, 256): 0.22, (32, 256): 0.22, (128, 256): 0.86,
     (4, 4096): 1.02, (32, 4096): 2.94, (128, 4096): 3.36, (4, 65536): 38.5, (32, 65536): 41.8,
     (128, 65536): 17.5}
-GPU_SUITES = ("roofline", "paper", "peers")
+GPU_SUITES = ("roofline", "paper", "peers", "deer-gpu")
 SUITES = ("cpu", "latency", "deer") + GPU_SUITES
 
 
@@ -193,6 +197,52 @@ def suite_deer(ctx):
 
 
 # -------------------------------------------------------------------------------------------- GPU
+
+def suite_deer_gpu(ctx):
+    """Issue #8's benchmark: a GRU (batch 16, float32) on the GPU by DEER and quasi-DEER (CuPy arrays,
+    the default CUDA backend) against the sequential GRU stepped by one GPU kernel
+    (``_baselines.gru_sequential_gpu``: the fastest plain sequential evaluation).  A configuration whose
+    intermediates do not fit in device memory is listed as skipped, with the error."""
+    cp = ctx["cupy"]
+    from . import _baselines, deer
+
+    rows = []
+    Ts = (1024, 65536) if ctx["quick"] else (1024, 16384, 131072, 1 << 20)
+    ns = (1, 8) if ctx["quick"] else (1, 2, 4, 8, 16, 32, 64)
+    reps = 3
+    B = 16
+    for n in ns:
+        for T in Ts:
+            cell = deer.GRUCell(1, n)
+            p = {k: cp.asarray(v) for k, v in cell.init_params(0, "float32").items()}
+            x = cp.asarray(np.random.default_rng(0).standard_normal((T, B, 1)), cp.float32)
+            y0 = cp.zeros((B, n), cp.float32)
+            want = _baselines.gru_sequential_gpu(p, x, y0)
+            t_seq, lo_s, hi_s = _stats(_events(cp, lambda: _baselines.gru_sequential_gpu(p, x, y0), reps))
+            loop = {}
+            if T <= 16384:  # the cell stepped from Python, one set of CuPy kernels a step (an unfused framework loop)
+                t_loop = _stats(_events(cp, lambda: deer.sequential(cell, p, x, y0), 1))[0]
+                loop = dict(loop_ms=t_loop * 1e3)
+            for method in ("deer", "quasi"):
+                row = dict(suite="deer-gpu", name=method, hidden=n, length=T, batch=B, sequential_ms=t_seq * 1e3,
+                           sequential_ms_range=[lo_s * 1e3, hi_s * 1e3], **loop)
+                solve = lambda: deer.solve(cell, p, x, y0, method=method, max_iter=200)  # noqa: E731
+                try:
+                    y, info = solve()
+                    m, lo, hi = _stats(_events(cp, solve, reps))
+                except cp.cuda.memory.OutOfMemoryError as exc:  # the Jacobians of long sequences
+                    rows.append(dict(row, skipped=f"out of device memory ({exc})"))
+                else:
+                    if loop:
+                        row["speedup_vs_loop"] = loop["loop_ms"] / (m * 1e3)
+                    rows.append(dict(row, ms=m * 1e3, ms_range=[lo * 1e3, hi * 1e3], speedup=t_seq / m,
+                                     iterations=info.iterations, converged=info.converged,
+                                     max_error=float(cp.abs(y - want).max())))
+                    del y
+                cp.get_default_memory_pool().free_all_blocks()
+            ctx["progress"].step(f"deer-gpu n={n} T={T}")
+    return rows
+
 
 def _events(cp, fn, repeats):
     fn()
@@ -491,11 +541,11 @@ def run(suites=None, quick=False, dtypes=("float32", "float16", "float64", "comp
         ctx["cupy"] = cupy
         ctx["copy"] = copy_bandwidth(cupy, ctx["repeats"])
     total = sum({"cpu": len(ctx["cpu_shapes"]) + 1, "latency": len(st), "deer": 6 if quick else 12, "roofline": 24 * len(dtypes) * len(gpu),
-                 "paper": 12, "peers": 10}[s] for s in wanted)
+                 "paper": 12, "peers": 10, "deer-gpu": 4 if quick else 28}[s] for s in wanted)
     ctx["progress"] = Progress(total, progress)
     rows = []
     for s in wanted:
-        rows += globals()[f"suite_{s}"](ctx)
+        rows += globals()[f"suite_{s.replace('-', '_')}"](ctx)
     ctx["progress"].close()
     meta = _meta(ctx)
     os.makedirs(out, exist_ok=True)

@@ -24,6 +24,7 @@ and gate order, so trained torch weights drop in) and :class:`TanhCell`.
 
 from __future__ import annotations
 
+import sys
 import warnings
 from dataclasses import dataclass
 
@@ -31,6 +32,12 @@ import numpy as np
 
 from .matrix import matrix_linear_scan, matrix_linear_scan_backward
 from .scan import linear_scan
+
+
+def _xp(v):
+    """CuPy for CuPy arrays, else NumPy: the cells and the solver run where the data lives."""
+    cp = sys.modules.get("cupy")
+    return cp if cp is not None and isinstance(v, cp.ndarray) else np
 
 
 def _sig(v):
@@ -117,7 +124,7 @@ class GRUCell(_Cell):
         dZ = dz[..., :, None] * Wz
         dC = dc[..., :, None] * (r[..., :, None] * Wn + ghn[..., :, None] * dR)
         J = (1 - z)[..., :, None] * dC + (y - c)[..., :, None] * dZ
-        idx = np.arange(self.hidden_size)
+        idx = _xp(J).arange(self.hidden_size)
         J[..., idx, idx] += z
         return J
 
@@ -170,7 +177,7 @@ def _check(cell, x, y0):
 
 def sequential(cell, params, x, y0):
     """The loop y_t = f(y_{t-1}, x_t)."""
-    y = np.empty((x.shape[0],) + y0.shape, np.result_type(x, y0))
+    y = _xp(x).empty((x.shape[0],) + y0.shape, np.result_type(x.dtype, y0.dtype))
     h = y0
     for t in range(x.shape[0]):
         h = cell.step(params, h, x[t])
@@ -185,12 +192,13 @@ def solve(cell, params, x, y0, *, method="deer", tol=None, max_iter=None, y_init
     ``max_iter`` defaults to T + 1 for "deer" (Newton on this problem is exact after T steps) and
     4 T + 10 for "quasi".  ``y_init``: the first guess (default y0 at every step).
     """
-    x, y0 = np.asarray(x), np.asarray(y0)
+    xp = _xp(x)
+    x, y0 = xp.asarray(x), xp.asarray(y0)
     _check(cell, x, y0)
     if method not in ("deer", "quasi", "sequential"):
         raise ValueError(f"method must be 'deer', 'quasi' or 'sequential', got {method!r}")
     T = x.shape[0]
-    dtype = np.result_type(x, y0)
+    dtype = np.result_type(x.dtype, y0.dtype)
     if method == "sequential" or T == 0:
         y = sequential(cell, params, x, y0)
         res = 0.0
@@ -199,7 +207,7 @@ def solve(cell, params, x, y0, *, method="deer", tol=None, max_iter=None, y_init
         tol = 1e-10 if dtype == np.float64 else 1e-5
     rtol, atol = (tol, tol) if np.isscalar(tol) else tol
     max_iter = max_iter or (T + 1 if method == "deer" else 4 * T + 10)
-    y = np.broadcast_to(y0, (T,) + y0.shape).copy() if y_init is None else np.array(y_init, dtype)
+    y = xp.broadcast_to(y0, (T,) + y0.shape).copy() if y_init is None else xp.array(y_init, dtype)
     history, converged, nan = [], False, False
     for it in range(1, max_iter + 1):
         yp = _prev(y0, y)

@@ -26,8 +26,8 @@ def test_cpu_and_latency_suites_write_results(tmp_path, capsys, monkeypatch):
 def test_gpu_suites_are_skipped_with_the_reason_here(tmp_path):
     if bench._backends.available_backends()["cupy"].available:
         pytest.skip("a GPU is present")
-    meta, rows, skipped = bench.run(["paper"], quick=True, out=str(tmp_path), progress=False)
-    assert rows == [] and "needs a CUDA device" in skipped["paper"]
+    meta, rows, skipped = bench.run(["paper", "deer-gpu"], quick=True, out=str(tmp_path), progress=False)
+    assert rows == [] and "needs a CUDA device" in skipped["paper"] and "needs a CUDA device" in skipped["deer-gpu"]
 
 
 def test_bad_suite_and_dtype():

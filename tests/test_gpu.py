@@ -130,3 +130,83 @@ def test_over_2_31_elements():
     tail = h[:, -3:].get().astype(np.float64)
     np.testing.assert_allclose(tail, 2.0, rtol=TOL["float16"])
     assert h[-1, 1].get() == np.float16(1.5)
+
+
+# ---- the matrix scan (issue #8) ---------------------------------------------------------------------
+
+MATRIX_CASES = [  # (x shape, A shape, h0 shape or None)
+    ((3, 1000, 4), (3, 1000, 4, 4), (3, 4)),
+    ((16, 50_000, 2), (16, 50_000, 2, 2), (16, 2)),   # many chunks, two recursion levels
+    ((2, 20_000, 8), (1, 8, 8), (8,)),                 # A constant and shared: zero strides
+    ((4, 3, 3000, 32), (3, 3000, 32, 32), None),       # A broadcast over the first leading dim
+    ((2, 4000, 64), (2, 4000, 64, 64), (2, 64)),
+    ((5, 300, 7), (5, 300, 7, 7), (5, 7)),             # n that does not divide the block
+    ((8, 100_000, 1), (8, 100_000, 1, 1), (8, 1)),     # n = 1: the elementwise scan
+]
+
+
+# relative to the largest |reference| value: n-term dot products and chunk products round more than
+# the elementwise scan does
+MATRIX_TOL = {"float32": 1e-4, "complex64": 1e-4, "float64": 1e-11, "complex128": 1e-11}
+
+
+def _matrix_close(got, want, dtype):
+    assert got.shape == want.shape
+    scale = max(1.0, float(np.abs(want).max())) if want.size else 1.0
+    np.testing.assert_allclose(got, want, rtol=0, atol=MATRIX_TOL[dtype] * scale)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "complex64", "complex128"])
+@pytest.mark.parametrize("xs,As,hs", MATRIX_CASES)
+def test_matrix_scan_matches_the_reference(gpu_backend, dtype, xs, As, hs):
+    cp = _cp()
+    rng = np.random.default_rng(xs[-2] + xs[-1])
+    n = xs[-1]
+    cplx = np.dtype(dtype).kind == "c"
+    r = lambda s, k=1.0: (k * (rng.standard_normal(s) + (1j * rng.standard_normal(s) if cplx else 0))).astype(dtype)  # noqa: E731
+    x, A, gh = r(xs), r(As, 0.7 / np.sqrt(n)), r(xs)
+    h0 = None if hs is None else r(hs)
+    dev = lambda v: None if v is None else cp.asarray(v)  # noqa: E731
+    for reverse in (False, True):
+        h = parscan.matrix_linear_scan(dev(A), dev(x), dev(h0), reverse=reverse, backend=gpu_backend)
+        want = parscan.matrix_linear_scan(A, x, h0, reverse=reverse, backend="reference")
+        assert isinstance(h, cp.ndarray) and h.dtype == want.dtype
+        _matrix_close(h.get(), want, dtype)
+        got = parscan.matrix_linear_scan_backward(dev(A), dev(want), dev(gh), dev(h0), reverse=reverse,
+                                                  backend=gpu_backend)
+        exp = parscan.matrix_linear_scan_backward(A, want, gh, h0, reverse=reverse, backend="reference")
+        for g, w in zip(got, exp):
+            assert (g is None) == (w is None)
+            if g is not None:
+                assert g.dtype == w.dtype
+                _matrix_close(g.get(), w, dtype)
+
+
+def test_matrix_scan_is_bitwise_repeatable_and_on_the_current_stream(gpu_backend):
+    cp = _cp()
+    rng = np.random.default_rng(4)
+    A = cp.asarray(0.3 * rng.standard_normal((4, 200_000, 3, 3)), cp.float32)
+    x = cp.asarray(rng.standard_normal((4, 200_000, 3)), cp.float32)
+    first = parscan.matrix_linear_scan(A, x, backend=gpu_backend)
+    with cp.cuda.Stream(non_blocking=True) as s:
+        again = parscan.matrix_linear_scan(A, x, backend=gpu_backend)
+        twice = again * 2
+    s.synchronize()
+    cp.testing.assert_array_equal(again, first)
+    cp.testing.assert_array_equal(twice, first * 2)
+
+
+def test_deer_on_cupy_arrays_matches_the_sequential_loop():
+    cp = _cp()
+    from parscan import deer
+
+    cell = deer.GRUCell(3, 4)
+    p = cell.init_params(seed=0)
+    rng = np.random.default_rng(0)
+    x, y0 = rng.standard_normal((2000, 2, 3)), rng.standard_normal((2, 4))
+    want = deer.sequential(cell, p, x, y0)
+    pd = {k: cp.asarray(v) for k, v in p.items()}
+    for method in ("deer", "quasi"):
+        y, info = deer.solve(cell, pd, cp.asarray(x), cp.asarray(y0), method=method)
+        assert isinstance(y, cp.ndarray) and info.converged
+        np.testing.assert_allclose(y.get(), want, rtol=1e-9, atol=1e-9)

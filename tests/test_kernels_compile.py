@@ -22,7 +22,8 @@ def test_every_kernel_compiles_for_both_architectures(rows):
     for arch in ("sm_80", "sm_90"):
         assert {r.kernel for r in rows if r.backend == "cupy" and r.arch == arch} == names
         numba = {r.kernel for r in rows if r.backend == "numba" and r.arch == arch}
-        assert len(numba) == 10  # five dtypes, forward and backward
+        assert len(numba) == 14  # five dtypes, forward and backward; the matrix pass for four
+        assert {f"matrix_pass[{d}]" for d in ("float32", "float64", "complex64", "complex128")} <= numba
 
 
 def test_no_kernel_spills_or_uses_a_stack(rows):
@@ -30,7 +31,7 @@ def test_no_kernel_spills_or_uses_a_stack(rows):
     assert not bad, bad
     # 256 threads a block: at most 255 registers; the scans keep their tile state in shared memory
     assert all(0 < r.registers <= 255 for r in rows)
-    assert all(r.smem > 0 for r in rows if "scan" in r.kernel)
+    assert all(r.smem > 0 for r in rows if "scan" in r.kernel or "matrix" in r.kernel)
 
 
 def test_kernels_command_prints_the_table(capsys):
@@ -78,3 +79,41 @@ def test_plan_launch_covers_every_channel_and_step():
 def test_steps_per_thread_by_accumulator():
     assert launch.items_for(np.float32) == 8 and launch.items_for(np.complex64) == 8
     assert launch.items_for(np.complex128) == 4
+
+
+@pytest.mark.parametrize("B,T,n,want", [
+    (16, 2**20, 32, (32, 2**15)),    # 16 x 33 x 32 threads a chunk: 32 chunks for 2^19 threads in pass 1
+    (16, 2**20, 2, (5462, 192)),     # small n: many short chunks
+    (1, 2**20, 64, (127, 8257)),
+    (1, 100, 64, (7, 16)),           # never shorter than MIN_STEPS
+    (2, 16, 8, (1, 16)),             # one chunk: one sequential pass
+    (4, 0, 3, (1, 0)),
+])
+def test_plan_chunks(B, T, n, want):
+    from parscan.kernels import matrix_launch
+
+    assert matrix_launch.plan_chunks(B, T, n) == want
+
+
+def test_plan_chunks_covers_every_step_with_the_fewest_chunks():
+    from parscan.kernels import matrix_launch
+
+    rng = np.random.default_rng(1)
+    for _ in range(500):
+        B, T, n = int(rng.integers(1, 40)), int(rng.integers(1, 10**6)), int(rng.integers(1, 65))
+        C, L = matrix_launch.plan_chunks(B, T, n)
+        assert C * L >= T > (C - 1) * L
+        assert C == 1 or L >= matrix_launch.MIN_STEPS
+        assert matrix_launch.blocks_for(B * C * (n + 1), n, 256) * (256 // n) >= B * C * (n + 1)
+
+
+def test_the_sequential_gru_baseline_compiles():
+    from numba import cuda, types as T
+
+    from parscan import _baselines
+
+    f32 = T.float32
+    a2, a3 = T.Array(f32, 2, "C"), T.Array(f32, 3, "C")
+    sig = (a3, a2, a2, T.Array(f32, 1, "C"), T.Array(f32, 1, "C"), a2, a3, T.int64, T.int64, T.int64)
+    ptx, _ = cuda.compile_ptx(_baselines._gru_kernel("float32").py_func, sig, cc=(9, 0))
+    assert ".entry" in ptx and "bar.sync" in ptx

@@ -103,3 +103,21 @@ def test_errors():
         else:
             with pytest.raises(parscan.BackendUnavailable, match=f"backend '{name}' is not available here"):
                 matrix._select(name, True)
+
+
+@pytest.mark.parametrize("a_shape", [(3, 40, 1, 1), (1, 1, 1), (40, 1, 1)])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_n_equal_one_runs_as_the_elementwise_scan(monkeypatch, a_shape, reverse):
+    rng = np.random.default_rng(11)
+    x, h0, gh = rng.standard_normal((3, 40, 1)), rng.standard_normal((3, 1)), rng.standard_normal((3, 40, 1))
+    A = rng.uniform(-0.9, 0.9, a_shape)
+    want = parscan.matrix_linear_scan(A, x, h0, reverse=reverse, backend="reference")
+    want_g = parscan.matrix_linear_scan_backward(A, want, gh, h0, reverse=reverse, backend="reference")
+    calls = []
+    real = matrix.linear_scan
+    monkeypatch.setattr(matrix, "linear_scan", lambda *a, **k: calls.append(k) or real(*a, **k))
+    np.testing.assert_allclose(parscan.matrix_linear_scan(A, x, h0, reverse=reverse), want, rtol=1e-12, atol=1e-12)
+    assert calls and calls[0]["axis"] == -2
+    for g, w in zip(parscan.matrix_linear_scan_backward(A, want, gh, h0, reverse=reverse), want_g):
+        assert g.shape == w.shape
+        np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12)

@@ -81,7 +81,8 @@ def cuda_rows(arch: str):
 
 
 def _numba_signatures():
-    """(label, acc dtype, backward, argument types) for each dtype's forward and backward kernel."""
+    """(label, acc dtype, backward, argument types) for each dtype's forward and backward kernel, and
+    the matrix scan's pass per dtype (backward None)."""
     from numba import types as T
 
     def arr(t):
@@ -99,6 +100,12 @@ def _numba_signatures():
             sig = (*op, *op, *op, *op, T.boolean, *op, *op, *gop, arr(real), st, T.int64, T.int64,
                    T.boolean, T.int64, arr(T.int64), arr(T.int32), arr(real), arr(real), arr(real))
             yield f"scan[{store}, {'backward' if backward else 'forward'}]", acc, backward, sig
+    for acc in ("float32", "float64", "complex64", "complex128"):
+        a = arr(nt[acc])
+        i64, b = T.int64, T.boolean
+        sig = (b, a, i64, T.UniTuple(i64, 4), b, i64, a, i64, T.UniTuple(i64, 3), a, i64, T.UniTuple(i64, 2), b, a,
+               a, i64, T.UniTuple(i64, 4), i64, i64, i64, i64, i64, b)
+        yield f"matrix_pass[{acc}]", acc, None, sig
 
 
 def _nvjitlink_log(ptx: str, arch: str) -> str:
@@ -123,7 +130,7 @@ def numba_rows(arch: str):
     import numba.cuda.dispatcher as dispatcher
 
     from .launch import items_for
-    from . import numba_scan
+    from . import matrix_launch, numba_matrix, numba_scan
 
     cc = (int(arch[3:-1]), int(arch[-1]))
 
@@ -133,7 +140,10 @@ def numba_rows(arch: str):
     rows = []
     with mock.patch.object(dispatcher, "get_current_device", lambda: _Device()):
         for label, acc, backward, sig in _numba_signatures():
-            scan = numba_scan._kernels(acc, backward, items_for(np.dtype(acc)))[0]
+            if backward is None:  # the matrix scan's pass
+                scan = numba_matrix.matrix_kernel(acc, matrix_launch.THREADS)
+            else:
+                scan = numba_scan._kernels(acc, backward, items_for(np.dtype(acc)))[0]
             ptx, _ = cuda.compile_ptx(scan.py_func, sig, cc=cc)
             info = parse_ptxas(_nvjitlink_log(ptx, arch))
             if len(info) != 1:

@@ -5,6 +5,7 @@ import math
 from functools import lru_cache
 
 import numpy as np
+import numba
 from numba import cuda, njit
 
 
@@ -20,14 +21,17 @@ def serial_scan(a, x, out):
 
 @lru_cache(maxsize=None)
 def _gru_kernel(dtype_name: str):
-    """One block a batch row, one thread a hidden unit, shared memory for the state: the GRU stepped
-    sequentially in one launch (torch.nn.GRUCell's equations and gate order r, z, n)."""
+    """One block a batch row, one thread a hidden unit, shared memory for the state: the GRU's
+    recurrence stepped sequentially in one launch (torch.nn.GRUCell's equations, gate order r, z, n).
+    ``gi`` = x W_ih^T + b_ih comes precomputed (one matrix product, parallel over time); ``whh_t`` is
+    W_hh^T, so neighbouring threads read neighbouring weights."""
     from .kernels.numba_scan import _numba_type
 
     dt = _numba_type(np.dtype(dtype_name))
 
-    @cuda.jit
-    def gru(x, wih, whh, bih, bhh, y0, y, T, m, n):
+    # up to 1024 threads a block need <= 64 registers a thread (the simulator takes no such option)
+    @cuda.jit(**({} if numba.config.ENABLE_CUDASIM else {"max_registers": 64}))
+    def gru(gi, whh_t, bhh, y0, y, T, n):
         b = cuda.blockIdx.x
         i = cuda.threadIdx.x
         hs = cuda.shared.array(MAX_GRU_HIDDEN, dt)
@@ -37,23 +41,17 @@ def _gru_kernel(dtype_name: str):
         for t in range(T):
             new = dt(0)
             if i < n:
-                gr = bih[i] + bhh[i]
-                gz = bih[n + i] + bhh[n + i]
-                gn = bih[2 * n + i]
+                gr = gi[t, b, i] + bhh[i]
+                gz = gi[t, b, n + i] + bhh[n + i]
                 hn = bhh[2 * n + i]
-                for k in range(m):
-                    xv = x[t, b, k]
-                    gr += wih[i, k] * xv
-                    gz += wih[n + i, k] * xv
-                    gn += wih[2 * n + i, k] * xv
                 for k in range(n):
                     hv = hs[k]
-                    gr += whh[i, k] * hv
-                    gz += whh[n + i, k] * hv
-                    hn += whh[2 * n + i, k] * hv
+                    gr += whh_t[k, i] * hv
+                    gz += whh_t[k, n + i] * hv
+                    hn += whh_t[k, 2 * n + i] * hv
                 r = dt(1) / (dt(1) + math.exp(-gr))
                 z = dt(1) / (dt(1) + math.exp(-gz))
-                c = math.tanh(gn + r * hn)
+                c = math.tanh(gi[t, b, 2 * n + i] + r * hn)
                 new = (dt(1) - z) * c + z * hs[i]
             cuda.syncthreads()
             if i < n:
@@ -68,10 +66,10 @@ MAX_GRU_HIDDEN = 1024
 
 
 def gru_sequential_gpu(params, x, y0):
-    """y (T, B, n) of a GRU from y0 (B, n), stepped sequentially on the GPU by one kernel: the
-    fastest plain sequential evaluation, the baseline DEER is measured against.  ``x`` (T, B, m) and
-    the params (torch.nn.GRUCell's names) are CuPy arrays (NumPy ones in the CUDA simulator) of one
-    float dtype."""
+    """y (T, B, n) of a GRU from y0 (B, n) on the GPU: the input projection as one matrix product,
+    then the recurrence stepped sequentially by one kernel.  The fastest plain sequential evaluation,
+    the baseline DEER is measured against.  ``x`` (T, B, m) and the params (torch.nn.GRUCell's names)
+    are CuPy arrays (NumPy ones in the CUDA simulator) of one float dtype."""
     from .kernels.numba_scan import _Launcher, _xp
 
     T, B, m = x.shape
@@ -81,7 +79,8 @@ def gru_sequential_gpu(params, x, y0):
     xp = _xp(x)
     y = xp.empty((T, B, n), x.dtype)
     if T and B:
+        gi = (x.reshape(T * B, m) @ params["weight_ih"].T + params["bias_ih"]).reshape(T, B, 3 * n)
+        whh_t = xp.ascontiguousarray(params["weight_hh"].T)
         with _Launcher(x, xp) as run:
-            run(_gru_kernel(x.dtype.name), B, -(-n // 32) * 32, x, params["weight_ih"], params["weight_hh"],
-                params["bias_ih"], params["bias_hh"], y0, y, T, m, n)
+            run(_gru_kernel(x.dtype.name), B, -(-n // 32) * 32, gi, whh_t, params["bias_hh"], y0, y, T, n)
     return y

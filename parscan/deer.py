@@ -194,6 +194,7 @@ def solve(cell, params, x, y0, *, method="deer", tol=None, max_iter=None, y_init
     """
     xp = _xp(x)
     x, y0 = xp.asarray(x), xp.asarray(y0)
+    params = {k: xp.asarray(v) for k, v in params.items()}  # weights go where the data is
     _check(cell, x, y0)
     if method not in ("deer", "quasi", "sequential"):
         raise ValueError(f"method must be 'deer', 'quasi' or 'sequential', got {method!r}")
@@ -244,8 +245,9 @@ def solve_backward(cell, params, x, y0, y, grad_y, backend=None):
     yp = _prev(y0, y)
     J = cell.jacobian(params, yp, x)  # J_t = df/dy at (y_{t-1}, x_t)
     # lam_t = grad_y_t + J_{t+1}^T lam_{t+1}: the backward of the matrix scan with the same J
+    # (lam does not depend on h0: leaving it out skips grad_h0 and one outer product of grad_A)
     _, lam, _ = matrix_linear_scan_backward(np.moveaxis(J, 0, 1), np.moveaxis(y, 0, 1), np.moveaxis(grad_y, 0, 1),
-                                            y0, backend=backend)
+                                            backend=backend)
     lam = np.moveaxis(lam, 1, 0)
     dyp, dx, dparams = cell.vjp(params, yp, x, lam)
     return dx, dparams, dyp[0] if len(dyp) else np.zeros_like(y0)

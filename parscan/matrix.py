@@ -27,6 +27,7 @@ once.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import math
 
@@ -214,6 +215,12 @@ def _conj(v):
     return v.conj() if v.dtype.kind == "c" else v
 
 
+def _device(op):
+    """The data's device as the current one (scratch and results are allocated there); nothing for
+    host arrays (the CUDA simulator)."""
+    return array_module(op).cuda.Device(op.device) if op.on_gpu else contextlib.nullcontext()
+
+
 def _cuda_forward(impl, xp, A, x, h0, reverse, lead, T, n, work):
     out = xp.empty((math.prod(lead), T, n), work)
     matrix_launch.scan(impl.matrix_pass, xp, _batched(xp, A, lead, (T, n, n), work),
@@ -245,7 +252,7 @@ def _cuda_backward(impl, xp, A, h, gh, h0, reverse, lead, T, n, work):
         gA = gA[:, None]
     else:
         gA = xp.empty((B, T, n, n), work)
-        gA[:, inner] = g_in[..., :, None] * h_in[..., None, :]
+        xp.multiply(g_in[..., :, None], h_in[..., None, :], out=gA[:, inner])
         gA[:, first] = 0 if h0v is None else g0[:, :, None] * _conj(h0v)[:, None, :]
     gh0 = None if h0v is None else xp.matmul(_conj(Av[:, first]).swapaxes(-1, -2), g0[..., None])[..., 0]
     return gx, gA, gh0
@@ -268,7 +275,8 @@ def matrix_linear_scan(A, x, h0=None, *, reverse=False, backend=None):
     if n == 1 and name != "reference" and xa.shape[:-2] == lead:
         return give_back(linear_scan(Aa[..., 0], xa, ha, axis=-2, reverse=reverse, backend=name), xo)
     if kind == "cuda":
-        out = _cuda_forward(impl, array_module(xo), Aa, xa, ha, reverse, lead, T, n, work)
+        with _device(xo):
+            out = _cuda_forward(impl, array_module(xo), Aa, xa, ha, reverse, lead, T, n, work)
     else:
         Ab, xb, hb = _prepare(Aa, xa, ha, lead, T, n, work)
         if T == 0:
@@ -311,7 +319,8 @@ def matrix_linear_scan_backward(A, h, grad_h, h0=None, *, reverse=False, backend
         return back(g_a[..., None]), back(gx), back(gh0)
     xp = array_module(ho_)
     if kind == "cuda":
-        gx, gA, gh0 = _cuda_backward(impl, xp, Aa, ha, ga, h0a, reverse, lead, T, n, work)
+        with _device(ho_):
+            gx, gA, gh0 = _cuda_backward(impl, xp, Aa, ha, ga, h0a, reverse, lead, T, n, work)
     else:
         Ab, hb, h0b = _prepare(Aa, ha, h0a, lead, T, n, work)
         gb = np.ascontiguousarray(np.broadcast_to(ga, ha.shape).reshape(hb.shape), hb.dtype)

@@ -95,3 +95,22 @@ def test_errors():
         pt.linear_scan(0.5, np.ones(3))
     with pytest.raises(TypeError, match="dtype must be torch.float32 or torch.float64"):
         pt.GILRLSTM(2, 2, dtype=torch.float16)
+
+
+def test_matrix_scan_takes_and_returns_torch_tensors():
+    import parscan
+
+    g = torch.Generator().manual_seed(0)
+    A = 0.3 * torch.randn(2, 50, 3, 3, generator=g, dtype=torch.float64)
+    x, h0 = torch.randn(2, 50, 3, generator=g, dtype=torch.float64), torch.randn(2, 3, generator=g, dtype=torch.float64)
+    h = parscan.matrix_linear_scan(A, x, h0)
+    assert isinstance(h, torch.Tensor) and h.dtype == torch.float64
+    want = torch.empty_like(x)
+    s = h0
+    for t in range(50):
+        s = A[:, t] @ s[..., None]
+        s = s[..., 0] + x[:, t]
+        want[:, t] = s
+    torch.testing.assert_close(h, want, rtol=1e-12, atol=1e-12)
+    gA, gx, gh0 = parscan.matrix_linear_scan_backward(A, h, torch.ones_like(h), h0)
+    assert all(isinstance(v, torch.Tensor) for v in (gA, gx, gh0)) and gA.shape == A.shape

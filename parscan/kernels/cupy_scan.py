@@ -171,6 +171,8 @@ def matrix_pass(aggregate, A, conj, shift, x, h0, carry, out, L, nch, reverse):
 
     from . import matrix_launch
 
+    if matrix_launch.THREADS != 256:
+        raise ValueError("scan.cu's matrix_pass is compiled for 256 threads a block (its THREADS)")
     B, T, n = x.shape
     es = lambda v: tuple(np.int64(s // v.itemsize) for s in v.strides)  # noqa: E731
     with cupy.cuda.Device(out.device.id):

@@ -24,6 +24,7 @@ def matrix_kernel(acc_name: str, threads: int):
     acc = _numba_type(np.dtype(acc_name))
     cplx = np.dtype(acc_name).kind == "c"
     THREADS = threads
+    TILE = 2 * threads
 
     if cplx:
         @cuda.jit(device=True, inline=True)
@@ -37,7 +38,7 @@ def matrix_kernel(acc_name: str, threads: int):
     @cuda.jit
     def matrix_pass(aggregate, A, Ao, As, conj_a, shift, x, xo, xs, h0, h0o, h0s, has_h0, carry, o, oo, os_,
                     B, T, n, L, nch, reverse):
-        tile = cuda.shared.array(THREADS, acc)
+        tile = cuda.shared.array(TILE, acc)  # double-buffered: step s reads half s % 2
         cpb = THREADS // n
         tid = cuda.threadIdx.x
         q = tid % cpb
@@ -64,11 +65,11 @@ def matrix_kernel(acc_name: str, threads: int):
                 v = h0[h0o + b * h0s[0] + i * h0s[1]]
         tile[tid] = v
         cuda.syncthreads()
+        # a column is active for a prefix of the steps, so an inactive column's stale half is never read
         for s in range(L):
+            cur = (s % 2) * THREADS
             p = c * L + s
-            act = live and p < T
-            t = 0
-            if act:
+            if live and p < T:
                 t = T - 1 - p if reverse else p
                 total = x[xo + b * xs[0] + t * xs[1] + i * xs[2]] if state else acc(0)
                 te = t + shift
@@ -76,17 +77,15 @@ def matrix_kernel(acc_name: str, threads: int):
                     row = Ao + b * As[0] + te * As[1] + i * As[2]
                     if conj_a:
                         for k in range(n):
-                            total += conj(A[row + k * As[3]]) * tile[k * cpb + q]
+                            total += conj(A[row + k * As[3]]) * tile[cur + k * cpb + q]
                     else:
                         for k in range(n):
-                            total += A[row + k * As[3]] * tile[k * cpb + q]
+                            total += A[row + k * As[3]] * tile[cur + k * cpb + q]
                 v = total
+                tile[THREADS - cur + tid] = v
+                if not aggregate:
+                    o[oo + b * os_[0] + t * os_[1] + i * os_[2]] = v
             cuda.syncthreads()
-            if act:
-                tile[tid] = v
-            cuda.syncthreads()
-            if act and not aggregate:
-                o[oo + b * os_[0] + t * os_[1] + i * os_[2]] = v
         if live and aggregate:
             o[oo + b * os_[0] + c * os_[1] + i * os_[2] + j * os_[3]] = v
 

@@ -267,7 +267,7 @@ matrix_pass(int aggregate, const S* __restrict__ A, i64 A_sb, i64 A_st, i64 A_si
             i64 h0_si, int has_h0, const S* __restrict__ carry, S* __restrict__ out, i64 o_sb, i64 o_st,
             i64 o_si, i64 o_sj, i64 B, i64 T, int n, i64 L, i64 nch, int reverse) {
     typedef Acc<S> Ops;
-    __shared__ S tile[THREADS];
+    __shared__ S tile[2][THREADS];  // double-buffered: step s reads tile[s & 1], writes the other
     const int cpb = THREADS / n;
     const int tid = threadIdx.x;
     const int q = tid % cpb, i = tid / cpb;
@@ -289,29 +289,32 @@ matrix_pass(int aggregate, const S* __restrict__ A, i64 A_sb, i64 A_st, i64 A_si
         else if (c > 0) v = carry[(b * (nch - 1) + c - 1) * n + i];
         else if (has_h0) v = h0[b * h0_sb + i * h0_si];
     }
-    tile[tid] = v;
+    tile[0][tid] = v;
     __syncthreads();
+    // A column is active for a prefix of the steps, so an inactive column's stale buffer is never read.
     for (i64 s = 0; s < L; ++s) {
+        const S* cur = tile[s & 1];
         const i64 p = c * L + s;
         const bool act = live && p < T;
-        i64 t = 0;
         if (act) {
-            t = reverse ? T - 1 - p : p;
+            const i64 t = reverse ? T - 1 - p : p;
             S acc = state ? x[b * x_sb + t * x_st + i * x_si] : Ops::zero();
             const i64 te = t + shift;
             if (te >= 0 && te < T) {
                 const S* row = A + b * A_sb + te * A_st + i * A_si;
-                if (conj_a)
-                    for (int k = 0; k < n; ++k) acc = acc + Ops::conj(row[k * A_sk]) * tile[k * cpb + q];
-                else
-                    for (int k = 0; k < n; ++k) acc = acc + row[k * A_sk] * tile[k * cpb + q];
+                if (conj_a) {
+#pragma unroll 2
+                    for (int k = 0; k < n; ++k) acc = acc + Ops::conj(row[k * A_sk]) * cur[k * cpb + q];
+                } else {
+#pragma unroll 2
+                    for (int k = 0; k < n; ++k) acc = acc + row[k * A_sk] * cur[k * cpb + q];
+                }
             }
             v = acc;
+            tile[(s + 1) & 1][tid] = v;
+            if (!aggregate) out[b * o_sb + t * o_st + i * o_si] = v;
         }
         __syncthreads();
-        if (act) tile[tid] = v;
-        __syncthreads();
-        if (act && !aggregate) out[b * o_sb + t * o_st + i * o_si] = v;
     }
     if (live && aggregate) out[b * o_sb + c * o_st + i * o_si + j * o_sj] = v;
 }

@@ -209,8 +209,8 @@ def suite_deer_gpu(ctx):
     rows = []
     Ts = (1024, 65536) if ctx["quick"] else (1024, 16384, 131072, 1 << 20)
     ns = (1, 8) if ctx["quick"] else (1, 2, 4, 8, 16, 32, 64)
+    ns, Ts, B = ctx.get("deer_sizes", (ns, Ts, 16))  # (tests shrink them)
     reps = 3
-    B = 16
     for n in ns:
         for T in Ts:
             cell = deer.GRUCell(1, n)

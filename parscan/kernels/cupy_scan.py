@@ -185,4 +185,4 @@ def matrix_pass(aggregate, A, conj, shift, x, h0, carry, out, L, nch, reverse):
         fn((matrix_launch.blocks_for(cols, n, threads),), (threads,),
            (np.int32(aggregate), A, *es(A), np.int32(conj), np.int64(shift), x, *es(x), *h0a,
             np.int32(h0 is not None), carry if carry is not None else none, out, *ost, np.int64(B), np.int64(T),
-            np.int32(n), np.int64(L), np.int64(nch), np.int32(reverse)))
+            np.int32(n), np.int64(L), np.int64(nch), np.int32(reverse), np.int32(matrix_launch.batch_fast(x))))

@@ -49,6 +49,12 @@ def blocks_for(columns: int, n: int, threads: int) -> int:
     return blocks
 
 
+def batch_fast(x) -> bool:
+    """Whether neighbouring threads should take neighbouring batch rows (x's batch stride is the
+    smaller: time-major data such as DEER's) rather than neighbouring chunks."""
+    return x.shape[0] > 1 and abs(x.strides[0]) < abs(x.strides[1])
+
+
 def scan(run_pass, xp, A, x, h0, out, *, reverse=False, shift=0, conj=False):
     """Write into ``out`` (B, T, n) the scan of ``A`` (B, T, n, n) and ``x`` (B, T, n) from ``h0``
     (B, n, or None for zeros).  Any strides (broadcast ones included: a batch- or time-constant A

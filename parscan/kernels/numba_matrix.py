@@ -37,7 +37,7 @@ def matrix_kernel(acc_name: str, threads: int):
 
     @cuda.jit
     def matrix_pass(aggregate, A, Ao, As, conj_a, shift, x, xo, xs, h0, h0o, h0s, has_h0, carry, o, oo, os_,
-                    B, T, n, L, nch, reverse):
+                    B, T, n, L, nch, reverse, batch_fast):
         tile = cuda.shared.array(TILE, acc)  # double-buffered: step s reads half s % 2
         cpb = THREADS // n
         tid = cuda.threadIdx.x
@@ -52,8 +52,12 @@ def matrix_kernel(acc_name: str, threads: int):
         if live:
             j = gc % ncols
             bc = gc // ncols
-            c = bc % nch
-            b = bc // nch
+            if batch_fast:  # time-major data: neighbouring batch rows are close in memory
+                b = bc % B
+                c = bc // B
+            else:
+                c = bc % nch
+                b = bc // nch
         state = (not aggregate) or j == n  # the column driven by x
         v = acc(0)
         if live:
@@ -113,4 +117,5 @@ def matrix_pass(aggregate, A, conj, shift, x, h0, carry, out, L, nch, reverse):
         cols = B * nch * (n + 1 if aggregate else 1)
         run(kernel, matrix_launch.blocks_for(cols, n, threads), threads,
             bool(aggregate), *_flat(xp, A), bool(conj), int(shift), *_flat(xp, x), *h0a, h0 is not None,
-            carry.reshape(-1) if carry is not None else none, ob, oo, pad4(os_), B, T, n, L, nch, bool(reverse))
+            carry.reshape(-1) if carry is not None else none, ob, oo, pad4(os_), B, T, n, L, nch, bool(reverse),
+            matrix_launch.batch_fast(x))

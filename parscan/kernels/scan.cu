@@ -258,14 +258,15 @@ __global__ void sum_parts(const typename Acc<A>::real* parts, OPERAND(SG*, ga), 
 //     (recursively, by the same passes) into the state at every chunk's end.
 //   final (pass 2): per (b, c) one column, the state, from h0 (c = 0) or the end of chunk c - 1
 //     (carry[b, c - 1], contiguous (B, nch - 1, n)), writing h_t to out at every step.
-// The coefficient at step t is A[t + shift] (zero outside [0, T)), conjugated when conj_a: the
+// Neighbouring columns take neighbouring batch rows when batch_fast (time-major data, as DEER's), else
+// neighbouring chunks.  The coefficient at step t is A[t + shift] (zero outside [0, T)), conjugated when conj_a: the
 // backward passes the transposed view, conj_a = 1 and shift = +-1 to run g_t = grad_h_t + A_{t+1}^H g_{t+1}.
 template <class S>
 __global__ void __launch_bounds__(THREADS)
 matrix_pass(int aggregate, const S* __restrict__ A, i64 A_sb, i64 A_st, i64 A_si, i64 A_sk, int conj_a,
             i64 shift, const S* __restrict__ x, i64 x_sb, i64 x_st, i64 x_si, const S* __restrict__ h0, i64 h0_sb,
             i64 h0_si, int has_h0, const S* __restrict__ carry, S* __restrict__ out, i64 o_sb, i64 o_st,
-            i64 o_si, i64 o_sj, i64 B, i64 T, int n, i64 L, i64 nch, int reverse) {
+            i64 o_si, i64 o_sj, i64 B, i64 T, int n, i64 L, i64 nch, int reverse, int batch_fast) {
     typedef Acc<S> Ops;
     __shared__ S tile[2][THREADS];  // double-buffered: step s reads tile[s & 1], writes the other
     const int cpb = THREADS / n;
@@ -279,8 +280,8 @@ matrix_pass(int aggregate, const S* __restrict__ A, i64 A_sb, i64 A_st, i64 A_si
     if (live) {
         j = (int)(gc % ncols);
         const i64 bc = gc / ncols;
-        c = bc % nch;
-        b = bc / nch;
+        if (batch_fast) { b = bc % B; c = bc / B; }  // time-major data: neighbouring batch rows are close
+        else { c = bc % nch; b = bc / nch; }
     }
     const bool state = !aggregate || j == n;  // the column driven by x
     S v = Ops::zero();

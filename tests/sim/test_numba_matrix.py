@@ -122,3 +122,18 @@ def test_the_chunk_plan_recurses_here():
     """The fixture's small target really splits these sequences (else the tests above prove less)."""
     C, L = matrix_launch.plan_chunks(2, 24, 3)
     assert C > 3 and matrix_launch.plan_chunks(2, C - 1, 3)[0] > 1
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_time_major_data_takes_the_batch_fast_order(monkeypatch, reverse):
+    rng = np.random.default_rng(12)
+    xt, At = _rand(rng, (13, 5, 3), "float64"), _rand(rng, (13, 5, 3, 3), "float64", 0.4)  # (T, B, ...)
+    x, A = np.moveaxis(xt, 0, 1), np.moveaxis(At, 0, 1)  # (B, T, ...) views of time-major memory
+    assert matrix_launch.batch_fast(x)
+    h = parscan.matrix_linear_scan(A, x, reverse=reverse)
+    _close(h, matrix.matrix_linear_scan(A, x, reverse=reverse, backend="reference"), "float64")
+    gh = _rand(rng, h.shape, "float64")
+    for g, w in zip(parscan.matrix_linear_scan_backward(A, h, gh, reverse=reverse),
+                    parscan.matrix_linear_scan_backward(A, h, gh, reverse=reverse, backend="cpu")):
+        if w is not None:
+            _close(g, w, "float64")

@@ -271,9 +271,8 @@ def matrix_linear_scan(A, x, h0=None, *, reverse=False, backend=None):
     check_same_place(xo, Ao, ho)
     kind, impl = _select(backend, xo.on_gpu)
     lead, T, n, dt, work = _check(Aa, xa, ha, ("A", "x"))
-    name = backend or ("cupy" if xo.on_gpu else "cpu")
-    if n == 1 and name != "reference" and xa.shape[:-2] == lead:
-        return give_back(linear_scan(Aa[..., 0], xa, ha, axis=-2, reverse=reverse, backend=name), xo)
+    if n == 1 and impl != "reference" and xa.shape[:-2] == lead:
+        return give_back(linear_scan(Aa[..., 0], xa, ha, axis=-2, reverse=reverse, backend=backend), xo)
     if kind == "cuda":
         with _device(xo):
             out = _cuda_forward(impl, array_module(xo), Aa, xa, ha, reverse, lead, T, n, work)
@@ -312,10 +311,9 @@ def matrix_linear_scan_backward(A, h, grad_h, h0=None, *, reverse=False, backend
     if ga.shape != ha.shape:
         raise ValueError(f"grad_h must have h's shape {ha.shape}, got {ga.shape}")
     lead, T, n, dt, work = _check(Aa, ha, h0a, ("A", "h"))
-    name = backend or ("cupy" if ho_.on_gpu else "cpu")
     back = lambda v: None if v is None else give_back(v, ho_)  # noqa: E731
-    if n == 1 and name != "reference" and ha.shape[:-2] == lead:
-        g_a, gx, gh0 = linear_scan_backward(Aa[..., 0], ha, ga, h0a, axis=-2, reverse=reverse, backend=name)
+    if n == 1 and impl != "reference" and ha.shape[:-2] == lead:
+        g_a, gx, gh0 = linear_scan_backward(Aa[..., 0], ha, ga, h0a, axis=-2, reverse=reverse, backend=backend)
         return back(g_a[..., None]), back(gx), back(gh0)
     xp = array_module(ho_)
     if kind == "cuda":

@@ -256,7 +256,7 @@ __global__ void sum_parts(const typename Acc<A>::real* parts, OPERAND(SG*, ga), 
 //     identity and steps with f = 0 (P = A_last ... A_first over the chunk), s starts at 0 and steps
 //     with f = x; written to out[b, c, i, j], j = n for s.  The chunks' (P, s) pairs are then scanned
 //     (recursively, by the same passes) into the state at every chunk's end.
-//   final (pass 2): per (b, c) one column, the state, from h0 (c = 0) or the end of chunk c - 1
+//   final (pass 3): per (b, c) one column, the state, from h0 (c = 0) or the end of chunk c - 1
 //     (carry[b, c - 1], contiguous (B, nch - 1, n)), writing h_t to out at every step.
 // Neighbouring columns take neighbouring batch rows when batch_fast (time-major data, as DEER's), else
 // neighbouring chunks.  The coefficient at step t is A[t + shift] (zero outside [0, T)), conjugated when conj_a: the

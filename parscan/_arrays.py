@@ -87,11 +87,11 @@ def as_operand(obj, name: str, *, allow_scalar: bool = False) -> Operand:
         if not allow_scalar:
             raise TypeError(f"{name} must be an array, got the NumPy scalar {obj!r}")
         return _checked(Operand(name, np.asarray(obj), None, None))
-    if isinstance(obj, np.ndarray):
-        return _checked(Operand(name, obj, "numpy", None))
-    cp = sys.modules.get("cupy")
+    cp = sys.modules.get("cupy")  # before NumPy: a CuPy stand-in (the tests' CPU harness) may subclass it
     if cp is not None and isinstance(obj, cp.ndarray):
         return _checked(Operand(name, obj, "cupy", obj.device.id))
+    if isinstance(obj, np.ndarray):
+        return _checked(Operand(name, obj, "numpy", None))
     top = _top_module(obj)
     if top in ("jax", "jaxlib") and "Tracer" in type(obj).__name__:
         raise TypeError(f"{name} is a JAX tracer: parscan runs eagerly on concrete jax.Array values and "

@@ -54,8 +54,14 @@ template <class R> struct Acc<cplx<R> > {
 };
 
 // ---- storage <-> accumulator conversions --------------------------------------------------------
+// float16 <-> float32 by PTX cvt on the device; the tests' CPU harness (tests/cuda_cpu) compiles this file
+// with a host compiler, which gets its own conversions (round to nearest even, as cvt.rn).
 __device__ __forceinline__ void widen(half_t v, float& out) {
+#ifdef __CUDA_ARCH__
     asm("cvt.f32.f16 %0, %1;" : "=f"(out) : "h"(v.bits));
+#else
+    out = parscan_half_to_float(v.bits);
+#endif
 }
 __device__ __forceinline__ void widen(float v, float& out) { out = v; }
 __device__ __forceinline__ void widen(double v, double& out) { out = v; }
@@ -69,7 +75,11 @@ template <class A, class S> __device__ __forceinline__ A load(const S* p, i64 i)
 }
 
 __device__ __forceinline__ void narrow(float v, half_t& out) {
+#ifdef __CUDA_ARCH__
     asm("cvt.rn.f16.f32 %0, %1;" : "=h"(out.bits) : "f"(v));
+#else
+    out.bits = parscan_float_to_half(v);
+#endif
 }
 __device__ __forceinline__ void narrow(float v, float& out) { out = v; }
 __device__ __forceinline__ void narrow(double v, double& out) { out = v; }

@@ -54,6 +54,7 @@ def host_source(code: str) -> str:
 
 def launch_bounds(code: str) -> dict[str, int]:
     """Kernel name -> the thread count of its ``__launch_bounds__`` (defines of plain integers resolved)."""
+    code = re.sub(r"//[^\n]*", "", code)
     defines = dict(re.findall(r"#define\s+(\w+)\s+(\d+)\s*$", code, re.M))
     out = {}
     for bound, name in re.findall(r"__global__\s+void\s+__launch_bounds__\(\s*(\w+)[^)]*\)\s*(\w+)\s*\(", code):
@@ -65,7 +66,8 @@ def _unit(code: str, names: list[str], first: int) -> str:
     entries = "\n".join(f"static void parscan_entry_{first + i}(void** args) {{ parscan_invoke(&{n}, args); }}"
                         for i, n in enumerate(names))
     table = ", ".join(f"{{&parscan_entry_{first + i}, parscan_signature(&{n})}}" for i, n in enumerate(names))
-    return (f'#include "{HEADER}"\n#line 1 "scan.cu"\n{code}\n'
+    # the source in an unnamed namespace: each translation unit has its own copy of non-template kernels
+    return (f'#include "{HEADER}"\nnamespace {{\n#line 1 "scan.cu"\n{code}\n}}\n'
             f"#line 1 \"parscan-entries\"\n{entries}\n"
             "struct parscan_kernel_info { void (*entry)(void**); std::string signature; };\n"
             f"extern \"C\" __attribute__((no_sanitize_address)) void parscan_kernels_{first}"

@@ -1,0 +1,270 @@
+"""The CUDA C kernels of scan.cu, run on the CPU through the CuPy backend's own launch path.
+
+``tests/cuda_cpu`` compiles ``parscan/kernels/scan.cu`` with g++ and stands in for ``cupy``: every call
+below goes ``parscan.linear_scan(..., backend="cupy")`` -> planning -> ``cupy_scan`` -> ``RawModule``
+-> the compiled kernel, with NumPy memory as device memory, and is compared with the float64 reference
+at the GPU suite's tolerances.  Shapes are small but span many tiles (a tile is 256 lanes x 8 steps,
+or 4 for complex128).  The shuffled schedule (block start order permuted, 8 blocks in flight, threads
+interleaved at random) runs the look-back's wait and its walk over aggregates; ``polls`` proves it.
+"""
+
+import numpy as np
+import pytest
+
+import parscan
+from parscan import reference
+from conftest import DTYPES, assert_close, layout, rand
+import cuda_cpu
+
+SHUFFLED = dict(seed=12345, in_flight=8, yield_every=3)
+
+
+@pytest.fixture(scope="module")
+def cp():
+    with cuda_cpu.installed() as module:
+        yield module
+
+
+def _names():
+    return [launch.name.split("<")[0] for launch in cuda_cpu.launches()]
+
+
+# (shape, axis): time-contiguous and channel-contiguous, one tile and many tiles per sequence,
+# several short channels per block, a 3-D problem with the time axis in the middle
+SHAPES = [((2, 5000), -1), ((5000, 3), 0), ((40, 300), -1), ((300, 40), 0), ((2, 3, 700), 1), ((3, 7), -1)]
+
+
+def _inputs(rng, shape, axis, dtype, a_kind):
+    x = rand(rng, shape, dtype)
+    if a_kind == "full":
+        a = rand(rng, shape, dtype, "a")
+    elif a_kind == "channel":  # constant in time, broadcast along it
+        s = list(shape)
+        s[axis] = 1
+        a = rand(rng, tuple(s), dtype, "a")
+    else:
+        a = np.asarray(rand(rng, (), dtype, "a"))[()]
+    return x, a
+
+
+def _dev(cp, v):
+    return cp.asarray(v) if isinstance(v, np.ndarray) else v
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,axis", SHAPES)
+def test_forward_and_backward_match_the_reference(cp, dtype, shape, axis):
+    rng = np.random.default_rng(shape[axis] + len(dtype))
+    for a_kind, with_h0, reverse in (("full", False, False), ("channel", True, True), ("scalar", True, False)):
+        x, a = _inputs(rng, shape, axis, dtype, a_kind)
+        h0 = rand(rng, np.delete(shape, axis % len(shape)), dtype) if with_h0 else None
+        xd, ad, h0d = cp.asarray(x), _dev(cp, a), None if h0 is None else cp.asarray(h0)
+        before = [np.array(v) for v in (xd, ad, h0d) if isinstance(v, cp.ndarray)]
+        h = parscan.linear_scan(ad, xd, h0d, axis=axis, reverse=reverse, backend="cupy")
+        assert isinstance(h, cp.ndarray) and h.dtype == np.dtype(dtype)
+        want = reference.linear_scan(a, x, h0, axis=axis, reverse=reverse)
+        assert_close(np.asarray(h), want, dtype)
+        hs = want.astype(dtype)
+        gh = rand(rng, shape, dtype)
+        got = parscan.linear_scan_backward(ad, cp.asarray(hs), cp.asarray(gh), h0d, axis=axis, reverse=reverse,
+                                           backend="cupy")
+        exp = reference.linear_scan_backward(a, hs, gh, h0, axis=axis, reverse=reverse)
+        for g, w, name in zip(got, exp, ("grad_a", "grad_x", "grad_h0")):
+            if w is None:
+                assert g is None
+                continue
+            assert np.shape(g) == np.shape(w), name
+            # grad_a of a broadcast a is a sum over the broadcast steps: scale the tolerance by their count
+            assert_close(np.asarray(g), np.asarray(w), dtype)
+        after = [np.array(v) for v in (xd, ad, h0d) if isinstance(v, cp.ndarray)]
+        assert all(np.array_equal(p, q, equal_nan=True) for p, q in zip(before, after)), "inputs modified"
+    if shape[axis] > 2048:  # a constant a across several tiles: per-tile parts summed by sum_parts
+        assert "sum_parts" in _names()
+
+
+@pytest.mark.parametrize("dtype", ["complex64", "complex128"])
+def test_real_decay_with_complex_data(cp, dtype):
+    rng = np.random.default_rng(3)
+    x = rand(rng, (3, 3000), dtype)
+    a = rand(rng, (3, 3000), np.zeros(0, dtype).real.dtype, "a")
+    h = parscan.linear_scan(cp.asarray(a), cp.asarray(x), backend="cupy")
+    assert h.dtype == np.dtype(dtype)
+    assert_close(np.asarray(h), reference.linear_scan(a, x), dtype)
+    assert cuda_cpu.launches()[-1].name.startswith(f"scan_kernel<cplx<{'float' if dtype == 'complex64' else 'double'}>, "
+                                                  f"{'float' if dtype == 'complex64' else 'double'},")
+
+
+@pytest.mark.parametrize("how", ["F", "strided", "negative", "time-major"])
+def test_layouts_go_in_as_views(cp, how):
+    rng = np.random.default_rng(5)
+    x = rand(rng, (2, 3, 2500), "float32")
+    a = rand(rng, (2, 3, 2500), "float32", "a")
+    xd, ad = cp.asarray(layout(x, how)), cp.asarray(layout(a, how))
+    h = parscan.linear_scan(ad, xd, backend="cupy")
+    assert_close(np.asarray(h), reference.linear_scan(a, x), "float32")
+    ga, gx, _ = parscan.linear_scan_backward(ad, h, xd, backend="cupy")
+    wa, wx, _ = reference.linear_scan_backward(a, np.asarray(h), x)
+    assert_close(np.asarray(gx), wx, "float32")
+    assert_close(np.asarray(ga), wa, "float32")
+
+
+def test_in_place_and_out(cp):
+    rng = np.random.default_rng(6)
+    x, a = rand(rng, (4, 3000), "float64"), rand(rng, (4, 3000), "float64", "a")
+    want = reference.linear_scan(a, x)
+    xd = cp.asarray(x)
+    assert parscan.linear_scan(cp.asarray(a), xd, out=xd, backend="cupy") is xd
+    assert_close(np.asarray(xd), want, "float64")
+    out = cp.empty((4, 3000), np.float64)
+    parscan.linear_scan(cp.asarray(a), cp.asarray(x), out=out, backend="cupy")
+    assert_close(np.asarray(out), want, "float64")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_shuffled_schedule_walks_the_look_back(cp, dtype):
+    """Blocks started out of order, eight resident, threads interleaved at random: tiles find
+    predecessors still EMPTY (they wait) or holding only an AGGREGATE (the walk), and the results are
+    still the reference's, bit for bit the in-order run's."""
+    rng = np.random.default_rng(7)
+    for shape, axis in (((2, 9000), -1), ((9000, 3), 0)):
+        x, a = rand(rng, shape, dtype), rand(rng, shape, dtype, "a")
+        gh = rand(rng, shape, dtype)
+        ordered = parscan.linear_scan(cp.asarray(a), cp.asarray(x), axis=axis, backend="cupy")
+        ordered_b = parscan.linear_scan_backward(cp.asarray(a), ordered, cp.asarray(gh), axis=axis, backend="cupy")
+        assert cuda_cpu.launches()[-1].polls[1] == 0  # in order, every predecessor is already INCLUSIVE
+        cuda_cpu.launches().clear()
+        with cuda_cpu.scheduled(**SHUFFLED):
+            h = parscan.linear_scan(cp.asarray(a), cp.asarray(x), axis=axis, backend="cupy")
+            gb = parscan.linear_scan_backward(cp.asarray(a), h, cp.asarray(gh), axis=axis, backend="cupy")
+        polls = np.sum([launch.polls for launch in cuda_cpu.launches()], axis=0)
+        assert polls[0] > 0 and polls[1] > 0, polls  # waited on EMPTY, walked over AGGREGATE
+        assert_close(np.asarray(h), reference.linear_scan(a, x, axis=axis), dtype)
+        assert np.array_equal(np.asarray(h), np.asarray(ordered), equal_nan=True)  # bitwise repeatable
+        for g, w in zip(gb[:2], ordered_b[:2]):
+            assert np.array_equal(np.asarray(g), np.asarray(w), equal_nan=True)
+
+
+def test_a_broken_look_back_walk_is_caught_only_by_the_shuffled_schedule(cp, monkeypatch):
+    """The shuffled schedule is what lets the look-back test fail: a walk that skips one aggregate
+    passes in order (it never walks) and fails shuffled."""
+    from parscan.kernels import cupy_scan
+
+    src = cupy_scan.source()
+    bad = "for (i64 u = s + 1; u < tt; ++u) h ="
+    assert bad in src
+    monkeypatch.setattr(cupy_scan, "source", lambda: src.replace(bad, "for (i64 u = s + 2; u < tt; ++u) h ="))
+    cupy_scan._module.cache_clear()
+    try:
+        rng = np.random.default_rng(8)
+        x, a = rand(rng, (2, 20000), "float64"), rand(rng, (2, 20000), "float64", "a")
+        want = reference.linear_scan(a, x)
+        assert_close(np.asarray(parscan.linear_scan(cp.asarray(a), cp.asarray(x), backend="cupy")), want, "float64")
+        with cuda_cpu.scheduled(**SHUFFLED):
+            h = parscan.linear_scan(cp.asarray(a), cp.asarray(x), backend="cupy")
+        with pytest.raises(AssertionError):
+            assert_close(np.asarray(h), want, "float64")
+    finally:
+        cupy_scan._module.cache_clear()
+
+
+MATRIX = [  # (x shape, A shape, h0 shape)
+    ((2, 600, 3), (2, 600, 3, 3), (2, 3)),
+    ((3, 400, 2), (1, 1, 2, 2), None),       # A constant and shared by the batch: zero strides
+    ((2, 300, 16), (2, 300, 16, 16), (2, 16)),
+    ((2, 50, 5), (2, 50, 5, 5), (5,)),       # n that does not divide the block, one chunk level
+]
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64", "complex64", "complex128"])
+@pytest.mark.parametrize("xs,As,hs", MATRIX)
+def test_matrix_pass_matches_the_reference(cp, dtype, xs, As, hs, monkeypatch):
+    from parscan.kernels import matrix_launch
+
+    monkeypatch.setattr(matrix_launch, "TARGET_THREADS", 1 << 12)  # many short chunks: several levels
+    rng = np.random.default_rng(xs[1] + xs[2])
+    n = xs[-1]
+    x, gh = rand(rng, xs, dtype), rand(rng, xs, dtype)
+    A = (rand(rng, As, "complex128" if np.dtype(dtype).kind == "c" else "float64") * (0.7 / np.sqrt(n))).astype(dtype)
+    h0 = None if hs is None else rand(rng, hs, dtype)
+    dev = lambda v: None if v is None else cp.asarray(v)  # noqa: E731
+    tol = {"float16": 1e-2, "float32": 1e-4, "complex64": 1e-4, "float64": 1e-11, "complex128": 1e-11}[dtype]
+    for reverse in (False, True):
+        cuda_cpu.launches().clear()
+        h = parscan.matrix_linear_scan(dev(A), dev(x), dev(h0), reverse=reverse, backend="cupy")
+        assert sum(name == "matrix_pass" for name in _names()) >= 3  # aggregate, carry, final
+        want = parscan.matrix_linear_scan(A, x, h0, reverse=reverse, backend="reference")
+        scale = max(1.0, float(np.abs(want).max()))
+        np.testing.assert_allclose(np.asarray(h), want, rtol=0, atol=tol * scale)
+        got = parscan.matrix_linear_scan_backward(dev(A), dev(want.astype(dtype)), dev(gh), dev(h0),
+                                                  reverse=reverse, backend="cupy")
+        exp = parscan.matrix_linear_scan_backward(A, want.astype(dtype), gh, h0, reverse=reverse, backend="reference")
+        for g, w in zip(got, exp):
+            assert (g is None) == (w is None)
+            if g is not None:
+                s = max(1.0, float(np.abs(w).max()))
+                np.testing.assert_allclose(np.asarray(g), w, rtol=0, atol=tol * s)
+
+
+def test_matrix_pass_shuffled(cp, monkeypatch):
+    from parscan.kernels import matrix_launch
+
+    monkeypatch.setattr(matrix_launch, "TARGET_THREADS", 1 << 12)
+    rng = np.random.default_rng(9)
+    x, A = rand(rng, (2, 700, 4), "float64"), 0.4 * rand(rng, (2, 700, 4, 4), "float64")
+    with cuda_cpu.scheduled(**SHUFFLED):
+        h = parscan.matrix_linear_scan(cp.asarray(A), cp.asarray(x), backend="cupy")
+    np.testing.assert_allclose(np.asarray(h), parscan.matrix_linear_scan(A, x, backend="reference"), atol=1e-11)
+
+
+# ---- the harness itself can fail ------------------------------------------------------------------
+
+def test_kernel_arguments_are_checked_against_the_compiled_parameters(cp):
+    from parscan.kernels import cupy_scan
+
+    fn = cupy_scan._function(("sum", "float32", "float32"))
+    parts, ga = cp.zeros(4, np.float32), cp.zeros(4, np.float32)
+    good = (parts, ga, np.int64(0), np.int64(1), np.int64(1), np.int64(1), np.int64(0),
+            np.int64(1), np.int64(1), np.int64(4), np.int64(1))
+    fn((1,), (32,), good)
+    with pytest.raises(TypeError, match="takes 11 arguments, got 10"):
+        fn((1,), (32,), good[:-1])
+    with pytest.raises(TypeError, match="argument 10 .* got int32"):
+        fn((1,), (32,), good[:-1] + (np.int32(1),))
+    with pytest.raises(TypeError, match="argument 0 .* holds float64"):
+        fn((1,), (32,), (cp.zeros(4, np.float64),) + good[1:])
+    with pytest.raises(TypeError, match="device array"):
+        fn((1,), (32,), (np.zeros(4, np.float32),) + good[1:])
+    scan = cupy_scan._function(("scan", "float32", "float32", "float32", False))
+    with pytest.raises(RuntimeError, match="launch bounds"):
+        scan((1,), (512,), ())
+
+
+ROGUE = r"""
+__global__ void oob(float* p, long long n) { p[threadIdx.x + n] = 1.0f; }
+__global__ void divergent(float* p) { if (threadIdx.x == 0) return; __syncthreads(); p[threadIdx.x] = 1.0f; }
+__global__ void spin(int* flag) { while (atomicAdd(flag, 0) == 0) {} }
+__global__ void block_sum(float* p) {
+    __shared__ float s[64];
+    s[threadIdx.x] = p[blockIdx.x * 64 + threadIdx.x];
+    __syncthreads();
+    if (threadIdx.x == 0) { float t = 0; for (int i = 0; i < 64; ++i) t += s[i]; p[blockIdx.x * 64] = t; }
+}
+"""
+
+
+@pytest.mark.parametrize("schedule", [{}, SHUFFLED])
+def test_the_harness_reports_bad_kernels_instead_of_crashing_or_hanging(cp, schedule):
+    mod = cp.RawModule(code=ROGUE, name_expressions=["oob", "divergent", "spin", "block_sum"])
+    buf = cp.zeros(64, np.float32)
+    with cuda_cpu.scheduled(**schedule):
+        mod.get_function("oob")((1,), (64,), (buf, np.int64(0)))  # in bounds
+        with pytest.raises(RuntimeError, match="invalid global write"):
+            mod.get_function("oob")((1,), (64,), (buf, np.int64(1)))  # one past the end
+        with pytest.raises(RuntimeError, match="divergent"):
+            mod.get_function("divergent")((1,), (64,), (buf,))
+        with pytest.raises(RuntimeError, match="did not finish"):
+            mod.get_function("spin")((1,), (2,), (cp.zeros(1, np.int32),))
+        p = cp.asarray(np.arange(4 * 64, dtype=np.float32))
+        mod.get_function("block_sum")((4,), (64,), (p,))  # shared memory is per block
+        sums = np.arange(4 * 64, dtype=np.float32).reshape(4, 64).sum(1)
+        np.testing.assert_array_equal(np.asarray(p)[::64], sums)

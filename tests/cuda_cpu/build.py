@@ -19,7 +19,7 @@ RUNTIME = os.path.join(HERE, "runtime.cpp")
 CXX = os.environ.get("CXX", "g++")
 # -O1 keeps the build quick; kernel-address in call mode turns every load and store of the kernels'
 # translation unit into a call of runtime.cpp's hooks (bounds check, traffic record)
-KERNEL_FLAGS = ("-O1", "-std=c++20", "-fPIC", "-fsanitize=kernel-address",
+KERNEL_FLAGS = ("-O1", "-g", "-std=c++20", "-fPIC", "-fsanitize=kernel-address",
                 "--param=asan-instrumentation-with-call-threshold=0", "--param=asan-stack=0",
                 "--param=asan-globals=0", "-fno-strict-aliasing", "-w")
 RUNTIME_FLAGS = ("-O2", "-std=c++20", "-fPIC")

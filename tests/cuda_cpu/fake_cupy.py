@@ -22,6 +22,12 @@ from . import build
 class ndarray(np.ndarray):  # noqa: N801 - CuPy's name
     """A "device" array: NumPy memory standing in for memory on CUDA device 0."""
 
+    extent = None  # (lo, hi) bytes of the allocation this array lives in, inherited by views
+
+    def __array_finalize__(self, obj):
+        # a view shares its source's allocation; a new array (astype, a ufunc's result) owns its own
+        self.extent = getattr(obj, "extent", None) if self.base is not None else None
+
     @property
     def device(self):
         return Device(0)
@@ -31,9 +37,37 @@ class ndarray(np.ndarray):  # noqa: N801 - CuPy's name
         return np.array(self, copy=True).view(np.ndarray)
 
 
+ALIGN = 256  # CuPy's memory pool hands out 256-byte aligned blocks; sectors are counted from there
+
+
+def _alloc(shape, dtype, order="C", fill=None):
+    """Memory 256-byte aligned, uninitialised or every byte ``fill``."""
+    dtype = np.dtype(dtype)
+    shape = (shape,) if np.ndim(shape) == 0 else tuple(shape)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    raw = np.empty(nbytes + ALIGN, np.uint8)
+    if fill is not None:
+        raw.fill(fill)
+    off = -raw.__array_interface__["data"][0] % ALIGN
+    flat = raw[off:off + nbytes].view(dtype)
+    arr = (flat.reshape(shape, order=order) if flat.size else np.empty(shape, dtype, order)).view(ndarray)
+    lo = arr.__array_interface__["data"][0]
+    arr.extent = (lo, lo + nbytes)
+    return arr
+
+
+def _aligned(v):
+    """A new array moved into aligned memory (NumPy's own allocations are only 16-byte aligned)."""
+    if v.base is None and v.__array_interface__["data"][0] % ALIGN and v.size:
+        out = _alloc(v.shape, v.dtype, "F" if v.flags.f_contiguous and not v.flags.c_contiguous else "C")
+        out[...] = v
+        return out
+    return v.view(ndarray)
+
+
 def _dev(v):
     if isinstance(v, np.ndarray) and not isinstance(v, ndarray):
-        return v.view(ndarray)
+        return _aligned(v)
     if isinstance(v, tuple):
         return tuple(_dev(u) for u in v)
     if isinstance(v, list):
@@ -89,24 +123,28 @@ class _Runtime:
         return 1
 
 
-def _garbage(a):
-    a.view(np.uint8).reshape(-1).fill(0xFF)
-    return a
-
-
 def empty(shape, dtype=float, order="C"):
-    return _garbage(np.empty(shape, dtype, order)).view(ndarray)
+    return _alloc(shape, dtype, order, fill=0xFF)  # reads of unwritten memory show as NaN
+
+
+def zeros(shape, dtype=float, order="C"):
+    return _alloc(shape, dtype, order, fill=0)
 
 
 def empty_like(a, dtype=None, order="K", subok=True, shape=None):
-    return _garbage(np.empty_like(a, dtype, order, False, shape)).view(ndarray)
+    a = np.asarray(a)
+    order = "F" if order in ("F", "A", "K") and a.flags.f_contiguous and not a.flags.c_contiguous else "C"
+    return empty(a.shape if shape is None else shape, a.dtype if dtype is None else dtype, order)
 
 
 def asarray(a, dtype=None, order=None):
     """Device arrays pass through (cast if asked); host data is copied to the "device"."""
     if isinstance(a, ndarray):
-        return a if dtype is None or a.dtype == dtype else a.astype(dtype)
-    return np.array(a, dtype=dtype, order=order or "K", copy=True).view(ndarray)
+        return a if dtype is None or a.dtype == dtype else _dev(a.astype(dtype))
+    host = np.asarray(a, dtype=dtype)
+    out = _alloc(host.shape, host.dtype, "F" if host.flags.f_contiguous and not host.flags.c_contiguous else "C")
+    out[...] = host
+    return out
 
 
 def _as_strided(x, shape=None, strides=None, **kw):
@@ -227,7 +265,7 @@ class RawKernel:
                     raise TypeError(f"{where} points to {code[1:]} elements ({_describe(code)}) but the array "
                                     f"holds {v.dtype}")
                 buf = ctypes.c_void_p(v.__array_interface__["data"][0])
-                lo, hi = _extent(_owner(v))
+                lo, hi = v.extent or _extent(_owner(v))
                 regions.append((lo, hi, i))
             else:
                 if isinstance(v, bool):
@@ -320,7 +358,7 @@ def module() -> types.ModuleType:
     """A fresh ``cupy`` stand-in module."""
     m = _Namespace("cupy", np)
     m.ndarray = ndarray
-    m.empty, m.empty_like, m.asarray = empty, empty_like, asarray
+    m.empty, m.zeros, m.empty_like, m.asarray = empty, zeros, empty_like, asarray
     m.array = asarray
     m.RawModule, m.RawKernel = RawModule, RawKernel
     m.cuda = types.SimpleNamespace(Device=Device, runtime=_Runtime, get_current_stream=lambda: _Stream(),

@@ -35,9 +35,9 @@ import time
 
 import numpy as np
 
-from . import _backends, reference
-from .demo import _timed as _wall  # one warm-up call, then ``repeats`` timed calls
-from .scan import linear_scan, linear_scan_backward
+from .. import _backends, reference
+from ..demo import _timed as _wall  # one warm-up call, then ``repeats`` timed calls
+from ..scan import linear_scan, linear_scan_backward
 
 PAPER_TABLE1 = {  # (m, T) -> the paper's parallel/serial speedup (Martin & Cundy 2018, Table 1)
     (4, 16): 0.06, (32, 16): 0.06, (128, 16): 0.05, (4, 256): 0.22, (32, 256): 0.22, (128, 256): 0.86,
@@ -172,7 +172,7 @@ def suite_latency(ctx):
 
 def suite_deer(ctx):
     """A GRU (batch 16) by the sequential loop, DEER and quasi-DEER on the host (NumPy + cpu backend)."""
-    from . import deer
+    from .. import deer
 
     rows = []
     Ts = (1024, 8192) if ctx["quick"] else (1024, 8192, 65536)
@@ -204,7 +204,7 @@ def suite_deer_gpu(ctx):
     (``_baselines.gru_sequential_gpu``: the fastest plain sequential evaluation).  A configuration whose
     intermediates do not fit in device memory is listed as skipped, with the error."""
     cp = ctx["cupy"]
-    from . import _baselines, deer
+    from .. import _baselines, deer
 
     rows = []
     Ts = (1024, 65536) if ctx["quick"] else (1024, 16384, 131072, 1 << 20)
@@ -324,7 +324,7 @@ def suite_roofline(ctx):
 
 
 def _serial_kernel(cp):
-    from .kernels import cupy_scan
+    from ..kernels import cupy_scan
 
     path = os.path.join(os.path.dirname(cupy_scan.SOURCE), "serial.cu")
     with open(path) as f:

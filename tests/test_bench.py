@@ -8,8 +8,8 @@ from parscan import bench, cli
 
 
 def test_cpu_and_latency_suites_write_results(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(bench, "_cpu_shapes", lambda quick: [(4, 2**12, "time-contiguous"),
-                                                             (64, 2**8, "channel-contiguous")])
+    monkeypatch.setattr(bench.cpu, "_cpu_shapes", lambda quick: [(4, 2**12, "time-contiguous"),
+                                                                 (64, 2**8, "channel-contiguous")])
     assert cli.main(["bench", "--quick", "--suite", "cpu,latency", "--out", str(tmp_path), "--repeats", "2"]) == 0
     data = json.loads((tmp_path / "bench.json").read_text())
     rows = data["rows"]

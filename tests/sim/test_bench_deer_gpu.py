@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from parscan import bench
+from parscan.bench import Progress, deer_gpu
 
 assert os.environ.get("NUMBA_ENABLE_CUDASIM") == "1", "run through tests/test_numba_simulator.py"
 
@@ -31,8 +31,8 @@ def _fake_cupy():
 
 def test_deer_gpu_suite_rows():
     ctx = dict(cupy=_fake_cupy(), quick=True, deer_sizes=((1, 3), (10,), 2),
-               progress=bench.Progress(2, enabled=False))
-    rows = bench.suite_deer_gpu(ctx)
+               progress=Progress(2, enabled=False))
+    rows = deer_gpu.suite_deer_gpu(ctx)
     assert [(r["name"], r["hidden"]) for r in rows] == [("deer", 1), ("quasi", 1), ("deer", 3), ("quasi", 3)]
     for r in rows:
         assert r["converged"] and r["max_error"] < 1e-5 and r["iterations"] >= 1

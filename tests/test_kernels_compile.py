@@ -52,7 +52,7 @@ def test_kernels_command_fails_on_a_compile_error(monkeypatch, capsys):
     # (C0, C1, C2, T), x strides -> (chans, lanes, chan_fast, time tiles)
     ((1, 1, 1, 2**27), (0, 0, 0, 1), (1, 256, False, 2**16)),      # one long channel: many time tiles
     ((1, 1, 2**16, 2**10), (0, 0, 2**10, 1), (2, 128, False, 1)),  # many short channels: no look-back
-    ((1, 1, 2**16, 2**10), (0, 0, 1, 2**16), (32, 8, True, 16)),   # channel-contiguous: 32 side by side
+    ((1, 1, 2**16, 2**10), (0, 0, 1, 2**16), (16, 16, True, 8)),   # channel-contiguous: 16 side by side
     ((1, 1, 4, 2**22), (0, 0, 1, 4), (4, 64, True, 2**13)),
     ((8, 1, 1536, 128), (1536 * 128, 0, 128, 1), (16, 16, False, 1)),  # accelerated-scan's shapes
     ((1, 1, 3, 5), (0, 0, 5, 1), (4, 1, False, 1)),

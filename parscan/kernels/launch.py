@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 THREADS = 256        # threads per block
 ITEMS = 8            # steps per thread
+CHAN_FAST_CHANS = 16  # channels side by side in a tile when channels are the fast axis
 MAX_TILES = 2**31 - 1
 
 
@@ -67,8 +68,10 @@ def _pow2_at_least(n: int) -> int:
 def plan_launch(shape, x_strides, threads: int = THREADS, items: int = ITEMS) -> Launch:
     """The launch for a problem of canonical ``shape`` (C0, C1, C2, T) whose x has ``x_strides``.
 
-    Channel-fast layouts put up to 32 channels side by side (a warp reads 32 neighbours per step)
-    and spend the rest of the block on time lanes; time-fast layouts give each channel as many lanes
+    Channel-fast layouts put up to :data:`CHAN_FAST_CHANS` channels side by side (a warp reads 16
+    neighbours at each of two steps: whole 32-byte sectors from 2-byte elements up) and spend the rest
+    of the block on time lanes, so a tile spans 128 steps and the look-back's status words cost
+    little per element; time-fast layouts give each channel as many lanes
     as its length needs (up to the whole block) and pack several short channels into one block.
     """
     C0, C1, C2, T = (int(v) for v in shape)
@@ -77,7 +80,7 @@ def plan_launch(shape, x_strides, threads: int = THREADS, items: int = ITEMS) ->
     chan_fast = C2 > 1 and abs(x_strides[2]) < abs(x_strides[3])
     need = _pow2_at_least(-(-max(T, 1) // items))  # lanes that cover T
     if chan_fast:
-        chans = min(32, threads, _pow2_at_least(C2))
+        chans = min(CHAN_FAST_CHANS, threads, _pow2_at_least(C2))
         lanes = min(threads // chans, need)
         chans = min(threads // lanes, _pow2_at_least(C2))  # short T: more channels side by side
     else:

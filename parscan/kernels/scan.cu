@@ -21,7 +21,8 @@ typedef long long i64;
 
 struct half_t { unsigned short bits; };
 
-template <class R> struct cplx { R re, im; };
+// aligned as a pair, so that one element is one vector access (ld.v2), as CuPy's thrust::complex is
+template <class R> struct alignas(2 * sizeof(R)) cplx { R re, im; };
 
 template <class R> __device__ __forceinline__ cplx<R> operator*(cplx<R> a, cplx<R> b) {
     return {a.re * b.re - a.im * b.im, a.re * b.im + a.im * b.re};
@@ -96,27 +97,81 @@ template <class S, class A> __device__ __forceinline__ void store(S* p, i64 i, A
 enum { EMPTY = 0, AGGREGATE = 1, INCLUSIVE = 2 };
 #define THREADS 256
 
+// Status entries are tile-major: entry (channel c, time tile u) is at u * nch + c, so the last lanes of
+// neighbouring channels (one warp in the channel-fast order) publish and poll neighbouring words.
 template <class A>
 __device__ A look_back(int* flags, typename Acc<A>::real* st_a, typename Acc<A>::real* st_h,
-                       typename Acc<A>::real* st_i, i64 e0, i64 tt, A agg_a, A agg_h) {
+                       typename Acc<A>::real* st_i, i64 c, i64 nch, i64 tt, A agg_a, A agg_h) {
     typedef Acc<A> T;
-    T::put(st_a, e0 + tt, agg_a);
-    T::put(st_h, e0 + tt, agg_h);
-    __threadfence();
-    atomicExch(flags + e0 + tt, AGGREGATE);
     i64 s = tt - 1;
+    // the aggregate is published for successors to walk over, unless the predecessor is already
+    // inclusive (the common case): then this tile goes straight to its own inclusive prefix
+    if (atomicAdd(flags + s * nch + c, 0) != INCLUSIVE) {
+        T::put(st_a, tt * nch + c, agg_a);
+        T::put(st_h, tt * nch + c, agg_h);
+        __threadfence();
+        atomicExch(flags + tt * nch + c, AGGREGATE);
+    }
     while (true) {
-        int f = atomicAdd(flags + e0 + s, 0);
+        int f = atomicAdd(flags + s * nch + c, 0);
         if (f == INCLUSIVE) break;
         if (f == AGGREGATE) s -= 1;
     }
     __threadfence();
-    A h = T::get(st_i, e0 + s);
-    for (i64 u = s + 1; u < tt; ++u) h = T::get(st_a, e0 + u) * h + T::get(st_h, e0 + u);
-    T::put(st_i, e0 + tt, agg_a * h + agg_h);
+    A h = T::get(st_i, s * nch + c);
+    for (i64 u = s + 1; u < tt; ++u) h = T::get(st_a, u * nch + c) * h + T::get(st_h, u * nch + c);
+    T::put(st_i, tt * nch + c, agg_a * h + agg_h);
     __threadfence();
-    atomicExch(flags + e0 + tt, INCLUSIVE);
+    atomicExch(flags + tt * nch + c, INCLUSIVE);
     return h;
+}
+
+// ---- a thread's ITEMS steps of one operand, coalesced -------------------------------------------
+// In the time-fast order each thread owns ITEMS consecutive steps, so a direct load would have the
+// lanes of a warp ITEMS elements apart (1/ITEMS of every sector used).  Instead step q of the
+// channel's tile (q = m * lanes + lane: neighbouring lanes, neighbouring steps) is read by lane
+// q % lanes and handed to its owner, lane q / ITEMS, through shared memory (padded by one element in
+// 32 against bank conflicts).  get(u) / put(u, v) read and write step u of the channel (they check
+// the bounds).  With SHIFT = -1 / +1, v[m] is step u - 1's / u + 1's value: the tile is still read
+// aligned (coalesced) and shifted by one in shared memory, only the step past the tile's edge read by
+// its one thread itself.
+// `coalesce` is the same for the whole block, so the barriers are never divergent.
+__device__ __forceinline__ int slot(int cl, int lanes, int items, int q) {
+    const int g = cl * lanes * items + q;
+    return g + g / 32;
+}
+template <int SHIFT = 0, int ITEMS, class A, class F>
+__device__ __forceinline__ void tile_load(A (&v)[ITEMS], A* sT, bool coalesce, int cl, int lane, int lanes, i64 base,
+                                          F get) {
+    if (!coalesce) {
+#pragma unroll
+        for (int m = 0; m < ITEMS; ++m) v[m] = get(base + (i64)lane * ITEMS + m + SHIFT);
+        return;
+    }
+#pragma unroll
+    for (int m = 0; m < ITEMS; ++m) sT[slot(cl, lanes, ITEMS, m * lanes + lane)] = get(base + m * lanes + lane);
+    __syncthreads();
+#pragma unroll
+    for (int m = 0; m < ITEMS; ++m) {
+        const int q = lane * ITEMS + m + SHIFT;
+        v[m] = q < 0 || q >= lanes * ITEMS ? get(base + q) : sT[slot(cl, lanes, ITEMS, q)];
+    }
+    __syncthreads();
+}
+template <int ITEMS, class A, class F>
+__device__ __forceinline__ void tile_store(const A (&v)[ITEMS], A* sT, bool coalesce, int cl, int lane, int lanes,
+                                           i64 base, F put) {
+    if (!coalesce) {
+#pragma unroll
+        for (int m = 0; m < ITEMS; ++m) put(base + (i64)lane * ITEMS + m, v[m]);
+        return;
+    }
+#pragma unroll
+    for (int m = 0; m < ITEMS; ++m) sT[slot(cl, lanes, ITEMS, lane * ITEMS + m)] = v[m];
+    __syncthreads();
+#pragma unroll
+    for (int m = 0; m < ITEMS; ++m) put(base + m * lanes + lane, sT[slot(cl, lanes, ITEMS, m * lanes + lane)]);
+    __syncthreads();
 }
 
 // S: storage of x, h, h0, out / grad_x; SA: storage of a (S, or the real type of a complex
@@ -134,8 +189,9 @@ scan_kernel(OPERAND(const SA*, a), OPERAND(const S*, x), OPERAND(const S*, hh), 
     __shared__ A sA[THREADS];
     __shared__ A sH[THREADS];
     __shared__ A sC[THREADS];
+    __shared__ A sT[THREADS * ITEMS + THREADS * ITEMS / 32];  // the coalescing transpose
     __shared__ i64 sV;
-    A la[ITEMS], lx[ITEMS];
+    A la[ITEMS], lx[ITEMS], lh[ITEMS];
     const int tid = threadIdx.x;
     if (tid == 0) sV = (i64)atomicAdd(counter, 1ULL);
     __syncthreads();
@@ -151,29 +207,38 @@ scan_kernel(OPERAND(const SA*, a), OPERAND(const S*, x), OPERAND(const S*, hh), 
     const i64 k = (cgrp % nkb) * chans + cl;
     const bool live = k < C2;
     const i64 kk = live ? k : 0;
-    const i64 t0 = (tt * lanes + lane) * (i64)ITEMS;
+    const i64 base = tt * lanes * (i64)ITEMS;  // the tile's first step
+    const i64 t0 = base + (i64)lane * ITEMS;   // this thread's first step
+    const bool coalesce = !chan_fast;          // time-fast order: load and store through shared memory
     const A one = Ops::one(), zero = Ops::zero();
 
-    // 1. load and fold
+    // 1. load (identity past the end and in dead channels) and fold.  An a constant in time (stride 0)
+    // is read once.  The backward runs reversed time, step u is t = T - 1 - u: (conj(a[t + 1]), grad_h[t]),
+    // where a[t + 1] = a[T - 1 - w] at w = u - 1: a is read aligned with grad_h and taken one step back.
+    const bool a_const = a_st == 0;
+    const A a0 = live && a_const ? load<A>(a, AT(a, i, j, kk, 0)) : one;
+    if (BACKWARD) {
+        tile_load<-1>(la, sT, coalesce, cl, lane, lanes, base, [&](i64 w) {
+            return !(live && w >= 0 && w < T) ? one : a_const ? a0 : load<A>(a, AT(a, i, j, kk, T - 1 - w));
+        });
+#pragma unroll
+        for (int m = 0; m < ITEMS; ++m) {  // conj, and the identities of steps outside the sequence
+            const i64 u = t0 + m;
+            la[m] = !(live && u < T) ? one : u == 0 ? zero : Ops::conj(la[m]);
+        }
+        tile_load(lx, sT, coalesce, cl, lane, lanes, base,
+                  [&](i64 u) { return live && u < T ? load<A>(x, AT(x, i, j, kk, T - 1 - u)) : zero; });
+    } else {
+        tile_load(la, sT, coalesce, cl, lane, lanes, base,
+                  [&](i64 u) { return !(live && u < T) ? one : a_const ? a0 : load<A>(a, AT(a, i, j, kk, u)); });
+        tile_load(lx, sT, coalesce, cl, lane, lanes, base,
+                  [&](i64 u) { return live && u < T ? load<A>(x, AT(x, i, j, kk, u)) : zero; });
+    }
     A fa = one, fh = zero;
 #pragma unroll
     for (int m = 0; m < ITEMS; ++m) {
-        const i64 u = t0 + m;
-        A av = one, xv = zero;
-        if (live && u < T) {
-            if (BACKWARD) {
-                const i64 t = T - 1 - u;
-                av = t + 1 < T ? Ops::conj(load<A>(a, AT(a, i, j, kk, t + 1))) : zero;
-                xv = load<A>(x, AT(x, i, j, kk, t));
-            } else {
-                av = load<A>(a, AT(a, i, j, kk, u));
-                xv = load<A>(x, AT(x, i, j, kk, u));
-            }
-        }
-        la[m] = av;
-        lx[m] = xv;
-        fa = fa * av;
-        fh = av * fh + xv;
+        fa = fa * la[m];
+        fh = la[m] * fh + lx[m];
     }
     // 2. inclusive scan of each channel's lane pairs
     sA[tid] = fa;
@@ -196,13 +261,13 @@ scan_kernel(OPERAND(const SA*, a), OPERAND(const S*, x), OPERAND(const S*, hh), 
         A hin = zero;
         if (!BACKWARD && has_h0 && live) hin = load<A>(h0, AT(h0, i, j, kk, 0));
         if (time_tiles > 1 && live) {
-            const i64 e0 = ((i * C1 + j) * C2 + k) * time_tiles;
+            const i64 c = (i * C1 + j) * C2 + k, nch = C0 * C1 * C2;
             if (tt == 0) {
-                Ops::put(st_i, e0, fa * hin + fh);
+                Ops::put(st_i, c, fa * hin + fh);
                 __threadfence();
-                atomicExch(flags + e0, INCLUSIVE);
+                atomicExch(flags + c, INCLUSIVE);
             } else {
-                hin = look_back<A>(flags, st_a, st_h, st_i, e0, tt, fa, fh);
+                hin = look_back<A>(flags, st_a, st_h, st_i, c, nch, tt, fa, fh);
             }
         }
         sC[cl] = hin;
@@ -210,29 +275,43 @@ scan_kernel(OPERAND(const SA*, a), OPERAND(const S*, x), OPERAND(const S*, hh), 
     __syncthreads();
     A h = sC[cl];
     if (lane > 0) h = sA[tid - step] * h + sH[tid - step];
-    // 4. rescan from registers and write (dead channels skip the loop but reach the barrier below)
+    // 4. rescan from registers and write: h (forward) or grad_x = g and grad_a = g conj(h[t - 1])
+    // (backward; h[-1] = h0).  Every thread, dead channels included, reaches every barrier.
     const bool summed = ga_st == 0;
     A total = zero;
+    if (BACKWARD) {  // h[t - 1] = h[T - 1 - w] at w = u + 1: read aligned with grad_h, taken one step on
+        tile_load<1>(lh, sT, coalesce, cl, lane, lanes, base, [&](i64 w) {
+            return !(live && w <= T) ? zero : w < T ? load<A>(hh, AT(hh, i, j, kk, T - 1 - w))
+                                          : has_h0 ? load<A>(h0, AT(h0, i, j, kk, 0)) : zero;
+        });
+    }
 #pragma unroll
     for (int m = 0; m < ITEMS; ++m) {
         const i64 u = t0 + m;
         if (live && u < T) {
             h = la[m] * h + lx[m];
+            lx[m] = h;
             if (BACKWARD) {
-                const i64 t = T - 1 - u;
-                store(o, AT(o, i, j, k, t), h);
-                A hp = zero;
-                if (t > 0) hp = load<A>(hh, AT(hh, i, j, k, t - 1));
-                else if (has_h0) hp = load<A>(h0, AT(h0, i, j, k, 0));
-                const A gv = h * Ops::conj(hp);
+                const A gv = h * Ops::conj(lh[m]);
                 if (summed) total = total + gv;
-                else store(ga, AT(ga, i, j, k, t), gv);
-                if (t == 0 && has_h0)
-                    store(gh0, AT(gh0, i, j, k, 0), Ops::conj(load<A>(a, AT(a, i, j, k, 0))) * h);
-            } else {
-                store(o, AT(o, i, j, k, u), h);
+                else lh[m] = gv;
+                if (u == T - 1 && has_h0)
+                    store(gh0, AT(gh0, i, j, k, 0), Ops::conj(a_const ? a0 : load<A>(a, AT(a, i, j, k, 0))) * h);
             }
         }
+    }
+    if (BACKWARD) {
+        tile_store(lx, sT, coalesce, cl, lane, lanes, base, [&](i64 u, A v) {
+            if (live && u < T) store(o, AT(o, i, j, kk, T - 1 - u), v);
+        });
+        if (!summed)
+            tile_store(lh, sT, coalesce, cl, lane, lanes, base, [&](i64 u, A v) {
+                if (live && u < T) store(ga, AT(ga, i, j, kk, T - 1 - u), v);
+            });
+    } else {
+        tile_store(lx, sT, coalesce, cl, lane, lanes, base, [&](i64 u, A v) {
+            if (live && u < T) store(o, AT(o, i, j, kk, u), v);
+        });
     }
     if (BACKWARD && summed) {  // the tile's grad_a sum per channel, over its lanes in a fixed order
         __shared__ A sR[THREADS];
@@ -241,19 +320,20 @@ scan_kernel(OPERAND(const SA*, a), OPERAND(const S*, x), OPERAND(const S*, hh), 
         if (live && lane == lanes - 1) {
             A s = zero;
             for (int q = 0; q < lanes; ++q) s = s + sR[tid - (lanes - 1 - q) * step];
-            Ops::put(parts, ((i * C1 + j) * C2 + k) * time_tiles + tt, s);
+            Ops::put(parts, tt * (C0 * C1 * C2) + (i * C1 + j) * C2 + k, s);  // tile-major, as the status
         }
     }
 }
 
-// Backward with a constant in time: grad_a of each channel is the sum of its `width` tile parts, in order.
+// Backward with a constant in time: grad_a of each channel is the sum of its `width` tile parts
+// (tile-major: part p of channel c at p * nch + c, so neighbouring threads read neighbouring words), in order.
 template <class SG, class A>
 __global__ void sum_parts(const typename Acc<A>::real* parts, OPERAND(SG*, ga), i64 C0, i64 C1, i64 C2,
                           i64 width) {
-    const i64 c = (i64)blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= C0 * C1 * C2) return;
+    const i64 c = (i64)blockIdx.x * blockDim.x + threadIdx.x, nch = C0 * C1 * C2;
+    if (c >= nch) return;
     A s = Acc<A>::zero();
-    for (i64 p = 0; p < width; ++p) s = s + Acc<A>::get(parts, c * width + p);
+    for (i64 p = 0; p < width; ++p) s = s + Acc<A>::get(parts, p * nch + c);
     store(ga, AT(ga, c / (C1 * C2), (c / C2) % C1, c % C2, 0), s);
 }
 

@@ -70,6 +70,31 @@ def _ids(*cols, sorted_=False):
     return ids
 
 
+def _merge_complex(r, label, ptr_args):
+    """A complex element is one access on the device (ld/st.v2: checked in NVRTC's PTX for scan.cu),
+    but the host compiler may move its real and imaginary halves separately: merge such pairs (one
+    thread, consecutive accesses, the halves of one element of a complex operand)."""
+    if len(r) < 2:
+        return r, label
+    item = np.array([v.itemsize if v.dtype.kind == "c" else 0 for v in ptr_args] + [0])[label]
+    lo = np.array([_view_extent(v)[0] for v in ptr_args] + [0])[label]
+    # records are in program order per thread but threads interleave: locate each record's successor
+    order = np.lexsort((r["seq"], r["thread"], r["block"]))
+    rs, ls = r[order], label[order]
+    item, lo = item[order], lo[order]
+    nxt = np.arange(1, len(rs) + 1).clip(max=len(rs) - 1)
+    pair = ((item > 0) & (2 * rs["size"] == item) & ((rs["addr"] - lo) % np.maximum(item, 1) == 0)
+            & (rs["block"][nxt] == rs["block"]) & (rs["thread"][nxt] == rs["thread"])
+            & (rs["addr"][nxt] == rs["addr"] + rs["size"]) & (rs["store"][nxt] == rs["store"]) & (ls[nxt] == ls))
+    pair[-1] = False  # (a pair starts at an element boundary, so pairs never chain)
+    second = np.zeros(len(rs), bool)
+    second[1:] = pair[:-1]
+    rs = rs.copy()
+    rs["size"][pair] *= 2
+    keep = ~second
+    return rs[keep], ls[keep]
+
+
 def _ptr_names(name):
     return _SUM_PTRS if name.startswith("sum_parts") else _SCAN_PTRS
 
@@ -133,6 +158,7 @@ def _measure(launch_list, library_path, backward):
             hit = (label < 0) & (r["addr"] >= lo) & (r["addr"] < hi)
             label[hit] = idx
         assert (label >= 0).all(), "an access outside every argument's view"
+        r, label = _merge_complex(r, label, ptr_args)
         # n-th access of each thread at each site
         order = np.lexsort((r["seq"], r["pc"], r["thread"], r["block"]))
         rs, ls = r[order], label[order]
@@ -141,10 +167,10 @@ def _measure(launch_list, library_path, backward):
         nth = np.arange(len(rs)) - np.repeat(starts, np.diff(np.append(starts, len(rs))))
         group = _ids(rs["block"], rs["thread"] // WARP, rs["pc"], nth, rs["store"])
         ng = group.max() + 1
-        # distinct bytes and distinct sectors per warp access
+        # bytes requested (a word read by several lanes counts for each, as a broadcast costs one
+        # sector) and distinct sectors fetched, per warp access
         addr = rs["addr"].astype(np.int64)
-        first_byte = np.unique(_ids(group, addr), return_index=True)[1]
-        g_used = np.bincount(group[first_byte], weights=rs["size"][first_byte].astype(float), minlength=ng)
+        g_used = np.bincount(group, weights=rs["size"].astype(float), minlength=ng)
         sec_group = np.concatenate([group, group])
         sec_id = np.concatenate([addr // SECTOR, (addr + rs["size"] - 1) // SECTOR])
         first_sec = np.unique(_ids(sec_group, sec_id), return_index=True)[1]
@@ -157,10 +183,11 @@ def _measure(launch_list, library_path, backward):
             pname = names[g_label[k]]
             kind = "status" if pname in _STATUS else "operand"
             role = pname if kind == "status" else _ROLE[backward].get(pname, pname)
-            req[kind] += g_used[k]
+            used = min(g_used[k], g_fetch[k])  # requested beyond fetched: a broadcast, 100% used
+            req[kind] += used
             sec[kind] += g_fetch[k]
             site = (lines[k], role, "store" if g_store[k] else "load", kind)
-            used_by[site] = used_by.get(site, 0) + g_used[k]
+            used_by[site] = used_by.get(site, 0) + used
             fetched_by[site] = fetched_by.get(site, 0) + g_fetch[k]
     sites = sorted((line, role, op, kind, used_by[(line, role, op, kind)] / fetched_by[(line, role, op, kind)],
                     fetched_by[(line, role, op, kind)]) for (line, role, op, kind) in used_by)

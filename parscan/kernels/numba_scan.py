@@ -53,6 +53,9 @@ def _kernels(acc_name: str, backward: bool, items: int):
     real = _numba_type(np.float32 if acc_dtype in (np.float32, np.complex64) else np.float64)
     ncomp = 2 if cplx else 1
     ITEMS = items
+    SLOTS = THREADS * items + THREADS * items // 32  # the coalescing transpose
+    one_ = acc_dtype.type(1)
+    zero_ = acc_dtype.type(0)
 
     if cplx:
         @cuda.jit(device=True, inline=True)
@@ -85,28 +88,56 @@ def _kernels(acc_name: str, backward: bool, items: int):
         return off + i * s[0] + j * s[1] + k * s[2] + t * s[3]
 
     @cuda.jit(device=True)
-    def look_back(flags, st_a, st_h, st_i, e0, tt, A, H):
-        """Incoming state of time tile ``tt`` of the channel whose entries start at ``e0``; publishes
-        the tile's aggregate (A, H) first and its inclusive prefix after."""
-        put(st_a, e0 + tt, A)
-        put(st_h, e0 + tt, H)
-        cuda.threadfence()
-        cuda.atomic.exch(flags, e0 + tt, _AGG)
+    def look_back(flags, st_a, st_h, st_i, c, nch, tt, A, H):
+        """Incoming state of time tile ``tt`` of channel ``c``; status entries are tile-major (entry
+        (c, u) at ``u * nch + c``).  Publishes the tile's aggregate (A, H) for successors to walk over,
+        unless the predecessor is already inclusive, and its inclusive prefix after."""
         s = tt - 1
+        if cuda.atomic.add(flags, s * nch + c, 0) != _INC:
+            put(st_a, tt * nch + c, A)
+            put(st_h, tt * nch + c, H)
+            cuda.threadfence()
+            cuda.atomic.exch(flags, tt * nch + c, _AGG)
         while True:
-            f = cuda.atomic.add(flags, e0 + s, 0)
+            f = cuda.atomic.add(flags, s * nch + c, 0)
             if f == _INC:
                 break
             if f == _AGG:
                 s -= 1
         cuda.threadfence()
-        h = get(st_i, e0 + s)
+        h = get(st_i, s * nch + c)
         for u in range(s + 1, tt):
-            h = get(st_a, e0 + u) * h + get(st_h, e0 + u)
-        put(st_i, e0 + tt, A * h + H)
+            h = get(st_a, u * nch + c) * h + get(st_h, u * nch + c)
+        put(st_i, tt * nch + c, A * h + H)
         cuda.threadfence()
-        cuda.atomic.exch(flags, e0 + tt, _INC)
+        cuda.atomic.exch(flags, tt * nch + c, _INC)
         return h
+
+    @cuda.jit(device=True, inline=True)
+    def slot(cl, lanes, q):
+        """Shared-memory slot of step q of channel cl's tile (one pad element in 32: no bank conflicts)."""
+        g = cl * lanes * ITEMS + q
+        return g + g // 32
+
+    @cuda.jit(device=True, inline=True)
+    def coef(a, ao, as_, i, j, k, T, w, live, a_const, a0):
+        """a at step w of the scan's time (the backward's reversed time reads a[T - 1 - w]); one outside."""
+        if not (live and w >= 0 and w < T):
+            return one_
+        if a_const:
+            return a0
+        return acc(a[at(ao, as_, i, j, k, T - 1 - w if backward else w)])
+
+    @cuda.jit(device=True, inline=True)
+    def prev_h(hh, hho, hhs, h0, h0o, h0s, has_h0, i, j, k, T, w, live):
+        """The backward's h[t - 1] for reversed step w - 1 (t = T - w): h[T - 1 - w], h0 at w = T."""
+        if not (live and w <= T):
+            return zero_
+        if w < T:
+            return acc(hh[at(hho, hhs, i, j, k, T - 1 - w)])
+        if has_h0:
+            return acc(h0[at(h0o, h0s, i, j, k, 0)])
+        return zero_
 
     @cuda.jit
     def scan(a, ao, as_, x, xo, xs, hh, hho, hhs, h0, h0o, h0s, has_h0, o, oo, os_, ga, gao, gas,
@@ -118,10 +149,13 @@ def _kernels(acc_name: str, backward: bool, items: int):
         sH = cuda.shared.array(THREADS, acc)
         sC = cuda.shared.array(THREADS, acc)
         sR = cuda.shared.array(THREADS, acc)
+        sT = cuda.shared.array(SLOTS, acc)
         sV = cuda.shared.array(1, types.int64)
         la = cuda.local.array(ITEMS, acc)
         lx = cuda.local.array(ITEMS, acc)
+        lh = cuda.local.array(ITEMS, acc)
         C0, C1, C2, T = shape
+        nch = C0 * C1 * C2
         tid = cuda.threadIdx.x
         if tid == 0:
             sV[0] = cuda.atomic.add(counter, 0, 1)
@@ -143,28 +177,64 @@ def _kernels(acc_name: str, backward: bool, items: int):
         k = (cgrp % nkb) * chans + cl
         live = k < C2
         kk = k if live else 0
-        t0 = (tt * lanes + lane) * ITEMS
+        base = tt * lanes * ITEMS    # the tile's first step
+        t0 = base + lane * ITEMS     # this thread's first step
+        coalesce = not chan_fast     # time-fast order: load and store through shared memory
+        tile = lanes * ITEMS
         one = acc(1)
         zero = acc(0)
-        # 1. load and fold (identity past the end and in dead channels)
+        a_const = as_[3] == 0        # a constant in time: read once
+        a0 = one
+        if live and a_const:
+            a0 = acc(a[at(ao, as_, i, j, kk, 0)])
+        # 1. load (identity past the end and in dead channels) and fold.  The coalesced order reads step
+        # base + m * lanes + lane (neighbouring lanes, neighbouring steps) and hands it to its owner
+        # through shared memory.  The backward runs reversed time, step u is t = T - 1 - u, on
+        # (conj(a[t + 1]), grad_h[t]): a[t + 1] is a at reversed step u - 1, read aligned with grad_h
+        # and taken one step back.
+        back = 1 if backward else 0
+        for r in range(2):  # r = 0: a, r = 1: x
+            for m in range(ITEMS):
+                q = m * lanes + lane if coalesce else lane * ITEMS + m - (back if r == 0 else 0)
+                w = base + q
+                if r == 0:
+                    val = coef(a, ao, as_, i, j, kk, T, w, live, a_const, a0)
+                else:
+                    val = zero
+                    if live and w < T:
+                        val = acc(x[at(xo, xs, i, j, kk, T - 1 - w if backward else w)])
+                if coalesce:
+                    sT[slot(cl, lanes, q)] = val
+                elif r == 0:
+                    la[m] = val
+                else:
+                    lx[m] = val
+            if coalesce:
+                cuda.syncthreads()
+                for m in range(ITEMS):
+                    q = lane * ITEMS + m - (back if r == 0 else 0)
+                    if q < 0:
+                        val = coef(a, ao, as_, i, j, kk, T, base + q, live, a_const, a0)
+                    else:
+                        val = sT[slot(cl, lanes, q)]
+                    if r == 0:
+                        la[m] = val
+                    else:
+                        lx[m] = val
+                cuda.syncthreads()
         A = one
         H = zero
         for m in range(ITEMS):
-            u = t0 + m
-            av = one
-            xv = zero
-            if live and u < T:
-                if backward:
-                    t = T - 1 - u
-                    av = conj(acc(a[at(ao, as_, i, j, kk, t + 1)])) if t + 1 < T else zero
-                    xv = acc(x[at(xo, xs, i, j, kk, t)])
+            if backward:  # conj, and the identities of steps outside the sequence
+                u = t0 + m
+                if not (live and u < T):
+                    la[m] = one
+                elif u == 0:
+                    la[m] = zero
                 else:
-                    av = acc(a[at(ao, as_, i, j, kk, u)])
-                    xv = acc(x[at(xo, xs, i, j, kk, u)])
-            la[m] = av
-            lx[m] = xv
-            A = A * av
-            H = av * H + xv
+                    la[m] = conj(la[m])
+            A = A * la[m]
+            H = la[m] * H + lx[m]
         # 2. inclusive scan of the lanes' pairs of each channel, in a fixed order
         sA[tid] = A
         sH[tid] = H
@@ -190,43 +260,78 @@ def _kernels(acc_name: str, backward: bool, items: int):
             if not backward and has_h0 and live:
                 hin = acc(h0[at(h0o, h0s, i, j, kk, 0)])
             if time_tiles > 1 and live:
-                e0 = ((i * C1 + j) * C2 + k) * time_tiles
+                c = (i * C1 + j) * C2 + k
                 if tt == 0:
-                    put(st_i, e0, A * hin + H)
+                    put(st_i, c, A * hin + H)
                     cuda.threadfence()
-                    cuda.atomic.exch(flags, e0, _INC)
+                    cuda.atomic.exch(flags, c, _INC)
                 else:
-                    hin = look_back(flags, st_a, st_h, st_i, e0, tt, A, H)
+                    hin = look_back(flags, st_a, st_h, st_i, c, nch, tt, A, H)
             sC[cl] = hin
         cuda.syncthreads()
         h = sC[cl]
         if lane > 0:
             h = sA[tid - step] * h + sH[tid - step]
-        # 4. rescan from registers and write (dead channels skip the loop but reach the barrier below)
+        # 4. rescan from registers and write: h (forward) or grad_x = g and grad_a = g conj(h[t - 1])
+        # (backward; h[-1] = h0; h[t - 1] is h at reversed step u + 1, read aligned and taken one step
+        # on).  Every thread, dead channels included, reaches every barrier.
         summed = gas[3] == 0
         total = zero
+        if backward:
+            for m in range(ITEMS):
+                q = m * lanes + lane if coalesce else lane * ITEMS + m + 1
+                val = prev_h(hh, hho, hhs, h0, h0o, h0s, has_h0, i, j, kk, T, base + q, live)
+                if coalesce:
+                    sT[slot(cl, lanes, q)] = val
+                else:
+                    lh[m] = val
+            if coalesce:
+                cuda.syncthreads()
+                for m in range(ITEMS):
+                    q = lane * ITEMS + m + 1
+                    if q >= tile:
+                        lh[m] = prev_h(hh, hho, hhs, h0, h0o, h0s, has_h0, i, j, kk, T, base + q, live)
+                    else:
+                        lh[m] = sT[slot(cl, lanes, q)]
+                cuda.syncthreads()
         for m in range(ITEMS):
             u = t0 + m
             if live and u < T:
                 h = la[m] * h + lx[m]
+                lx[m] = h
                 if backward:
-                    t = T - 1 - u
-                    o[at(oo, os_, i, j, k, t)] = h
-                    if t > 0:
-                        hp = acc(hh[at(hho, hhs, i, j, k, t - 1)])
-                    elif has_h0:
-                        hp = acc(h0[at(h0o, h0s, i, j, k, 0)])
-                    else:
-                        hp = zero
-                    gv = h * conj(hp)
+                    gv = h * conj(lh[m])
                     if summed:
                         total += gv
                     else:
-                        ga[at(gao, gas, i, j, k, t)] = gv
-                    if t == 0 and has_h0:
-                        gh0[at(g0o, g0s, i, j, k, 0)] = conj(acc(a[at(ao, as_, i, j, k, 0)])) * h
-                else:
-                    o[at(oo, os_, i, j, k, u)] = h
+                        lh[m] = gv
+                    if u == T - 1 and has_h0:
+                        a_first = a0 if a_const else acc(a[at(ao, as_, i, j, k, 0)])
+                        gh0[at(g0o, g0s, i, j, k, 0)] = conj(a_first) * h
+        for r in range(2 if backward else 1):  # r = 0: h / grad_x, r = 1: grad_a (unless summed)
+            if r == 1 and summed:
+                break
+            if coalesce:
+                for m in range(ITEMS):
+                    sT[slot(cl, lanes, lane * ITEMS + m)] = lx[m] if r == 0 else lh[m]
+                cuda.syncthreads()
+            for m in range(ITEMS):
+                q = m * lanes + lane if coalesce else lane * ITEMS + m
+                u = base + q
+                if live and u < T:
+                    if coalesce:
+                        val = sT[slot(cl, lanes, q)]
+                    elif r == 0:
+                        val = lx[m]
+                    else:
+                        val = lh[m]
+                    t = T - 1 - u if backward else u
+                    if r == 0:
+                        o[at(oo, os_, i, j, kk, t)] = val
+                    else:
+                        ga[at(gao, gas, i, j, kk, t)] = val
+            if coalesce:
+                cuda.syncthreads()
         if backward and summed:  # the tile's grad_a sum per channel, over its lanes in a fixed order
             sR[tid] = total
             cuda.syncthreads()
@@ -234,19 +339,20 @@ def _kernels(acc_name: str, backward: bool, items: int):
                 s = zero
                 for q in range(lanes):
                     s += sR[tid - (lanes - 1 - q) * step]
-                put(parts, ((i * C1 + j) * C2 + k) * time_tiles + tt, s)
+                put(parts, tt * nch + (i * C1 + j) * C2 + k, s)  # tile-major, as the status
 
     @cuda.jit
     def finish(parts, ga, gao, gas, shape, width):
         """Backward with a constant in time: each channel's grad_a is the sum of its ``width`` tile
-        parts, in a fixed order."""
+        parts (tile-major: part p of channel c at p * nch + c), in a fixed order."""
         C0, C1, C2, T = shape
+        nch = C0 * C1 * C2
         c = cuda.grid(1)
-        if c >= C0 * C1 * C2:
+        if c >= nch:
             return
         s = acc(0)
         for p in range(width):
-            s += get(parts, c * width + p)
+            s += get(parts, p * nch + c)
         ga[at(gao, gas, c // (C1 * C2), (c // C2) % C1, c % C2, 0)] = s
 
     return scan, finish, np.dtype(real.name), ncomp

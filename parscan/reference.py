@@ -15,7 +15,8 @@ and PyTorch's convention for complex numbers (gradients are conjugate Wirtinger 
     grad_a[t] = g[t] * conj(h[t-1])                   h[-1] = h0 (or 0)
     grad_h0   = conj(a[0]) * g[0]
 
-``grad_a`` and ``grad_h0`` are summed over the dimensions along which ``a`` and ``h0`` were broadcast.
+``grad_a`` and ``grad_h0`` are summed over the dimensions along which ``a`` and ``h0`` were broadcast;
+for a real ``a`` (or ``h0``) with complex data they are the real part, the gradient of a real parameter.
 
 Every other backend is tested against these functions.  They take NumPy arrays (or anything
 ``numpy.asarray`` accepts) and return NumPy arrays in float64 / complex128.
@@ -105,6 +106,11 @@ def linear_scan_backward(a, h, grad_h, h0=None, *, axis=-1, reverse=False):
     ga, gx = np.moveaxis(ga, -1, axis), np.moveaxis(gx, -1, axis)
     grad_a = _sum_to(ga, a_arr.shape).reshape(a_arr.shape)
     grad_h0 = None if h0 is None else _sum_to(gh0, np.shape(h0)).reshape(np.shape(h0))
+    # a real parameter's gradient is the real part (as the public API returns it, PyTorch's convention)
+    if a_arr.dtype.kind != "c":
+        grad_a = grad_a.real
+    if grad_h0 is not None and np.asarray(h0).dtype.kind != "c":
+        grad_h0 = grad_h0.real
     return grad_a, np.ascontiguousarray(gx), grad_h0
 
 

@@ -134,3 +134,18 @@ def test_nan_and_inf_propagate_like_the_loop(backend, reverse):
         np.testing.assert_array_equal(np.isinf(g), np.isinf(w))
         finite = np.isfinite(w)
         np.testing.assert_allclose(g[finite], w[finite], rtol=1e-12)
+
+
+def test_reference_gradient_of_a_real_decay_with_complex_data_is_real(backend):
+    """The ground truth and the API agree: a real a (and h0) gets the real part of its gradient."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((3, 50)) + 1j * rng.standard_normal((3, 50))
+    a, h0 = rng.uniform(0.5, 0.9, (3, 50)), rng.standard_normal(3)
+    h = reference.linear_scan(a, x, h0)
+    gh = rng.standard_normal((3, 50)) + 1j * rng.standard_normal((3, 50))
+    want = reference.linear_scan_backward(a, h, gh, h0)
+    got = parscan.linear_scan_backward(a, h, gh, h0, backend=backend)
+    for g, w in zip(got, want):
+        assert g.dtype == w.dtype
+        np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12)
+    assert want[0].dtype == np.float64 and want[2].dtype == np.float64

@@ -74,7 +74,6 @@ def test_forward_and_backward_match_the_reference(cp, dtype, shape, axis):
                 assert g is None
                 continue
             assert np.shape(g) == np.shape(w), name
-            # grad_a of a broadcast a is a sum over the broadcast steps: scale the tolerance by their count
             assert_close(np.asarray(g), np.asarray(w), dtype)
         after = [np.array(v) for v in (xd, ad, h0d) if isinstance(v, cp.ndarray)]
         assert all(np.array_equal(p, q, equal_nan=True) for p, q in zip(before, after)), "inputs modified"

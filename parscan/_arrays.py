@@ -78,15 +78,15 @@ def as_operand(obj, name: str, *, allow_scalar: bool = False) -> Operand:
     if isinstance(obj, (bool, np.bool_)):
         raise TypeError(f"{name} is a bool; parscan scans floating-point or complex data: pass a float, "
                         f"e.g. {name}={float(obj)!r}")
+    if isinstance(obj, np.generic):  # before Python's types: numpy.float64 subclasses float, but is not weak
+        if not allow_scalar:
+            raise TypeError(f"{name} must be an array, got the NumPy scalar {obj!r}")
+        return _checked(Operand(name, np.asarray(obj), None, None))
     if isinstance(obj, (int, float, complex)):
         if not allow_scalar:
             raise TypeError(f"{name} must be an array, got the Python scalar {obj!r}; wrap it, e.g. "
                             f"numpy.asarray([...], dtype=numpy.float32)")
         return Operand(name, None, None, None, value=obj)
-    if isinstance(obj, np.generic):
-        if not allow_scalar:
-            raise TypeError(f"{name} must be an array, got the NumPy scalar {obj!r}")
-        return _checked(Operand(name, np.asarray(obj), None, None))
     cp = sys.modules.get("cupy")  # before NumPy: a CuPy stand-in (the tests' CPU harness) may subclass it
     if cp is not None and isinstance(obj, cp.ndarray):
         return _checked(Operand(name, obj, "cupy", obj.device.id))

@@ -218,7 +218,10 @@ def _h0_view(xp, op, x_shape, axis, dtype):
 
 def _distinct_elements(arr) -> bool:
     """A sufficient test that no two elements of ``arr`` overlap: with dims ordered by |stride|, each
-    stride clears the whole extent of the smaller ones (true of every ordinary layout)."""
+    stride clears the whole extent of the smaller ones (true of every ordinary layout).  An empty array
+    has no elements to share (NumPy may give it zero strides)."""
+    if arr.size == 0:
+        return True
     extent = arr.itemsize
     for n, s in sorted(((n, abs(s)) for n, s in zip(arr.shape, arr.strides) if n > 1), key=lambda p: p[1]):
         if s < extent:

@@ -71,6 +71,10 @@ def scan_backward_last_axis(a, h, grad_h, h0=None):
     return grad_a, grad_x, coef * g
 
 
+def _weak(v) -> bool:
+    return isinstance(v, (int, float, complex)) and not isinstance(v, np.generic)
+
+
 def _sum_to(g, shape):
     """Sum g over the leading and size-1 dims that broadcasting added to reach g.shape from shape."""
     lead = g.ndim - len(shape)
@@ -106,10 +110,11 @@ def linear_scan_backward(a, h, grad_h, h0=None, *, axis=-1, reverse=False):
     ga, gx = np.moveaxis(ga, -1, axis), np.moveaxis(gx, -1, axis)
     grad_a = _sum_to(ga, a_arr.shape).reshape(a_arr.shape)
     grad_h0 = None if h0 is None else _sum_to(gh0, np.shape(h0)).reshape(np.shape(h0))
-    # a real parameter's gradient is the real part (as the public API returns it, PyTorch's convention)
-    if a_arr.dtype.kind != "c":
+    # a real parameter's gradient is the real part (as the public API returns it, PyTorch's convention);
+    # a Python scalar is "weak": it takes the computation's type
+    if a_arr.dtype.kind != "c" and not _weak(a):
         grad_a = grad_a.real
-    if grad_h0 is not None and np.asarray(h0).dtype.kind != "c":
+    if grad_h0 is not None and np.asarray(h0).dtype.kind != "c" and not _weak(h0):
         grad_h0 = grad_h0.real
     return grad_a, np.ascontiguousarray(gx), grad_h0
 

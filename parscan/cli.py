@@ -96,6 +96,13 @@ def _bench(args):
     return 0
 
 
+def _check(args):
+    from . import check
+
+    return check.main(backends=args.backend, seed=args.seed, count=args.cases, quick=args.quick, out=args.out,
+                      roofline_on=not args.no_roofline, progress=not args.no_progress, dtypes=args.dtype)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="parscan", description="Parallel linear recurrences h[t] = a[t]*h[t-1] + x[t].")
     sub = p.add_subparsers(dest="command")
@@ -121,6 +128,18 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--out", default="bench-results", help="folder for bench.json, bench.md and plots")
     be.add_argument("--repeats", type=int, default=None)
     be.set_defaults(func=_bench)
+    c = sub.add_parser("check", help="validate this install: every backend that loads against the float64 "
+                                     "reference over random cases, a short roofline, a JSON report to send")
+    c.add_argument("--backend", default=None, help="comma-separated: cupy, numba, cpu (default: every GPU "
+                                                   "backend that loads, else cpu)")
+    c.add_argument("--seed", type=int, default=0, help="seed of the random cases")
+    c.add_argument("--cases", type=int, default=None, help="how many cases (default: one per combination)")
+    c.add_argument("--dtype", default=None, help="comma-separated dtypes of the cases (default: all five)")
+    c.add_argument("--quick", action="store_true", help="smaller sizes and a shorter roofline")
+    c.add_argument("--out", default="parscan-check.json", help="path of the JSON report")
+    c.add_argument("--no-roofline", action="store_true", help="skip the bandwidth measurement (GPU)")
+    c.add_argument("--no-progress", action="store_true", help="no progress bar")
+    c.set_defaults(func=_check)
     t = sub.add_parser("train", help="train a stacked GILR-LSTM on the paper's long-dependency sign task")
     t.add_argument("--length", type=int, default=1024, help="sequence length T")
     t.add_argument("--hidden", type=int, default=64)

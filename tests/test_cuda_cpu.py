@@ -267,3 +267,18 @@ def test_the_harness_reports_bad_kernels_instead_of_crashing_or_hanging(cp, sche
         mod.get_function("block_sum")((4,), (64,), (p,))  # shared memory is per block
         sums = np.arange(4 * 64, dtype=np.float32).reshape(4, 64).sum(1)
         np.testing.assert_array_equal(np.asarray(p)[::64], sums)
+
+
+def test_parscan_check_cases_on_the_cuda_kernels(cp):
+    """`parscan check`'s GPU case loop (its own placement, aliasing and comparison code) on scan.cu run by
+    the harness, at the CPU profile's sizes: every forward/backward x dtype x layout and the matrix scan."""
+    from parscan import check
+
+    target = check.Target("cupy", cp, True)
+    cases = check.make_cases(seed=3, profile="cpu", quick=True)
+    cuda_cpu.launches().clear()
+    results = [check.run_case(c, target) for c in cases]
+    assert {"scan_kernel", "matrix_pass"} <= set(_names())  # the kernels ran, not a host fallback
+    bad = [(c, r) for c, r in zip(cases, results) if r["status"] != "pass"]
+    assert not bad, bad[:3]
+    assert len(results) >= 48 and {c.op for c in cases} >= {"forward", "backward", "matrix-forward"}

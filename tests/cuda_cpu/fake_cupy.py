@@ -359,7 +359,9 @@ def module() -> types.ModuleType:
     m = _Namespace("cupy", np)
     m.ndarray = ndarray
     m.empty, m.zeros, m.empty_like, m.asarray = empty, zeros, empty_like, asarray
-    m.array = asarray
+    m.array = lambda a, dtype=None, copy=True, order=None: asarray(a, dtype, order) if copy is False else (
+        _dev(np.array(a, dtype=dtype, copy=True)) if isinstance(a, ndarray) else asarray(a, dtype, order))
+    m.asnumpy = lambda a: np.array(a, copy=True).view(np.ndarray)
     m.RawModule, m.RawKernel = RawModule, RawKernel
     m.cuda = types.SimpleNamespace(Device=Device, runtime=_Runtime, get_current_stream=lambda: _Stream(),
                                    is_available=lambda: True)

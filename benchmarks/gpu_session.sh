@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What a session with a lent GPU should run (see DEVELOPERS.md), in stages that each fit one device call
 # (10 minutes at most):  bash benchmarks/gpu_session.sh STAGE [STAGE ...]
-#   tests     the kernel report for sm_90 and the GPU test suite (tests/test_gpu.py)
+#   tests     the kernel report for sm_90, parscan check (the user's one command) and the GPU test suite
 #   sanitize  compute-sanitizer memcheck, racecheck and synccheck on both backends (benchmarks/sanitize.py)
 #   bench     parscan bench: the roofline, paper and peers suites
 #   deer      parscan bench --suite deer-gpu (issue #8)
@@ -16,6 +16,8 @@ for stage in "$@"; do
   case $stage in
     tests)
       python -m parscan kernels --arch sm_90 > "$OUT/kernels.txt" 2>&1
+      python -m parscan check --no-progress --out "$OUT/parscan-check.json" > "$OUT/check.txt" 2>&1
+      echo "check rc=$?" >> "$OUT/check.txt"
       python -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py > "$OUT/gpu-tests.txt" 2>&1
       echo "gpu tests rc=$?" >> "$OUT/gpu-tests.txt" ;;
     sanitize)

@@ -7,6 +7,9 @@ can be returned as that library's array:
 - ``numpy.ndarray`` and NumPy scalars: host;
 - ``cupy.ndarray``: CUDA, on its own device;
 - Numba CUDA device arrays (``__cuda_array_interface__``): CUDA, returned as Numba device arrays;
+- under Numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``), its device arrays (``numba.cuda.to_device``):
+  CUDA device 0, ``simulated``; the simulator keeps their data in NumPy arrays, which the operand
+  takes as they are, and results go back as simulator device arrays around NumPy results;
 - any other ``__dlpack__`` producer (torch, JAX, ...): host or CUDA by its ``__dlpack_device__``, and
   returned through that library's ``from_dlpack``;
 - any other ``__cuda_array_interface__`` producer: CUDA, returned as CuPy;
@@ -19,6 +22,7 @@ to 0-d arrays.
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +42,8 @@ class Operand:
     ``array`` is a ``numpy.ndarray`` or ``cupy.ndarray`` (``None`` for a Python scalar, whose value is
     ``value``); ``library`` names where it came from (``"numpy"``, ``"cupy"``, ``"numba"``, ``"torch"``,
     ...; ``None`` for a scalar); ``device`` is ``None`` on the host, else the CUDA device id.
+    ``simulated``: a Numba CUDA simulator device array, whose ``array`` is the NumPy array holding
+    its data (on device 0 as far as placement goes; computed on with NumPy).
     """
 
     name: str
@@ -45,6 +51,7 @@ class Operand:
     library: str | None
     device: int | None
     value: Any = None
+    simulated: bool = False
 
     @property
     def is_scalar(self) -> bool:
@@ -55,6 +62,8 @@ class Operand:
         return self.device is not None
 
     def where(self) -> str:
+        if self.simulated:
+            return "Numba CUDA simulator memory"
         return "host memory" if self.device is None else f"CUDA device {self.device}"
 
     @property
@@ -67,6 +76,22 @@ def _cupy():
     import cupy  # noqa: PLC0415  (imported lazily: CuPy is optional and slow to import)
 
     return cupy
+
+
+def cuda_simulator() -> bool:
+    """Whether Numba's CUDA simulator is on (``NUMBA_ENABLE_CUDASIM=1`` when numba was imported): then
+    ``numba.cuda`` runs kernels on the CPU, its device arrays hold NumPy arrays, and CuPy cannot use them."""
+    for module in ("numba.cuda.core.config", "numba.core.config"):
+        config = sys.modules.get(module)
+        if config is not None:
+            return bool(getattr(config, "ENABLE_CUDASIM", 0))
+    return os.environ.get("NUMBA_ENABLE_CUDASIM", "0").strip() not in ("", "0")  # what numba will read
+
+
+def _simulator_array_type():
+    """The simulator's device array class, if numba.cuda is loaded (the module loads with it, on or off)."""
+    module = sys.modules.get("numba.cuda.simulator.cudadrv.devicearray")
+    return None if module is None else module.FakeCUDAArray
 
 
 def _top_module(obj) -> str:
@@ -97,6 +122,9 @@ def as_operand(obj, name: str, *, allow_scalar: bool = False) -> Operand:
         raise TypeError(f"{name} is a JAX tracer: parscan runs eagerly on concrete jax.Array values and "
                         f"cannot be traced by jax.jit / grad / vmap; call it outside the transformation "
                         f"(or wrap it in jax.pure_callback)")
+    sim = _simulator_array_type()
+    if sim is not None and isinstance(obj, sim):  # its data is the NumPy array _ary (simulator's devicearray.py)
+        return _checked(Operand(name, obj._ary, "numba", 0, simulated=True))
     if top == "numba" and hasattr(obj, "__cuda_array_interface__"):
         arr = _cupy().asarray(obj)
         return _checked(Operand(name, arr, "numba", arr.device.id))
@@ -139,7 +167,8 @@ def check_same_place(x: Operand, *others: Operand | None) -> None:
         if op is None or op.is_scalar:
             continue
         if op.device != x.device:
-            hint = ("move it with cupy.asarray(...)" if x.on_gpu else "move it to the host, e.g. with .get()")
+            hint = ("move it with numba.cuda.to_device(...)" if x.simulated else
+                    "move it with cupy.asarray(...)" if x.on_gpu else "move it to the host, e.g. with .get()")
             raise ValueError(f"{op.name} is in {op.where()} but x is in {x.where()}; parscan never copies "
                              f"between devices behind your back: {hint}")
         if op.library != x.library:
@@ -152,6 +181,9 @@ def give_back(result, like: Operand):
     lib = like.library
     if lib in (None, "numpy", "cupy"):
         return result
+    if like.simulated:  # (a result that is one already, from a call on simulator arrays, stays as it is)
+        sim = _simulator_array_type()
+        return result if isinstance(result, sim) else sim(result)
     if lib == "numba":
         from numba import cuda  # noqa: PLC0415
 
@@ -170,8 +202,8 @@ def give_back(result, like: Operand):
 
 
 def array_module(op: Operand):
-    """``numpy`` for host operands, ``cupy`` for CUDA operands."""
-    return _cupy() if op.on_gpu else np
+    """``numpy`` for host operands and simulator device arrays, ``cupy`` for CUDA operands."""
+    return _cupy() if op.on_gpu and not op.simulated else np
 
 
 def data_extent(arr) -> tuple[int, int]:

@@ -10,22 +10,28 @@ import importlib
 from dataclasses import dataclass
 from functools import lru_cache
 
+from ._arrays import cuda_simulator
+
 
 @dataclass(frozen=True)
 class BackendStatus:
-    """Whether a backend works here; ``reason`` says why not (empty when available)."""
+    """Whether a backend works here; ``reason`` says why not (empty when available); ``note`` says
+    what runs it when that is worth knowing (the Numba CUDA simulator)."""
 
     name: str
     device: str  # "host" or "cuda"
     available: bool
     reason: str = ""
+    note: str = ""
 
     def __str__(self):
-        return f"{self.name} ({self.device}): " + ("available" if self.available else self.reason)
+        state = ("available" + (f" ({self.note})" if self.note else "")) if self.available else self.reason
+        return f"{self.name} ({self.device}): {state}"
 
 
 _DEVICE = {"cupy": "cuda", "numba": "cuda", "cpu": "host", "reference": "host"}
 BACKENDS = tuple(_DEVICE)
+_SIMULATOR = "Numba CUDA simulator"
 
 
 def _cuda_reason() -> str:
@@ -60,6 +66,12 @@ def status(name: str) -> BackendStatus:
             importlib.import_module("numba")
         except ImportError as exc:  # pragma: no cover
             return BackendStatus(name, dev, False, f"Numba is not installed ({exc}): pip install numba")
+    if dev == "cuda" and cuda_simulator():
+        if name == "numba":
+            reason = _numba_cuda_reason()
+            return BackendStatus(name, dev, not reason, reason, "" if reason else _SIMULATOR)
+        return BackendStatus(name, dev, False, f"the {_SIMULATOR} is on (NUMBA_ENABLE_CUDASIM=1): its device "
+                                               f"arrays hold host memory, which CuPy cannot use; use backend='numba'")
     if dev == "cuda":
         reason = _cuda_reason() or (_numba_cuda_reason() if name == "numba" else "")
         return BackendStatus(name, dev, not reason, reason)
@@ -80,22 +92,35 @@ class BackendUnavailable(RuntimeError):
     """The named backend cannot run on this machine (its message says why and what to do)."""
 
 
+def default(on_gpu: bool) -> str:
+    """The backend for ``backend=None``: "cpu" for host data; "cupy" for CUDA data, or "numba" when
+    Numba's CUDA simulator is on (its device arrays are the only CUDA data then, and CuPy cannot run them)."""
+    if not on_gpu:
+        return "cpu"
+    return "numba" if cuda_simulator() else "cupy"
+
+
+def check_device(name: str, on_gpu: bool) -> None:
+    """Raise ``ValueError`` when backend ``name`` does not run where the data is (nothing is copied)."""
+    if _DEVICE[name] == "cuda" and not on_gpu:
+        what = ("simulator device arrays (numba.cuda.to_device; the Numba CUDA simulator is on)"
+                if cuda_simulator() else "CuPy (or other CUDA) arrays")
+        raise ValueError(f"backend {name!r} runs on CUDA arrays but the inputs are in host memory; parscan "
+                         f"does not copy behind your back: pass {what}, or use backend='cpu'")
+    if _DEVICE[name] == "host" and on_gpu:
+        raise ValueError(f"backend {name!r} runs on host arrays but the inputs are on a CUDA device; use "
+                         f"backend='cupy' or 'numba', or move the data to the host first")
+
+
 def select(name: str | None, on_gpu: bool):
     """The backend module for ``name`` (None: the default for where the data lives)."""
     if name is None:
-        name = "cupy" if on_gpu else "cpu"
+        name = default(on_gpu)
     elif not isinstance(name, str) or name not in _DEVICE:
         raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(map(repr, BACKENDS))} "
                          f"(or None for the default)")
-    dev = _DEVICE[name]
-    if dev == "cuda" and not on_gpu:
-        raise ValueError(f"backend {name!r} runs on CUDA arrays but the inputs are in host memory; parscan "
-                         f"does not copy behind your back: pass CuPy (or other CUDA) arrays, or use "
-                         f"backend='cpu'")
-    if dev == "host" and on_gpu:
-        raise ValueError(f"backend {name!r} runs on host arrays but the inputs are on a CUDA device; use "
-                         f"backend='cupy' or 'numba', or move the data to the host first")
+    check_device(name, on_gpu)
     st = status(name)
     if not st.available:
         raise BackendUnavailable(f"backend {name!r} is not available here: {st.reason}")
-    return importlib.import_module(f"parscan.{name}" if dev == "host" else f"parscan.kernels.{name}_scan")
+    return importlib.import_module(f"parscan.{name}" if _DEVICE[name] == "host" else f"parscan.kernels.{name}_scan")

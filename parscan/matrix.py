@@ -138,22 +138,16 @@ def _reference_backward(A, h, gh, h0, reverse):
 
 def _select(backend, on_gpu):
     """``("host", name)`` or ``("cuda", module with matrix_pass)``."""
-    name = backend or ("cupy" if on_gpu else "cpu")
+    name = backend or _backends.default(on_gpu)
     if name not in _HOST and name not in _CUDA:
         raise ValueError(f"unknown backend {name!r}; matrix_linear_scan runs on 'cupy', 'numba', 'cpu' or "
                          f"'reference' (or None for the default)")
+    _backends.check_device(name, on_gpu)
     if name in _CUDA:
-        if not on_gpu:
-            raise ValueError(f"backend {name!r} runs on CUDA arrays but the inputs are in host memory; parscan "
-                             f"does not copy behind your back: pass CuPy (or other CUDA) arrays, or use "
-                             f"backend='cpu'")
         st = _backends.status(name)
         if not st.available:
             raise _backends.BackendUnavailable(f"backend {name!r} is not available here: {st.reason}")
         return "cuda", importlib.import_module(_CUDA[name])
-    if on_gpu:
-        raise ValueError(f"backend {name!r} runs on host arrays but the inputs are on a CUDA device; use "
-                         f"backend='cupy' or 'numba', or move the data to the host first")
     return "host", name
 
 
@@ -217,8 +211,15 @@ def _conj(v):
 
 def _device(op):
     """The data's device as the current one (scratch and results are allocated there); nothing for
-    host arrays (the CUDA simulator)."""
-    return array_module(op).cuda.Device(op.device) if op.on_gpu else contextlib.nullcontext()
+    NumPy arrays (the CUDA simulator's)."""
+    xp = array_module(op)
+    return xp.cuda.Device(op.device) if xp is not np else contextlib.nullcontext()
+
+
+def _as_given(op, v):
+    """``v``, a view of ``op``'s converted array, as an argument that lands where ``op`` is: a
+    simulator device array for simulator data (a bare NumPy array would be host data)."""
+    return give_back(v, op) if op is not None and op.simulated else v
 
 
 def _cuda_forward(impl, xp, A, x, h0, reverse, lead, T, n, work):
@@ -272,7 +273,9 @@ def matrix_linear_scan(A, x, h0=None, *, reverse=False, backend=None):
     kind, impl = _select(backend, xo.on_gpu)
     lead, T, n, dt, work = _check(Aa, xa, ha, ("A", "x"))
     if n == 1 and impl != "reference" and xa.shape[:-2] == lead:
-        return give_back(linear_scan(Aa[..., 0], xa, ha, axis=-2, reverse=reverse, backend=backend), xo)
+        h = linear_scan(_as_given(Ao, Aa[..., 0]), _as_given(xo, xa), _as_given(ho, ha),
+                        axis=-2, reverse=reverse, backend=backend)
+        return give_back(h, xo)
     if kind == "cuda":
         with _device(xo):
             out = _cuda_forward(impl, array_module(xo), Aa, xa, ha, reverse, lead, T, n, work)
@@ -313,7 +316,8 @@ def matrix_linear_scan_backward(A, h, grad_h, h0=None, *, reverse=False, backend
     lead, T, n, dt, work = _check(Aa, ha, h0a, ("A", "h"))
     back = lambda v: None if v is None else give_back(v, ho_)  # noqa: E731
     if n == 1 and impl != "reference" and ha.shape[:-2] == lead:
-        g_a, gx, gh0 = linear_scan_backward(Aa[..., 0], ha, ga, h0a, axis=-2, reverse=reverse, backend=backend)
+        g_a, gx, gh0 = linear_scan_backward(_as_given(Ao, Aa[..., 0]), _as_given(ho_, ha), _as_given(go, ga),
+                                            _as_given(h0o, h0a), axis=-2, reverse=reverse, backend=backend)
         return back(g_a[..., None]), back(gx), back(gh0)
     xp = array_module(ho_)
     if kind == "cuda":

@@ -107,6 +107,17 @@ def test_plan_chunks_covers_every_step_with_the_fewest_chunks():
         assert matrix_launch.blocks_for(B * C * (n + 1), n, 256) * (256 // n) >= B * C * (n + 1)
 
 
+def test_the_simulator_launch_settings_leave_real_launches_alone(monkeypatch):
+    """PARSCAN_SIM_LAUNCH / PARSCAN_SIM_CHUNKS apply in Numba's CUDA simulator only (tests/sim)."""
+    from parscan.kernels import matrix_launch
+
+    monkeypatch.setenv(launch.SIM_LAUNCH, "32,4")
+    monkeypatch.setenv(matrix_launch.SIM_CHUNKS, "32,256,2")
+    assert launch.sim_sizes(launch.SIM_LAUNCH, ("threads", "items")) is None  # the simulator is off here
+    assert matrix_launch.sizes() == (256, 1 << 19, 16)
+    assert matrix_launch.plan_chunks(16, 2**20, 32) == (32, 2**15)
+
+
 def test_the_sequential_gru_baseline_compiles():
     from numba import cuda, types as T
 

@@ -19,12 +19,35 @@ predecessors in time have always started: the look-back never waits on a tile th
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+
+from .._arrays import cuda_simulator
 
 THREADS = 256        # threads per block
 ITEMS = 8            # steps per thread
 CHAN_FAST_CHANS = 16  # channels side by side in a tile when channels are the fast axis
 MAX_TILES = 2**31 - 1
+
+#: Smaller launches for Numba's CUDA simulator, so that short sequences span many tiles there (the
+#: tests set ``32,4``): ``threads,items`` (threads a power of two up to THREADS).  Read by the numba
+#: backend only while the simulator is on; real launches never read it.
+SIM_LAUNCH = "PARSCAN_SIM_LAUNCH"
+
+
+def sim_sizes(var: str, names: tuple[str, ...]) -> tuple[int, ...] | None:
+    """The positive integers ``names`` that environment variable ``var`` sets (comma-separated) while
+    Numba's CUDA simulator is on; None when it is unset or the simulator is off."""
+    spec = os.environ.get(var, "").strip()
+    if not spec or not cuda_simulator():
+        return None
+    try:
+        sizes = tuple(int(v) for v in spec.split(","))
+    except ValueError:
+        sizes = ()
+    if len(sizes) != len(names) or min(sizes) < 1:
+        raise ValueError(f"{var}={spec!r}: expected {len(names)} positive integers, {','.join(names)}")
+    return sizes
 
 
 @dataclass(frozen=True)

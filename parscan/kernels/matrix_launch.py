@@ -21,16 +21,29 @@ view of A, conjugated, shifted by one step): ``g_t = grad_h_t + A_{t+1}^H g_{t+1
 
 from __future__ import annotations
 
+from .launch import sim_sizes
+
 THREADS = 256                # threads per block; a block holds THREADS // n columns of n entries
 TARGET_THREADS = 1 << 19     # threads pass 1 should run (about two full waves on an H100)
 MIN_STEPS = 16               # no chunk shorter than this (the recursion then costs <= 1/16 more)
 MAX_N = THREADS              # one column must fit in a block
 
+#: Smaller blocks and chunks for Numba's CUDA simulator, so that short sequences split into many
+#: chunks and recurse there (the tests set ``32,256,2``): ``threads,target_threads,min_steps``.
+#: Read only while the simulator is on (see :data:`parscan.kernels.launch.SIM_LAUNCH`).
+SIM_CHUNKS = "PARSCAN_SIM_CHUNKS"
+
+
+def sizes() -> tuple[int, int, int]:
+    """``(THREADS, TARGET_THREADS, MIN_STEPS)``, or what :data:`SIM_CHUNKS` sets in the simulator."""
+    return sim_sizes(SIM_CHUNKS, ("threads", "target_threads", "min_steps")) or (THREADS, TARGET_THREADS, MIN_STEPS)
+
 
 def plan_chunks(B: int, T: int, n: int, target: int | None = None, min_steps: int | None = None):
     """``(C, L)``: the number of chunks and the steps per chunk (C = 1: one sequential pass)."""
-    target = TARGET_THREADS if target is None else target
-    min_steps = MIN_STEPS if min_steps is None else min_steps
+    _, default_target, default_min = sizes()
+    target = default_target if target is None else target
+    min_steps = default_min if min_steps is None else min_steps
     if T <= 0:
         return 1, 0
     want = -(-target // max(1, B * n * (n + 1)))  # chunks for `target` threads in pass 1

@@ -15,7 +15,7 @@ from numba import cuda
 
 from .._problem import flat_buffer
 from . import matrix_launch
-from .numba_scan import _Launcher, _numba_type, _xp
+from .numba_scan import _Launcher, _numba_type, _sim_array, _xp
 
 
 @lru_cache(maxsize=None)
@@ -98,16 +98,14 @@ def matrix_kernel(acc_name: str, threads: int):
 
 def _flat(xp, v, written=False):
     buf, off = flat_buffer(xp, v, written)
-    if isinstance(buf, np.ndarray) and not written:
-        buf = cuda.to_device(buf)  # simulator: it copies every host argument back after a launch
-    return buf, off, tuple(int(s) // v.itemsize for s in v.strides)
+    return _sim_array(buf), off, tuple(int(s) // v.itemsize for s in v.strides)
 
 
 def matrix_pass(aggregate, A, conj, shift, x, h0, carry, out, L, nch, reverse):
     """Launch one pass (arguments as in :func:`parscan.kernels.matrix_launch.scan`)."""
     xp = _xp(out)
     B, T, n = x.shape
-    threads = matrix_launch.THREADS
+    threads = matrix_launch.sizes()[0]
     kernel = matrix_kernel(out.dtype.name, threads)
     pad4 = lambda s: s + (0,) * (4 - len(s))  # noqa: E731
     with _Launcher(out, xp) as run:

@@ -32,7 +32,7 @@ from functools import lru_cache
 import numpy as np
 from numba import cuda, types
 
-from .launch import THREADS, items_for, plan_launch
+from .launch import SIM_LAUNCH, THREADS, items_for, plan_launch, sim_sizes
 
 _EMPTY, _AGG, _INC = 0, 1, 2
 
@@ -358,11 +358,26 @@ def _kernels(acc_name: str, backward: bool, items: int):
     return scan, finish, np.dtype(real.name), ncomp
 
 
-def _args(s, written=False):
-    buf = s.buf
-    if isinstance(buf, np.ndarray) and not written:
-        buf = cuda.to_device(buf)  # simulator: it copies every host argument back after a launch
-    return buf, s.off, tuple(int(v) for v in s.strides)
+def _sim_array(buf):
+    """In the simulator a NumPy buffer is simulator memory: passed as its device array, zero-copy (a
+    bare NumPy argument would be copied in and back, written into read-only inputs included)."""
+    if isinstance(buf, np.ndarray):
+        from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray  # noqa: PLC0415
+
+        return FakeCUDAArray(buf)
+    return buf
+
+
+def _args(s):
+    return _sim_array(s.buf), s.off, tuple(int(v) for v in s.strides)
+
+
+def _plan(problem, strides):
+    """The launch for ``problem``; in the simulator, the sizes ``PARSCAN_SIM_LAUNCH`` sets (if any)."""
+    threads, items = sim_sizes(SIM_LAUNCH, ("threads", "items")) or (THREADS, items_for(problem.acc_dtype))
+    if threads > THREADS:
+        raise ValueError(f"{SIM_LAUNCH}: at most {THREADS} threads a block (the kernels' shared memory)")
+    return plan_launch(problem.shape, strides, threads=threads, items=items)
 
 
 def _xp(buf):
@@ -419,7 +434,7 @@ def _status(launch, real, ncomp, xp):
 
 def forward(problem, launch=None):
     acc = problem.acc_dtype
-    launch = launch or plan_launch(problem.shape, problem.x.strides, items=items_for(acc))
+    launch = launch or _plan(problem, problem.x.strides)
     scan, _, real, ncomp = _kernels(acc.name, False, launch.items)
     xp = _xp(problem.x.buf)
     with _Launcher(problem.x.buf, xp) as run:
@@ -427,14 +442,14 @@ def forward(problem, launch=None):
         h0 = _args(problem.h0) if problem.h0 is not None else none
         run(scan, launch.blocks, launch.threads,
             *_args(problem.a), *_args(problem.x), *none, *h0, problem.h0 is not None,
-            *_args(problem.out, True), *none, *_none(xp, acc), xp.zeros(1, real), problem.shape,
+            *_args(problem.out), *none, *_none(xp, acc), xp.zeros(1, real), problem.shape,
             launch.chans, launch.lanes, launch.chan_fast, launch.time_tiles,
             *_status(launch, real, ncomp, xp))
 
 
 def backward(problem, launch=None):
     acc = problem.acc_dtype
-    launch = launch or plan_launch(problem.shape, problem.grad_h.strides, items=items_for(acc))
+    launch = launch or _plan(problem, problem.grad_h.strides)
     scan, finish, real, ncomp = _kernels(acc.name, True, launch.items)
     xp = _xp(problem.grad_h.buf)
     C0, C1, C2, T = problem.shape
@@ -445,12 +460,12 @@ def backward(problem, launch=None):
         parts = xp.zeros(nchan * width * ncomp if summed else 1, real)
         none = _none(xp, problem.dtype)
         h0 = _args(problem.h0) if problem.h0 is not None else none
-        gh0 = _args(problem.grad_h0, True) if problem.grad_h0 is not None else _none(xp, acc)
+        gh0 = _args(problem.grad_h0) if problem.grad_h0 is not None else _none(xp, acc)
         run(scan, launch.blocks, launch.threads,
             *_args(problem.a), *_args(problem.grad_h), *_args(problem.h), *h0, problem.h0 is not None,
-            *_args(problem.grad_x, True), *_args(problem.grad_a, True), *gh0, parts, problem.shape,
+            *_args(problem.grad_x), *_args(problem.grad_a), *gh0, parts, problem.shape,
             launch.chans, launch.lanes, launch.chan_fast, launch.time_tiles,
             *_status(launch, real, ncomp, xp))
         if summed and nchan:
-            run(finish, (nchan + 127) // 128, 128, parts, *_args(problem.grad_a, True), problem.shape,
+            run(finish, (nchan + 127) // 128, 128, parts, *_args(problem.grad_a), problem.shape,
                 width)

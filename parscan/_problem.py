@@ -252,7 +252,8 @@ def check_out(out: Operand, shape, dtype, inputs) -> None:
 
 
 def plan_forward(xp, a: Operand, x: Operand, h0: Operand | None, out: Operand | None, axis, reverse):
-    """Return ``(problem or None, result, finish)``; run the problem, then ``finish()`` returns result."""
+    """Return ``(problem or None, result, finish, plan)``; run the problem, then ``finish()`` returns
+    result; ``plan(impl)`` is the :class:`ForwardPlan` that replays this call with ``impl`` (or None)."""
     xa = x.array
     if xa.ndim == 0:
         raise ValueError("x is 0-d; it needs at least one dimension, the time axis")
@@ -268,7 +269,7 @@ def plan_forward(xp, a: Operand, x: Operand, h0: Operand | None, out: Operand | 
                                       None if h0 is None or h0.is_scalar else h0.array])
     if xa.size == 0:
         result = out.array if out is not None else xp.empty(shape, dtype)
-        return None, result, lambda: result
+        return None, result, lambda: result, lambda impl: None
     inputs = [xa, av] + ([h0v] if h0v is not None else [])
     user_out = None if out is None else out.array
     merge = inputs + ([user_out] if user_out is not None else [])
@@ -295,7 +296,8 @@ def plan_forward(xp, a: Operand, x: Operand, h0: Operand | None, out: Operand | 
             return user_out
         return target
 
-    return problem, target, finish
+    return problem, target, finish, lambda impl: capture_forward(xp, impl, a, x, h0, out, problem, views, target,
+                                                                None if copied_out else canon)
 
 
 def _reduce_to(xp, g, padded_shape, shape, dtype):
@@ -310,7 +312,8 @@ def _reduce_to(xp, g, padded_shape, shape, dtype):
 
 
 def plan_backward(xp, a: Operand, h: Operand, grad_h: Operand, h0: Operand | None, axis, reverse):
-    """Return ``(problem or None, finish)``; ``finish()`` returns ``(grad_a, grad_x, grad_h0)``."""
+    """Return ``(problem or None, finish, plan)``; ``finish()`` returns ``(grad_a, grad_x, grad_h0)``;
+    ``plan(impl)`` is the :class:`BackwardPlan` that replays this call with ``impl`` (or None)."""
     ha, gha = h.array, grad_h.array
     if ha.ndim == 0:
         raise ValueError("h is 0-d; it needs at least one dimension, the time axis")
@@ -337,7 +340,7 @@ def plan_backward(xp, a: Operand, h: Operand, grad_h: Operand, h0: Operand | Non
         grad_x = xp.zeros(shape, dtype)
         grad_a = xp.zeros(a_shape, a_dtype)
         grad_h0 = None if h0 is None else xp.zeros(h0_shape, h0_dtype)
-        return None, lambda: (grad_a, grad_x, grad_h0)
+        return None, lambda: (grad_a, grad_x, grad_h0), lambda impl: None
 
     inputs = [ha, gha, av] + ([h0v] if h0v is not None else [])
     canon, views = _canonical(xp, shape, axis, reverse, inputs)
@@ -366,5 +369,162 @@ def plan_backward(xp, a: Operand, h: Operand, grad_h: Operand, h0: Operand | Non
         grad_h0 = None if gh0 is None else _reduce_to(xp, gh0, h0_padded, h0_shape, h0_dtype)
         return grad_a, grad_x, grad_h0
 
-    return problem, finish
+    def plan(impl):
+        srcs = (_source(xp, a, views[2], problem.a), _source(xp, h, views[0], problem.h),
+                _source(xp, grad_h, views[1], problem.grad_h),
+                None if h0 is None else _source(xp, h0, views[3], problem.h0))
+        if None in srcs[:3] or (h0 is not None and srcs[3] is None) or len(views[0].shape) != len(shape):
+            return None
+        p = BackwardPlan()
+        p.xp, p.impl, p.shape, p.dtype, p.acc, p.srcs = xp, impl, problem.shape, dtype, acc, srcs
+        p.geo = tuple(None if s is None else (s.off, s.strides) for s in (
+            problem.a, problem.h, problem.grad_h, problem.h0, problem.grad_x, problem.grad_a, problem.grad_h0))
+        p.allocs = (_alloc_recipe(canon), _alloc_recipe(canon, 1 if time_const else T),
+                    None if gh0 is None else _alloc_recipe(canon, 1))
+        p.ga_dtype = ga.dtype
+        p.reduce_a = (a_padded, a_shape, a_dtype)
+        p.reduce_h0 = None if gh0 is None else (h0_padded, h0_shape, h0_dtype)
+        return p
 
+    return problem, finish, plan
+
+
+
+# ---- plans: a planned call's decisions, kept to serve later calls of the same signature ----------
+#
+# A call's signature (types, shapes, strides, dtypes, devices of its arguments, axis, direction, the
+# backend, whether out is x) decides everything above except where the data lives.  After a call is
+# planned, ``capture_*`` records how to rebuild each operand's flat buffer from a later call's
+# arguments; the offsets and strides are kept.  A later call of the same signature then only makes
+# the buffers, allocates its results and runs the backend (``parscan._plans`` holds the cache).
+# Anything a plan cannot rebuild from the arguments alone (a cast, a copy into canonical order, an
+# empty problem) is not captured: such calls are planned every time.
+
+_RAVEL, _FLAT, _SCALAR, _NPSCALAR = range(4)
+
+
+def _source(xp, op: Operand, view, s: Strided):
+    """How to rebuild ``s.buf`` (the flat buffer of ``view``, derived from argument ``op``) from a later
+    call's argument; None when it cannot be."""
+    if op.array is None:
+        return (_SCALAR, s.buf.dtype)
+    if op.library is None:  # a NumPy scalar
+        return (_NPSCALAR, None) if xp is np and view.dtype == op.array.dtype else None
+    arr = op.array
+    if view.dtype != arr.dtype or op.library not in ("numpy", "cupy"):
+        return None
+    if arr.ndim == 0:  # one element: a view of it
+        return (_NPSCALAR, None) if xp is np else None
+    buf, _ = flat_buffer(xp, arr)
+    if _ptr(buf) != _ptr(s.buf) or buf.size != s.buf.size:
+        return None  # the operand is not the argument's own memory (a copy was made)
+    if xp is np and all(st >= 0 for st in arr.strides):
+        r = arr.ravel("K")
+        if r.base is not None and _ptr(r) == _ptr(buf) and r.size == buf.size:
+            return (_RAVEL, None)  # contiguous in memory order: ravel is the flat buffer, a view
+    return (_FLAT, None)
+
+
+def _fetch(src, xp, v, writeable=False):
+    kind, dtype = src
+    if kind == _RAVEL:
+        return v.ravel("K")
+    if kind == _SCALAR:
+        return xp.full(1, v, dtype)
+    if kind == _NPSCALAR:
+        return np.asarray(v).reshape(1)
+    return flat_buffer(xp, v, writeable)[0]
+
+
+def _alloc_recipe(canon: Canon, tlen=None):
+    shape = list(canon.shape)
+    if tlen is not None:
+        shape[canon.axis] = tlen
+    alloc = tuple(shape[d] for d in canon.order)
+    perm = tuple(int(p) for p in np.argsort(canon.order))
+    return alloc, None if perm == tuple(range(len(perm))) else perm
+
+
+def _new(xp, recipe, dtype, zero=False):
+    """A new array by an :func:`_alloc_recipe`, and its flat buffer (offset 0, writable)."""
+    alloc, perm = recipe
+    arr = (xp.zeros if zero else xp.empty)(alloc, dtype)
+    buf = arr.reshape(-1)
+    return (arr if perm is None else arr.transpose(perm)), buf
+
+
+class ForwardPlan:
+    """A planned forward call, replayed for the arguments of a later call of the same signature."""
+
+    __slots__ = ("xp", "impl", "shape", "dtype", "acc", "srcs", "geo", "out_recipe", "out_src", "in_place",
+                 "check_overlap")
+
+    def run(self, a, x, h0, out):
+        xp, srcs, geo = self.xp, self.srcs, self.geo
+        sa = Strided(_fetch(srcs[0], xp, a), *geo[0])
+        sx = Strided(_fetch(srcs[1], xp, x), *geo[1])
+        sh = None if srcs[2] is None else Strided(_fetch(srcs[2], xp, h0), *geo[2])
+        if out is None:
+            target, obuf = _new(xp, self.out_recipe, self.dtype)
+        else:
+            if self.check_overlap:
+                for v in (x, a, h0):
+                    if v is not None and not isinstance(v, (int, float, complex, np.generic)) and v.size \
+                            and overlaps(out, v) and not same_view(out, v):
+                        raise ValueError("out overlaps an input without being exactly that input; pass a "
+                                         "separate array, or out=x to scan in place")
+            target = out
+            obuf = _fetch(self.out_src, xp, out, True)
+        so = Strided(obuf, *geo[3])
+        self.impl.forward(ScanProblem(self.shape, sa, sx, sh, so, self.dtype, self.acc))
+        return target
+
+
+def capture_forward(xp, impl, a, x, h0, out, problem, views, target, canon):
+    """The :class:`ForwardPlan` of a call just planned (None when it cannot be replayed)."""
+    user_out = None if out is None else out.array
+    if problem is None or canon is None:
+        return None
+    srcs = [_source(xp, a, views[1], problem.a), _source(xp, x, views[0], problem.x)]
+    srcs.append(None if h0 is None else _source(xp, h0, views[2], problem.h0))
+    if srcs[0] is None or srcs[1] is None or (h0 is not None and srcs[2] is None):
+        return None
+    p = ForwardPlan()
+    p.xp, p.impl, p.shape, p.dtype, p.acc = xp, impl, problem.shape, problem.dtype, problem.acc_dtype
+    p.srcs = tuple(srcs)
+    p.geo = tuple((s.off, s.strides) if s is not None else None for s in (problem.a, problem.x, problem.h0, problem.out))
+    p.out_recipe, p.out_src, p.in_place, p.check_overlap = None, None, False, False
+    if user_out is None:
+        p.out_recipe = _alloc_recipe(canon)
+    else:
+        if target is not user_out:
+            return None  # the result is copied into out: not replayed
+        p.in_place = same_view(user_out, x.array)
+        p.out_src = _source(xp, out, user_out, problem.out)
+        if p.out_src is None or p.out_src[0] not in (_RAVEL, _FLAT):
+            return None
+        p.check_overlap = not p.in_place
+    return p
+
+
+class BackwardPlan:
+    """A planned backward call, replayed for the arguments of a later call of the same signature."""
+
+    __slots__ = ("xp", "impl", "shape", "dtype", "acc", "srcs", "geo", "allocs", "ga_dtype", "reduce_a",
+                 "reduce_h0")
+
+    def run(self, a, h, grad_h, h0):
+        xp, srcs, geo = self.xp, self.srcs, self.geo
+        sa = Strided(_fetch(srcs[0], xp, a), *geo[0])
+        sh = Strided(_fetch(srcs[1], xp, h), *geo[1])
+        sg = Strided(_fetch(srcs[2], xp, grad_h), *geo[2])
+        s0 = None if srcs[3] is None else Strided(_fetch(srcs[3], xp, h0), *geo[3])
+        grad_x, bx = _new(xp, self.allocs[0], self.dtype)
+        ga, ba = _new(xp, self.allocs[1], self.ga_dtype)
+        gh0, b0 = (None, None) if self.allocs[2] is None else _new(xp, self.allocs[2], self.acc)
+        self.impl.backward(ScanBackwardProblem(
+            self.shape, sa, sh, sg, s0, Strided(bx, *geo[4]), Strided(ba, *geo[5]),
+            None if gh0 is None else Strided(b0, *geo[6]), self.dtype, self.acc))
+        grad_a = _reduce_to(xp, ga, *self.reduce_a)
+        grad_h0 = None if gh0 is None else _reduce_to(xp, gh0, *self.reduce_h0)
+        return grad_a, grad_x, grad_h0

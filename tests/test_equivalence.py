@@ -77,6 +77,32 @@ def _case(rng):
     return x, a, h0, axis, bool(rng.integers(2)), rng.choice(["none", "new", "x"], p=[0.6, 0.25, 0.15])
 
 
+def _twin(rng, v, kind="x"):
+    """An array of v's shape, strides and dtype with new values in new memory (same signature, so the
+    cached plan of v's call serves it); scalars and None as they are."""
+    if not isinstance(v, np.ndarray) or v.ndim == 0:
+        return v
+    item = v.itemsize
+    lo = sum((n - 1) * s for n, s in zip(v.shape, v.strides) if s < 0) // item
+    span = sum((n - 1) * abs(s) for n, s in zip(v.shape, v.strides)) // item + 1 if v.size else 1
+    t = np.lib.stride_tricks.as_strided(np.empty(span, v.dtype)[-lo:], v.shape, v.strides, writeable=True)
+    t[...] = rand(rng, v.shape, v.dtype, kind)
+    assert t.shape == v.shape and t.strides == v.strides
+    return t
+
+
+def _terms(a, hs, gh, h0, axis, kw):
+    """Per element of grad_a and grad_h0, the sum of |terms| behind it when a or h0 is broadcast (the
+    same gradients unsummed bound the sums' rounding); None where nothing is summed."""
+    chan_shape = tuple(np.delete(hs.shape, axis % hs.ndim))
+    if np.shape(a) == hs.shape and (h0 is None or np.shape(h0) == chan_shape):
+        return None, None, None
+    full_h0 = None if h0 is None else np.broadcast_to(h0, chan_shape)
+    full = reference.linear_scan_backward(np.broadcast_to(a, hs.shape), hs, gh, full_h0, **kw)
+    return (reference._sum_to(np.abs(full[0]), np.shape(a)).reshape(np.shape(a)), None,
+            None if h0 is None else reference._sum_to(np.abs(full[2]), np.shape(h0)).reshape(np.shape(h0)))
+
+
 def _check(got, want, dtype, what, terms=None):
     """``terms``: the sum of |terms| behind each element (a gradient summed over broadcast dims is
     rounded relative to its terms, not to the sum)."""
@@ -110,24 +136,29 @@ def _run_case(rng, backend):
         h = parscan.linear_scan(a, x, h0, backend=backend, **kw)
     assert h.dtype == rtype, (h.dtype, rtype)
     _check(h, want, rtype, "h")
+    if out_kind == "none":  # the same signature again, new data: the plan cache serves it
+        x2, a2, h02 = _twin(rng, x), _twin(rng, a, "a"), _twin(rng, h0)
+        _check(parscan.linear_scan(a2, x2, h02, backend=backend, **kw), reference.linear_scan(a2, x2, h02, **kw),
+               rtype, "h (again)")
     gh = rand(rng, x.shape, rtype)
     hs = want.astype(rtype)
     got = parscan.linear_scan_backward(a, hs, gh, h0, backend=backend, **kw)
     exp = reference.linear_scan_backward(a, hs, gh, h0, **kw)
     # the same gradients unsummed (a and h0 at full shape): their magnitudes bound the sums' rounding
-    terms = (None, None, None)
-    chan_shape = tuple(np.delete(x.shape, axis % x.ndim))
-    if np.shape(a) != x.shape or (h0 is not None and np.shape(h0) != chan_shape):
-        full_h0 = None if h0 is None else np.broadcast_to(h0, chan_shape)
-        full = reference.linear_scan_backward(np.broadcast_to(a, x.shape), hs, gh, full_h0, **kw)
-        terms = (reference._sum_to(np.abs(full[0]), np.shape(a)).reshape(np.shape(a)), None,
-                 None if h0 is None else reference._sum_to(np.abs(full[2]), np.shape(h0)).reshape(np.shape(h0)))
+    terms = _terms(a, hs, gh, h0, axis, kw)
     for g, w, t, name in zip(got, exp, terms, ("grad_a", "grad_x", "grad_h0")):
         if w is None:
             assert g is None
             continue
         assert np.shape(g) == np.shape(w), name
         _check(g, w, rtype, name, t)
+    if out_kind == "none":  # the backward's signature again, new data
+        a2, hs2, gh2, h02 = _twin(rng, a, "a"), _twin(rng, hs), _twin(rng, gh), _twin(rng, h0)
+        got = parscan.linear_scan_backward(a2, hs2, gh2, h02, backend=backend, **kw)
+        exp = reference.linear_scan_backward(a2, hs2, gh2, h02, **kw)
+        for g, w, t, name in zip(got, exp, _terms(a2, hs2, gh2, h02, axis, kw), ("grad_a", "grad_x", "grad_h0")):
+            if w is not None:
+                _check(g, w, rtype, name + " (again)", t)
     after = [v for v in (x, a, h0) if isinstance(v, np.ndarray)]
     for p, q in zip(before, after):
         assert np.array_equal(p, q, equal_nan=True), "an input was modified"

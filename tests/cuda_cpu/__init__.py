@@ -32,13 +32,13 @@ __all__ = ["installed", "scheduled", "Schedule", "launches", "fake_cupy"]
 @contextlib.contextmanager
 def installed():
     """``sys.modules["cupy"]`` is the stand-in inside the block (parscan's caches reset around it)."""
-    from parscan import _backends
+    from parscan import _backends, _plans
     from parscan.kernels import cupy_scan
 
     saved = sys.modules.get("cupy")
     cp = fake_cupy.module()
     sys.modules["cupy"] = cp
-    caches = (_backends.status, cupy_scan._module)
+    caches = (_backends.status, cupy_scan._module, _plans)
     for c in caches:
         c.cache_clear()
     launches().clear()

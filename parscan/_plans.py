@@ -1,0 +1,100 @@
+"""The plan cache: a call's plan (see ``_problem.ForwardPlan``) is made once per signature and replayed.
+
+A signature is everything a plan depends on except where the data lives: for each argument its type,
+shape, strides, dtype, device and (for ``out``) writability, whether ``out`` is ``x``, the axis, the
+direction and the backend.  Arguments of other kinds (torch or JAX arrays, lists, bools, ...) have no
+signature and are planned on every call.  Errors are never cached: a call that raises was planned and
+is planned again.  The cache is a bounded LRU, safe to use from many threads (plans are immutable;
+a replay allocates its own results).
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections import OrderedDict
+
+import numpy as np
+
+MAXSIZE = 512
+
+
+class LRU:
+    """A thread-safe least-recently-used mapping of at most ``maxsize`` entries."""
+
+    def __init__(self, maxsize=MAXSIZE):
+        self.maxsize = maxsize
+        self._d = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def get(self, key):
+        with self._lock:
+            v = self._d.get(key)
+            if v is None:
+                self.misses += 1
+                return None
+            self._d.move_to_end(key)
+            self.hits += 1
+            return v
+
+    def put(self, key, value):
+        with self._lock:
+            self._d[key] = value
+            self._d.move_to_end(key)
+            while len(self._d) > self.maxsize:
+                self._d.popitem(last=False)
+
+    def clear(self):
+        with self._lock:
+            self._d.clear()
+            self.hits = self.misses = 0
+
+    def __len__(self):
+        return len(self._d)
+
+
+FORWARD = LRU()
+BACKWARD = LRU()
+
+
+def clear():
+    """Forget every plan (e.g. after swapping the ``cupy`` module, as the tests' CPU harness does)."""
+    FORWARD.clear()
+    BACKWARD.clear()
+
+
+_SCALARS = (float, int, complex)
+
+
+def sig(v):
+    """An argument's part of a signature; raises KeyError for arguments that have none."""
+    t = type(v)
+    if t is np.ndarray:
+        return (t, v.shape, v.strides, v.dtype, v.flags.writeable)
+    if v is None or t in _SCALARS:
+        return t
+    if isinstance(v, np.generic):
+        return t
+    cp = sys.modules.get("cupy")
+    if cp is not None and t is cp.ndarray:
+        return (t, v.shape, v.strides, v.dtype, v.device.id)
+    raise KeyError(t)
+
+
+def forward_key(a, x, h0, axis, reverse, out, backend):
+    if type(axis) is not int or type(reverse) is not bool or (backend is not None and type(backend) is not str):
+        return None
+    try:
+        return (sig(a), sig(x), sig(h0), sig(out), out is x, axis, reverse, backend)
+    except KeyError:
+        return None
+
+
+def backward_key(a, h, grad_h, h0, axis, reverse, backend):
+    if type(axis) is not int or type(reverse) is not bool or (backend is not None and type(backend) is not str):
+        return None
+    try:
+        return (sig(a), sig(h), sig(grad_h), sig(h0), axis, reverse, backend)
+    except KeyError:
+        return None

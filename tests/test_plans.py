@@ -1,0 +1,145 @@
+"""The plan cache: hits replay the plan, a changed signature never gets a stale one, many threads at once."""
+
+import threading
+
+import numpy as np
+import pytest
+
+import parscan
+from parscan import _plans, reference
+from conftest import HOST_BACKENDS, assert_close, rand
+
+
+@pytest.fixture(autouse=True)
+def fresh_cache():
+    _plans.clear()
+    yield
+    _plans.clear()
+
+
+def test_a_repeated_signature_hits_and_new_data_is_used():
+    rng = np.random.default_rng(0)
+    x1, x2 = rand(rng, (3, 40), "float32"), rand(rng, (3, 40), "float32")
+    h1 = parscan.linear_scan(0.9, x1)
+    assert _plans.FORWARD.misses == 1 and len(_plans.FORWARD) == 1
+    h2 = parscan.linear_scan(0.7, x2)
+    assert _plans.FORWARD.hits == 1
+    assert_close(h1, reference.linear_scan(0.9, x1), "float32")
+    assert_close(h2, reference.linear_scan(0.7, x2), "float32")  # the new scalar and the new data
+    gh = rand(rng, (3, 40), "float32")
+    for a, h in ((0.9, h1), (0.7, h2)):
+        got = parscan.linear_scan_backward(a, h, gh)
+        for g, w in zip(got[:2], reference.linear_scan_backward(a, h, gh)[:2]):
+            assert_close(g, w, "float32")
+    assert _plans.BACKWARD.hits == 1
+
+
+def _variants(rng):
+    """Calls whose signatures differ from their predecessor's in one respect each."""
+    x = rand(rng, (4, 6, 50), "float64")
+    a = rand(rng, (6, 1), "float64", "a")
+    yield dict(a=a, x=x)
+    yield dict(a=a, x=np.asfortranarray(x))                      # strides
+    yield dict(a=a, x=x[:, :, ::-1])                             # negative strides
+    yield dict(a=a.astype(np.float32), x=x.astype(np.float32))  # dtypes
+    yield dict(a=a, x=x.astype(np.float32))                     # mixed dtypes: promotes to float64
+    yield dict(a=np.float32(0.5), x=x.astype(np.float32))       # NumPy scalar (not weak)
+    yield dict(a=0.5, x=x.astype(np.float32))                   # Python scalar (weak)
+    yield dict(a=a, x=x, axis=1)                                # axis
+    yield dict(a=a, x=x, reverse=True)                          # direction
+    yield dict(a=a, x=x, h0=rand(rng, (4, 6), "float64"))       # h0
+    yield dict(a=a, x=x, h0=rand(rng, (6,), "float64"))         # h0 broadcast
+    yield dict(a=a, x=x, out=np.empty((4, 6, 50)))             # out
+    xc = x.copy()
+    yield dict(a=a, x=xc, out=xc)                               # out aliasing x: in place
+    yield dict(a=a, x=x, out=np.empty((4, 6, 50), order="F"))  # out strides
+    yield dict(a=a, x=x, backend="reference")                   # backend
+
+
+def test_no_stale_plan_when_the_signature_changes():
+    rng = np.random.default_rng(1)
+    cases = list(_variants(rng))
+    for _ in range(2):  # second round: every signature is cached; the order still alternates them
+        for kw in cases:
+            kw = dict(kw)
+            a, x = kw.pop("a"), kw.pop("x")
+            x_before = np.array(x)
+            h0, out = kw.get("h0"), kw.get("out")
+            want = reference.linear_scan(a, x_before, h0, axis=kw.get("axis", -1), reverse=kw.get("reverse", False))
+            h = parscan.linear_scan(a, x, **kw)
+            assert h.dtype == np.result_type(*(v for v in (a, x_before, h0) if v is not None))
+            if out is not None:
+                assert h is out
+            assert_close(h, want, h.dtype)
+    assert _plans.FORWARD.hits >= len(cases) - 1
+
+
+def test_an_overlapping_out_is_refused_on_a_cached_signature():
+    x = np.ones((2, 30))
+    buf = np.zeros(90)
+    ok = buf[:60].reshape(2, 30)
+    parscan.linear_scan(0.5, x, out=ok)
+    other = np.ones((2, 30))
+    with pytest.raises(ValueError, match="overlaps an input"):
+        # the same signature as (x, out=ok), but out now partly overlaps x's memory
+        big = np.zeros(75)
+        xx, oo = big[:60].reshape(2, 30), big[15:75].reshape(2, 30)
+        xx[...] = other
+        parscan.linear_scan(0.5, xx, out=oo)
+
+
+def test_a_cached_plan_keeps_the_argument_checks():
+    parscan.linear_scan(0.5, np.ones((2, 8), np.float32))
+    with pytest.raises(TypeError, match="integer"):
+        parscan.linear_scan(0.5, np.ones((2, 8), np.int32))
+    with pytest.raises(ValueError, match="out of range"):
+        parscan.linear_scan(0.5, np.ones((2, 8), np.float32), axis=2)
+    ro = np.ones((2, 8), np.float32)
+    ro.flags.writeable = False
+    parscan.linear_scan(0.5, np.ones((2, 8), np.float32), out=np.empty((2, 8), np.float32))
+    with pytest.raises(ValueError, match="read-only"):
+        parscan.linear_scan(0.5, np.ones((2, 8), np.float32), out=ro)
+
+
+def test_the_cache_is_bounded():
+    lru = _plans.LRU(maxsize=3)
+    for k in range(5):
+        lru.put(k, k)
+    assert len(lru) == 3 and lru.get(0) is None and lru.get(4) == 4
+
+
+def test_many_threads_mixed_signatures_and_backends():
+    """16 threads call forward and backward on mixed shapes, dtypes, layouts and backends at once, each
+    checking every result against the reference."""
+    errors = []
+    start = threading.Barrier(16)
+
+    def work(tid):
+        rng = np.random.default_rng(tid)
+        start.wait()
+        try:
+            for k in range(25):
+                dt = ["float32", "float64", "complex64"][(tid + k) % 3]
+                shape = [(3, 70), (70, 3), (2, 4, 33), (5,)][(tid * 7 + k) % 4]
+                axis = 0 if shape == (70, 3) else -1
+                x = rand(rng, shape, dt)
+                if k % 2:
+                    x = np.asfortranarray(x)
+                a = 0.8 if k % 3 == 0 else rand(rng, shape, dt, "a")
+                backend = HOST_BACKENDS[(tid + k) % len(HOST_BACKENDS)]
+                h = parscan.linear_scan(a, x, axis=axis, backend=backend)
+                assert_close(h, reference.linear_scan(a, x, axis=axis), dt)
+                gh = rand(rng, shape, dt)
+                got = parscan.linear_scan_backward(a, h, gh, axis=axis, backend=backend)
+                want = reference.linear_scan_backward(a, h, gh, axis=axis)
+                assert_close(got[1], want[1], dt)
+        except Exception as exc:  # noqa: BLE001 - reported below with the thread's id
+            errors.append((tid, repr(exc)))
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
+    assert _plans.FORWARD.hits > 100

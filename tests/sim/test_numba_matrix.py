@@ -1,32 +1,19 @@
-"""The matrix scan's Numba kernel, run by the CUDA simulator through the public API, against the
-reference loop.
+"""The matrix scan's Numba kernel, run by the CUDA simulator through the public API on simulator
+device arrays, against the reference loop and the cpu backend.
 
-Small blocks (32 threads) and small chunks (a few steps, a target of a few hundred threads) make
-short sequences split into many chunks and recurse several levels, so every pass and the carry
-between chunks are exercised on shapes the simulator can afford.
+Small blocks (32 threads) and small chunks (a few steps, a target of a few hundred threads; see
+sim_arrays) make short sequences split into many chunks and recurse several levels, so every pass
+and the carry between chunks are exercised on shapes the simulator can afford.
 """
-
-import os
 
 import numpy as np
 import pytest
 
 import parscan
-from parscan import matrix
+from parscan import _arrays, matrix
 from parscan.kernels import matrix_launch, numba_matrix
-from test_numba_kernels import simulated_numba_backend  # noqa: F401  (autouse: n = 1 goes to the Numba scan)
-
-assert os.environ.get("NUMBA_ENABLE_CUDASIM") == "1", "run through tests/test_numba_simulator.py"
-
-TOL = {"float32": 2e-5, "float64": 1e-12, "complex64": 2e-5, "complex128": 1e-12}
-
-
-@pytest.fixture(autouse=True)
-def simulated_matrix_kernel(monkeypatch):
-    monkeypatch.setattr(matrix, "_select", lambda backend, on_gpu: ("cuda", numba_matrix))
-    monkeypatch.setattr(matrix_launch, "THREADS", 32)
-    monkeypatch.setattr(matrix_launch, "TARGET_THREADS", 256)
-    monkeypatch.setattr(matrix_launch, "MIN_STEPS", 2)
+from conftest import TOL
+from sim_arrays import DeviceArray, host, to_device
 
 
 def _rand(rng, shape, dtype, scale=1.0):
@@ -37,9 +24,15 @@ def _rand(rng, shape, dtype, scale=1.0):
 
 
 def _close(got, want, dtype):
+    """``got``, a simulator device array, against ``want`` on the host."""
+    got = host(got)
     assert got.dtype == np.dtype(dtype) and got.shape == want.shape
     scale = max(1.0, float(np.max(np.abs(want)))) if want.size else 1.0
     np.testing.assert_allclose(got, want, rtol=0, atol=TOL[dtype] * scale)
+
+
+def _dev(*arrays):
+    return tuple(None if v is None else to_device(v) for v in arrays)
 
 
 CASES = [  # (x shape, A shape, h0 shape or None, reverse)
@@ -62,11 +55,12 @@ def test_forward_and_backward_match_the_reference(xs, As, hs, reverse):
     n = xs[-1]
     x, A = _rand(rng, xs, "float64"), _rand(rng, As, "float64", 0.6 / np.sqrt(n))
     h0 = None if hs is None else _rand(rng, hs, "float64")
-    h = parscan.matrix_linear_scan(A, x, h0, reverse=reverse)
+    dA, dx, dh0 = _dev(A, x, h0)
+    h = parscan.matrix_linear_scan(dA, dx, dh0, reverse=reverse)
     want = matrix.matrix_linear_scan(A, x, h0, reverse=reverse, backend="reference")
     _close(h, want, "float64")
-    gh = _rand(rng, h.shape, "float64")
-    got = parscan.matrix_linear_scan_backward(A, want, gh, h0, reverse=reverse)
+    gh = _rand(rng, want.shape, "float64")
+    got = parscan.matrix_linear_scan_backward(dA, *_dev(want, gh), dh0, reverse=reverse)
     exp = parscan.matrix_linear_scan_backward(A, want, gh, h0, reverse=reverse, backend="cpu")
     for g, w in zip(got, exp):
         assert (g is None) == (w is None)
@@ -80,23 +74,23 @@ def test_every_dtype(dtype, a_time, reverse):
     rng = np.random.default_rng(7)
     x, A, h0 = _rand(rng, (2, 12, 3), dtype), _rand(rng, (2, a_time, 3, 3), dtype, 0.4), _rand(rng, (2, 3), dtype)
     ref = lambda f, *a, **k: getattr(parscan, f)(*a, **k, backend="cpu")  # noqa: E731
-    h = parscan.matrix_linear_scan(A, x, h0, reverse=reverse)
+    h = parscan.matrix_linear_scan(*_dev(A, x, h0), reverse=reverse)
     _close(h, ref("matrix_linear_scan", A, x, h0, reverse=reverse), dtype)
-    gh = _rand(rng, h.shape, dtype)
-    for g, w in zip(parscan.matrix_linear_scan_backward(A, h, gh, h0, reverse=reverse),
-                    ref("matrix_linear_scan_backward", A, h, gh, h0, reverse=reverse)):
+    hh, gh = host(h), _rand(rng, h.shape, dtype)
+    for g, w in zip(parscan.matrix_linear_scan_backward(*_dev(A, hh, gh, h0), reverse=reverse),
+                    ref("matrix_linear_scan_backward", A, hh, gh, h0, reverse=reverse)):
         _close(g, w, dtype)
 
 
 def test_float16_and_mixed_dtypes_are_computed_in_the_working_dtype():
     rng = np.random.default_rng(8)
     x, A = _rand(rng, (2, 10, 3), "float16"), _rand(rng, (2, 10, 3, 3), "float32", 0.4)
-    h = parscan.matrix_linear_scan(A, x)  # float32 result
+    h = parscan.matrix_linear_scan(*_dev(A, x))  # float32 result
     _close(h, parscan.matrix_linear_scan(A, x.astype(np.float32), backend="cpu"), "float32")
-    h16 = parscan.matrix_linear_scan(A.astype(np.float16), x)
+    h16 = host(parscan.matrix_linear_scan(*_dev(A.astype(np.float16), x)))
     assert h16.dtype == np.float16
-    np.testing.assert_allclose(h16.astype(np.float32), h, atol=5e-2, rtol=0)
-    hc = parscan.matrix_linear_scan(A, x.astype(np.complex64))  # real A, complex x
+    np.testing.assert_allclose(h16.astype(np.float32), host(h), atol=5e-2, rtol=0)
+    hc = parscan.matrix_linear_scan(*_dev(A, x.astype(np.complex64)))  # real A, complex x
     _close(hc, parscan.matrix_linear_scan(A, x.astype(np.complex64), backend="cpu"), "complex64")
 
 
@@ -104,36 +98,70 @@ def test_strided_views_go_in_without_copies_and_inputs_are_untouched(monkeypatch
     rng = np.random.default_rng(9)
     big_x = _rand(rng, (3, 30, 8), "float64")
     big_A = _rand(rng, (3, 30, 4, 4), "float64", 0.4)
-    x = big_x[::-1, ::2, 1::2]                     # negative batch stride, strided time and state
-    A = big_A[:, ::2].transpose(0, 1, 3, 2)       # a transposed view
-    before = (big_x.copy(), big_A.copy())
+    dbig_x, dbig_A = _dev(big_x, big_A)
+    x = dbig_x[::-1, ::2, 1::2]                    # negative batch stride, strided time and state
+    A = dbig_A[:, ::2].transpose((0, 1, 3, 2))    # a transposed view
     calls = []
     real = numba_matrix.matrix_pass
-    monkeypatch.setattr(numba_matrix, "matrix_pass", lambda *a: calls.append(a) or real(*a))
+    monkeypatch.setattr(numba_matrix, "matrix_pass", lambda *a: calls.append(a) or real(*a))  # a spy
     h = parscan.matrix_linear_scan(A, x)
-    _close(h, matrix.matrix_linear_scan(A, x, backend="reference"), "float64")
+    _close(h, matrix.matrix_linear_scan(host(A), host(x), backend="reference"), "float64")
     top = calls[-1]
-    assert np.shares_memory(top[1], big_A) and np.shares_memory(top[4], big_x)  # the caller's memory, as views
-    np.testing.assert_array_equal(big_x, before[0])
-    np.testing.assert_array_equal(big_A, before[1])
+    memory = lambda d: _arrays.as_operand(d, "d").array  # noqa: E731  (the device array's own memory)
+    assert np.shares_memory(top[1], memory(dbig_A)) and np.shares_memory(top[4], memory(dbig_x))
+    np.testing.assert_array_equal(host(dbig_x), big_x)
+    np.testing.assert_array_equal(host(dbig_A), big_A)
+    g = parscan.matrix_linear_scan_backward(A, h, x)
+    assert g[2] is None and g[0].shape == A.shape and g[1].shape == x.shape
+    np.testing.assert_array_equal(host(dbig_x), big_x)
+    np.testing.assert_array_equal(host(dbig_A), big_A)
 
 
 def test_the_chunk_plan_recurses_here():
-    """The fixture's small target really splits these sequences (else the tests above prove less)."""
+    """The small chunks (sim_arrays) really split these sequences (else the tests above prove less);
+    the real default does not."""
     C, L = matrix_launch.plan_chunks(2, 24, 3)
     assert C > 3 and matrix_launch.plan_chunks(2, C - 1, 3)[0] > 1
+    assert matrix_launch.sizes()[0] == 32 and matrix_launch.THREADS == 256
+    assert matrix_launch.plan_chunks(2, 24, 3, matrix_launch.TARGET_THREADS, matrix_launch.MIN_STEPS)[0] <= 2
+
+
+def test_the_numba_backend_reads_the_chunk_setting(monkeypatch):
+    monkeypatch.setenv("PARSCAN_SIM_CHUNKS", "32,0,2")
+    with pytest.raises(ValueError, match="PARSCAN_SIM_CHUNKS='32,0,2': expected 3 positive integers"):
+        parscan.matrix_linear_scan(*_dev(np.eye(2)[None, None], np.ones((1, 4, 2))))
 
 
 @pytest.mark.parametrize("reverse", [False, True])
-def test_time_major_data_takes_the_batch_fast_order(monkeypatch, reverse):
+def test_time_major_data_takes_the_batch_fast_order(reverse):
     rng = np.random.default_rng(12)
     xt, At = _rand(rng, (13, 5, 3), "float64"), _rand(rng, (13, 5, 3, 3), "float64", 0.4)  # (T, B, ...)
-    x, A = np.moveaxis(xt, 0, 1), np.moveaxis(At, 0, 1)  # (B, T, ...) views of time-major memory
+    dxt, dAt = _dev(xt, At)
+    x, A = dxt.transpose((1, 0, 2)), dAt.transpose((1, 0, 2, 3))  # (B, T, ...) views of time-major memory
     assert matrix_launch.batch_fast(x)
     h = parscan.matrix_linear_scan(A, x, reverse=reverse)
-    _close(h, matrix.matrix_linear_scan(A, x, reverse=reverse, backend="reference"), "float64")
-    gh = _rand(rng, h.shape, "float64")
-    for g, w in zip(parscan.matrix_linear_scan_backward(A, h, gh, reverse=reverse),
-                    parscan.matrix_linear_scan_backward(A, h, gh, reverse=reverse, backend="cpu")):
+    hx, hA = np.moveaxis(xt, 0, 1), np.moveaxis(At, 0, 1)
+    _close(h, matrix.matrix_linear_scan(hA, hx, reverse=reverse, backend="reference"), "float64")
+    hh = host(h)
+    gh = _rand(rng, hh.shape, "float64")
+    for g, w in zip(parscan.matrix_linear_scan_backward(A, h, to_device(gh), reverse=reverse),
+                    parscan.matrix_linear_scan_backward(hA, hh, gh, reverse=reverse, backend="cpu")):
         if w is not None:
             _close(g, w, "float64")
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_device_arrays_in_and_out_auto_numba_and_host_arrays_refused(n):
+    rng = np.random.default_rng(13)
+    x, A = _rand(rng, (2, 9, n), "float32"), _rand(rng, (2, 9, n, n), "float32", 0.4)
+    h = parscan.matrix_linear_scan(*_dev(A, x))  # auto: the numba backend (nothing else runs these)
+    assert isinstance(h, DeviceArray)
+    np.testing.assert_array_equal(host(h), host(parscan.matrix_linear_scan(*_dev(A, x), backend="numba")))
+    for g in parscan.matrix_linear_scan_backward(*_dev(A, host(h), x)):
+        assert g is None or isinstance(g, DeviceArray)
+    with pytest.raises(ValueError, match="inputs are in host memory.*numba.cuda.to_device"):
+        parscan.matrix_linear_scan(A, x, backend="numba")
+    with pytest.raises(ValueError, match="inputs are in host memory.*numba.cuda.to_device"):
+        parscan.matrix_linear_scan_backward(A, x, x, backend="numba")
+    with pytest.raises(parscan.BackendUnavailable, match="CuPy cannot use"):
+        parscan.matrix_linear_scan(*_dev(A, x), backend="cupy")

@@ -29,7 +29,7 @@ def linear_scan(a, x, h0=None, *, axis=-1, reverse=False, out=None, backend=None
         Where to write the result: x's shape, the result dtype, x's library and device, writable.
         ``out=x`` scans in place.
     backend : {None, "cupy", "numba", "cpu", "reference"}
-        None picks "cupy" for CUDA arrays and "cpu" for host arrays.
+        None picks "cupy" for CUDA arrays ("numba" for Numba CUDA simulator arrays) and "cpu" for host arrays.
 
     Returns
     -------

@@ -10,7 +10,7 @@ from parscan._problem import _distinct_elements, plan_backward, plan_forward
 
 def plan(a, x, h0=None, out=None, axis=-1, reverse=False):
     op = lambda v, n: None if v is None else as_operand(v, n, allow_scalar=True)  # noqa: E731
-    problem, _, _ = plan_forward(np, op(a, "a"), op(x, "x"), op(h0, "h0"), op(out, "out"), axis, reverse)
+    problem, _, _, _ = plan_forward(np, op(a, "a"), op(x, "x"), op(h0, "h0"), op(out, "out"), axis, reverse)
     return problem
 
 
@@ -61,7 +61,7 @@ def test_unmergeable_six_dims_take_one_copy():
 
 def test_output_allocated_in_canonical_order():
     x = np.zeros((100, 4, 8), np.float32)
-    _, result, _ = plan_forward(np, as_operand(0.5, "a", allow_scalar=True), as_operand(x, "x"), None,
+    _, result, _, _ = plan_forward(np, as_operand(0.5, "a", allow_scalar=True), as_operand(x, "x"), None,
                                 None, 0, False)
     assert result.strides == x.strides
 
@@ -69,7 +69,7 @@ def test_output_allocated_in_canonical_order():
 def test_backward_plan_reduces_broadcast_gradients():
     h = np.zeros((4, 8, 100))
     op = lambda v, n: as_operand(v, n, allow_scalar=True)  # noqa: E731
-    p, finish = plan_backward(np, op(np.ones((8, 1)), "a"), op(h, "h"), op(h, "grad_h"), op(np.ones(8), "h0"),
+    p, finish, _ = plan_backward(np, op(np.ones((8, 1)), "a"), op(h, "h"), op(h, "grad_h"), op(np.ones(8), "h0"),
                               -1, False)
     assert p.grad_a.strides[3] == 0  # time-constant decay: summed in the kernel
     ga, gx, gh0 = finish()

@@ -38,9 +38,9 @@ def installed():
     saved = sys.modules.get("cupy")
     cp = fake_cupy.module()
     sys.modules["cupy"] = cp
-    caches = (_backends.status, cupy_scan._module, _plans)
-    for c in caches:
-        c.cache_clear()
+    caches = (_backends.status.cache_clear, cupy_scan._module.cache_clear, _plans.clear)
+    for clear in caches:
+        clear()
     launches().clear()
     try:
         yield cp
@@ -49,8 +49,8 @@ def installed():
             sys.modules.pop("cupy", None)
         else:
             sys.modules["cupy"] = saved
-        for c in caches:
-            c.cache_clear()
+        for clear in caches:
+            clear()
 
 
 @contextlib.contextmanager

@@ -42,7 +42,7 @@ import numpy as np
 
 from . import _backends, reference
 from .bench import Progress, copy_bandwidth
-from .bench._common import _events, _gpu_inputs, _stats
+from .bench._common import _events, _gpu_inputs, _rotating, _stats
 from .matrix import matrix_linear_scan, matrix_linear_scan_backward
 from .scan import linear_scan, linear_scan_backward
 
@@ -506,17 +506,7 @@ def roofline(cp, backends, log2n=26, repeats=10, progress=None):
                 linear_scan(sa, sx, axis=axis, out=o, backend=backend)
             for direction in ("forward", "backward"):
                 worst = _window_check(cp, backend, *sets[0], outs[0], axis, direction)
-                k = [0]
-
-                def fn():
-                    i = k[0] % len(sets)
-                    k[0] += 1
-                    sa, sx = sets[i]
-                    if direction == "forward":
-                        linear_scan(sa, sx, axis=axis, out=outs[i], backend=backend)
-                    else:
-                        linear_scan_backward(sa, outs[i], sx, axis=axis, backend=backend)
-
+                fn = _rotating(sets, outs, direction, axis, backend)
                 m, lo, hi = _stats(_events(cp, fn, repeats))
                 nbytes = (3 if direction == "forward" else 5) * 4 * n
                 rows.append(dict(backend=backend, direction=direction, layout=lay, shape=list(shape),

@@ -14,30 +14,22 @@ import pytest
 
 import parscan
 from parscan import reference
-from conftest import DTYPES, TOL, rand
+from conftest import DTYPES, TOL, layout, rand
 
 N_CASES = 10_000
 BATCHES = 10
-LAYOUTS = ("C", "F", "step", "flip", "perm")
+LAYOUTS = ("C", "F", "strided", "negative", "perm")
 
 
 def _layout(rng, arr, how):
+    """conftest.layout's layouts, and "perm": memory order a random permutation of the dims."""
     arr = np.asarray(arr)
     if arr.ndim == 0:
         return arr
-    if how == "F":
-        return np.asfortranarray(arr)
-    if how == "step":
-        big = np.zeros(tuple(2 * n + 1 for n in arr.shape), arr.dtype)
-        v = big[tuple(slice(1, None, 2) for _ in arr.shape)]
-        v[...] = arr
-        return v
-    if how == "flip":
-        return np.ascontiguousarray(arr[::-1])[::-1]
-    if how == "perm":  # memory order a random permutation of the dims
+    if how == "perm":
         p = rng.permutation(arr.ndim)
         return np.ascontiguousarray(arr.transpose(p)).transpose(np.argsort(p))
-    return np.ascontiguousarray(arr)
+    return layout(arr, how)
 
 
 def _scalar(rng, dtype):

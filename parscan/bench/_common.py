@@ -67,3 +67,22 @@ def _gpu_inputs(cp, shape, dtype, l2_bytes):
         a = rs.uniform(0.5, 0.999, shape).astype(dtype)
         out.append((a, x))
     return out
+
+
+def _rotating(sets, outs, direction, axis, backend):
+    """A call of no arguments that scans the next of ``sets`` (inputs rotated past L2) into its ``outs``
+    (forward), or runs the backward from that out as h (backward), on ``backend``."""
+    from ..scan import linear_scan, linear_scan_backward
+
+    k = [0]
+
+    def fn():
+        i = k[0] % len(sets)
+        k[0] += 1
+        sa, sx = sets[i]
+        if direction == "forward":
+            linear_scan(sa, sx, axis=axis, out=outs[i], backend=backend)
+        else:
+            linear_scan_backward(sa, outs[i], sx, axis=axis, backend=backend)
+
+    return fn

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from .. import reference
-from ..scan import linear_scan, linear_scan_backward
-from ._common import _events, _gpu_inputs, _stats
+from ..scan import linear_scan
+from ._common import _events, _gpu_inputs, _rotating, _stats
 
 
 def suite_roofline(ctx):
@@ -33,18 +33,8 @@ def suite_roofline(ctx):
                         raise AssertionError(f"{backend} disagrees with the reference at {shape} {lay} {dtype}")
                     item = np.dtype(dtype).itemsize
                     for direction in ("forward", "backward"):
-                        k = [0]
                         outs = [cp.empty_like(x) for _ in sets]
-
-                        def fn():
-                            i = k[0] % len(sets)
-                            k[0] += 1
-                            sa, sx = sets[i]
-                            if direction == "forward":
-                                linear_scan(sa, sx, axis=axis, out=outs[i], backend=backend)
-                            else:
-                                linear_scan_backward(sa, outs[i], sx, axis=axis, backend=backend)
-
+                        fn = _rotating(sets, outs, direction, axis, backend)
                         m, lo, hi = _stats(_events(cp, fn, ctx["repeats"]))
                         nbytes = (3 if direction == "forward" else 5) * item * x.size
                         rows.append(dict(suite="roofline", name=backend, direction=direction, dtype=dtype,

@@ -77,7 +77,7 @@ def _merge_complex(r, label, ptr_args):
     if len(r) < 2:
         return r, label
     item = np.array([v.itemsize if v.dtype.kind == "c" else 0 for v in ptr_args] + [0])[label]
-    lo = np.array([_view_extent(v)[0] for v in ptr_args] + [0])[label]
+    lo = np.array([fake_cupy._extent(v)[0] for v in ptr_args] + [0])[label]
     # records are in program order per thread but threads interleave: locate each record's successor
     order = np.lexsort((r["seq"], r["thread"], r["block"]))
     rs, ls = r[order], label[order]
@@ -97,18 +97,6 @@ def _merge_complex(r, label, ptr_args):
 
 def _ptr_names(name):
     return _SUM_PTRS if name.startswith("sum_parts") else _SCAN_PTRS
-
-
-def _view_extent(v):
-    lo = hi = v.__array_interface__["data"][0]
-    for n, s in zip(v.shape, v.strides):
-        if n == 0:
-            return lo, lo
-        if s > 0:
-            hi += (n - 1) * s
-        else:
-            lo += (n - 1) * s
-    return lo, hi + v.itemsize
 
 
 def _library_base(path):
@@ -154,7 +142,7 @@ def _measure(launch_list, library_path, backward):
         ptr_args = [v for v in launch.args if isinstance(v, fake_cupy.ndarray)]
         label = np.full(len(r), -1)
         for idx, v in enumerate(ptr_args):
-            lo, hi = _view_extent(v)
+            lo, hi = fake_cupy._extent(v)
             hit = (label < 0) & (r["addr"] >= lo) & (r["addr"] < hi)
             label[hit] = idx
         assert (label >= 0).all(), "an access outside every argument's view"

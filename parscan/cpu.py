@@ -36,6 +36,8 @@ from ._half import conj, host_view, load, load_as, store
 MAX_BLOCK = 4096  # channels per channel-inner task (states live in a small local array)
 WHOLE_ROW = 2048  # channel-inner rows up to this many channels are never split between tasks
 MIN_CHUNK = 4096  # time steps below which cutting time into chunks does not pay
+NARROW = 8  # channel-inner blocks up to this many channels run channel by channel (``_fwd_narrow``)
+TILE = 8192  # elements of a narrow block's tile in time, which its channels' runs share in cache
 _FM = {"contract"}  # allow fused multiply-add; nothing else of fast-math
 
 
@@ -97,17 +99,20 @@ def task_plan(shape, x_strides, nthreads):
     return bs, nch
 
 
-# ------------------------------------------------------------------------------------------- forward
+# --------------------------------------------------------------------------------- time-inner runs
+#
+# One channel, a run of steps, the operand at ``arr[base + t * stride]``.  The backward's scan touches
+# five operands at four steps a block: written with a stride per operand, LLVM keeps twenty addresses
+# and spills them (~110 instructions a block; 1.2 ns a step in cache on one thread, against 0.5 when
+# the offsets are shared), so the layouts the planner makes go through ``_bwd_scan_shared``.  The
+# forward scan and both folds (three and two operands) run as fast with a stride per operand.
 
 @njit(fastmath=_FM)
-def _fwd_fold_time(a, ao, as_, x, xo, xs, i, j, k, t0, t1, one, zero):
-    """Fold steps t0..t1-1 of one channel into its transfer pair (A, H): h_out = A * h_in + H.
+def _fwd_fold_run(a, ab, sa, x, xb, sx, t0, t1, A, H):
+    """Fold steps t0..t1-1 into the transfer pair (A, H): h_out = A * h_in + H.
 
     Four steps at a time: their own pair is built off the critical path, so the loop-carried chain is
     one multiply and one fused multiply-add per four steps instead of per step."""
-    ab, sa = _base(ao, as_, i, j, k)
-    xb, sx = _base(xo, xs, i, j, k)
-    A, H = one, zero
     t = t0
     while t + 4 <= t1:
         a0, a1, a2, a3 = _load4(a, ab, sa, t, H)
@@ -119,22 +124,19 @@ def _fwd_fold_time(a, ao, as_, x, xo, xs, i, j, k, t0, t1, one, zero):
         H = p * H + s
         t += 4
     while t < t1:
-        av = load(a[_u(ab + t * sa)])
+        av = load_as(a[_u(ab + t * sa)], H)
         A = A * av
-        H = av * H + load(x[_u(xb + t * sx)])
+        H = av * H + load_as(x[_u(xb + t * sx)], H)
         t += 1
     return A, H
 
 
 @njit(fastmath=_FM)
-def _fwd_scan_time(a, ao, as_, x, xo, xs, o, oo, os_, i, j, k, t0, t1, h):
-    """Scan steps t0..t1-1 of one channel from state h, writing every state; returns the last.
+def _fwd_scan_run(a, ab, sa, x, xb, sx, o, ob, so, t0, t1, h):
+    """Scan steps t0..t1-1 from state h, writing every state; returns the last.
 
-    Blocked by four like ``_fwd_fold_time``: h[t+m] = P_m h + S_m with (P_m, S_m) the block's own
+    Blocked by four like ``_fwd_fold_run``: h[t+m] = P_m h + S_m with (P_m, S_m) the block's own
     prefix pairs, so only ``h = P_3 h + S_3`` sits on the loop-carried chain."""
-    ab, sa = _base(ao, as_, i, j, k)
-    xb, sx = _base(xo, xs, i, j, k)
-    ob, so = _base(oo, os_, i, j, k)
     t = t0
     while t + 4 <= t1:
         a0, a1, a2, a3 = _load4(a, ab, sa, t, h)
@@ -152,141 +154,16 @@ def _fwd_scan_time(a, ao, as_, x, xo, xs, o, oo, os_, i, j, k, t0, t1, h):
         o[_u(ob + (t + 3) * so)] = store(h, o)
         t += 4
     while t < t1:
-        h = load(a[_u(ab + t * sa)]) * h + load(x[_u(xb + t * sx)])
+        h = load_as(a[_u(ab + t * sa)], h) * h + load_as(x[_u(xb + t * sx)], h)
         o[_u(ob + t * so)] = store(h, o)
         t += 1
     return h
 
 
 @njit(fastmath=_FM)
-def _fwd_channels_time(a, ao, as_, x, xo, xs, o, oo, os_, C1, C2, T, c0, c1, hin):
-    """Time-inner scans of whole channels c0..c1-1 (flat index), walking (i, j, k) without divisions:
-    with many short channels the per-task index arithmetic would otherwise cost as much as the scan."""
-    i = c0 // (C1 * C2)
-    j = (c0 // C2) % C1
-    k = c0 % C2
-    for c in range(c0, c1):
-        _fwd_scan_time(a, ao, as_, x, xo, xs, o, oo, os_, i, j, k, 0, T, hin[c, 0])
-        k += 1
-        if k == C2:
-            k = 0
-            j += 1
-            if j == C1:
-                j = 0
-                i += 1
-
-
-@njit(fastmath=_FM)
-def _fwd_fold_rows(a, ao, as_, x, xo, xs, i, j, k0, k1, t0, t1, Av, Hv):
-    """Channel-inner fold of channels k0..k1-1 over steps t0..t1-1 into the pairs Av, Hv."""
-    for t in range(t0, t1):
-        for k in range(k0, k1):
-            av = load(a[_at(ao, as_, i, j, k, t)])
-            Av[k - k0] = Av[k - k0] * av
-            Hv[k - k0] = av * Hv[k - k0] + load(x[_at(xo, xs, i, j, k, t)])
-
-
-@njit(fastmath=_FM)
-def _fwd_scan_rows(a, ao, as_, x, xo, xs, o, oo, os_, i, j, k0, k1, t0, t1, hv):
-    """Channel-inner scan of channels k0..k1-1 over steps t0..t1-1 from the states hv (updated)."""
-    for t in range(t0, t1):
-        for k in range(k0, k1):
-            v = load(a[_at(ao, as_, i, j, k, t)]) * hv[k - k0] + load(x[_at(xo, xs, i, j, k, t)])
-            hv[k - k0] = v
-            o[_at(oo, os_, i, j, k, t)] = store(v, o)
-
-
-@njit
-def _take(M, base, n, col):
-    """Rows base..base+n-1 of column ``col`` of a per-(channel, chunk) table, as a local array."""
-    v = np.empty(n, M.dtype)
-    for k in range(n):
-        v[k] = M[base + k, col]
-    return v
-
-
-@njit
-def _put(M, base, col, v):
-    for k in range(v.shape[0]):
-        M[base + k, col] = v[k]
-
-
-@njit(fastmath=_FM)
-def _fwd_task(a, ao, as_, x, xo, xs, o, oo, os_, C1, C2, nb, bs, blk, t0, t1, hin, col, scan, A, H):
-    """One task: block ``blk`` over steps t0..t1-1; scans from hin[:, col] into H[:, col] when ``scan``,
-    else folds into (A, H)[:, col]."""
-    i, j, k0, k1 = _block(blk, C1, C2, nb, bs)
-    cbase = (i * C1 + j) * C2
-    if bs == 1:
-        c = cbase + k0
-        if scan:
-            H[c, col] = _fwd_scan_time(a, ao, as_, x, xo, xs, o, oo, os_, i, j, k0, t0, t1, hin[c, col])
-        else:
-            A[c, col], H[c, col] = _fwd_fold_time(a, ao, as_, x, xo, xs, i, j, k0, t0, t1,
-                                                  A[c, col], H[c, col])
-        return
-    n, b = k1 - k0, cbase + k0
-    if scan:
-        hv = _take(hin, b, n, col)
-        _fwd_scan_rows(a, ao, as_, x, xo, xs, o, oo, os_, i, j, k0, k1, t0, t1, hv)
-        _put(H, b, col, hv)
-    else:
-        Av, Hv = _take(A, b, n, col), _take(H, b, n, col)
-        _fwd_fold_rows(a, ao, as_, x, xo, xs, i, j, k0, k1, t0, t1, Av, Hv)
-        _put(A, b, col, Av)
-        _put(H, b, col, Hv)
-
-
-@njit(parallel=True, cache=True, fastmath=_FM)
-def _forward(a, ao, as_, x, xo, xs, h0, ho, hs, has_h0, o, oo, os_, shape, zero, one, bs, nch, nparts):
-    C0, C1, C2, T = shape
-    nb = (C2 + bs - 1) // bs
-    nblk = C0 * C1 * nb
-    L = (T + nch - 1) // nch
-    nchan = C0 * C1 * C2
-    hin = np.full((nchan, nch), zero)   # state entering each chunk
-    A = np.full((nchan, nch), one)      # chunk transfer pairs; H[:, 0] is chunk 0's final state
-    H = np.full((nchan, nch), zero)
-    if has_h0:
-        for c in prange(nchan):
-            i = c // (C1 * C2)
-            j = (c // C2) % C1
-            hin[c, 0] = load(h0[_at(ho, hs, i, j, c % C2, 0)])
-    if bs == 1 and nch == 1:  # many time-inner channels: contiguous runs of whole channels per task
-        for p in prange(nparts):
-            _fwd_channels_time(a, ao, as_, x, xo, xs, o, oo, os_, C1, C2, T, p * nchan // nparts,
-                               (p + 1) * nchan // nparts, hin)
-        return
-    first = 0
-    if nch > 1:
-        # phase 1: chunk 0 is scanned (its incoming state is known), chunks 1..nch-2 are folded
-        for task in prange(nblk * (nch - 1)):
-            blk = task // (nch - 1)
-            ck = task - blk * (nch - 1)
-            _fwd_task(a, ao, as_, x, xo, xs, o, oo, os_, C1, C2, nb, bs, blk, ck * L,
-                      min(T, ck * L + L), hin, ck, ck == 0, A, H)
-        # phase 2: chain the pairs into each chunk's incoming state
-        for c in prange(nchan):
-            hin[c, 1] = H[c, 0]
-            for ck in range(1, nch - 1):
-                hin[c, ck + 1] = A[c, ck] * hin[c, ck] + H[c, ck]
-        first = 1
-    # phase 3 (the only phase when nch == 1): scan the remaining chunks from their incoming states
-    for task in prange(nblk * (nch - first)):
-        blk = task // (nch - first)
-        ck = first + task - blk * (nch - first)
-        _fwd_task(a, ao, as_, x, xo, xs, o, oo, os_, C1, C2, nb, bs, blk, ck * L,
-                  min(T, ck * L + L), hin, ck, True, A, H)
-
-
-# ------------------------------------------------------------------------------------------ backward
-
-@njit(fastmath=_FM)
-def _bwd_fold_time(a, ao, as_, gh, go, gs, i, j, k, t0, t1, A, H):
-    """Fold steps t1-1 .. t0 of one channel, right to left, into (A, H): cg_out = A * cg_in + H, where
-    cg is ``conj(a[t]) g[t]`` flowing out of the chunk's left end.  Blocked by four (see forward)."""
-    ab, sa = _base(ao, as_, i, j, k)
-    gb, sg = _base(go, gs, i, j, k)
+def _bwd_fold_run(a, ab, sa, gh, gb, sg, t0, t1, A, H):
+    """Fold steps t1-1 .. t0, right to left, into (A, H): cg_out = A * cg_in + H, where cg is
+    ``conj(a[t]) g[t]`` flowing out of the run's left end.  Blocked by four (see the forward)."""
     t = t1 - 1
     while t - 3 >= t0:
         b3, b2, b1, b0 = _load4(a, ab, sa, t - 3, H)  # b0 = a[t], ..., b3 = a[t-3]
@@ -306,18 +183,12 @@ def _bwd_fold_time(a, ao, as_, gh, go, gs, i, j, k, t0, t1, A, H):
 
 
 @njit(fastmath=_FM)
-def _bwd_scan_time(a, ao, as_, h, hO, hS, gh, go, gs, gx, xo, xs, ga, ao2, as2, i, j, k, t0, t1, cg,
-                   hprev0, zero):
-    """One channel, steps t1-1 .. t0 from the incoming ``cg``: writes grad_x and grad_a (or sums grad_a
-    when a is constant in time); returns (conj(a[t0]) g[t0], the grad_a sum).
+def _bwd_scan_run(a, ab, sa, h, hb, sh, gh, gb, sg, gx, xb, sx, ga, qb, sq, t0, t1, cg, hprev0, zero):
+    """Steps t1-1 .. t0 from the incoming ``cg``: writes grad_x and grad_a (or sums grad_a when a is
+    constant in time, ``sq == 0``); returns (conj(a[t0]) g[t0], the grad_a sum).  ``hprev0`` is h[-1].
 
     Blocked by four: with b = conj(a), g[t-m] = S_m + P_m cg for the block's own prefix pairs, and only
     ``cg = (b[t-3] P_3) cg + b[t-3] S_3`` sits on the loop-carried chain."""
-    ab, sa = _base(ao, as_, i, j, k)
-    hb, sh = _base(hO, hS, i, j, k)
-    gb, sg = _base(go, gs, i, j, k)
-    xb, sx = _base(xo, xs, i, j, k)
-    qb, sq = _base(ao2, as2, i, j, k)
     summed = sq == 0
     total = zero
     t = t1 - 1
@@ -364,37 +235,400 @@ def _bwd_scan_time(a, ao, as_, h, hO, hS, gh, go, gs, gx, xo, xs, ga, ao2, as2, 
 
 
 @njit(fastmath=_FM)
-def _bwd_fold_rows(a, ao, as_, gh, go, gs, i, j, k0, k1, t0, t1, Av, Hv):
-    """Channel-inner fold of channels k0..k1-1 over steps t1-1 .. t0 into the pairs Av, Hv."""
-    for t in range(t1 - 1, t0 - 1, -1):
-        for k in range(k0, k1):
-            ca = conj(load(a[_at(ao, as_, i, j, k, t)]))
-            Hv[k - k0] = ca * (load(gh[_at(go, gs, i, j, k, t)]) + Hv[k - k0])
-            Av[k - k0] = Av[k - k0] * ca
+def _bwd_scan_shared(a, ab, h, hb, gh, gb, gx, xb, ga, qb, s, sa, t0, t1, cg, hprev0, zero):
+    """``_bwd_scan_run`` when h, grad_h and grad_x share the time stride ``s`` and a, grad_a share ``sa``
+    (every layout the planner makes: contiguous, reversed, channel-contiguous rows, a constant in time):
+    each block's four element offsets are computed once and shared by the operands, so that LLVM keeps
+    five bases and a few offsets in registers instead of twenty addresses (see the section's comment)."""
+    summed = sa == 0
+    total = zero
+    t = t1 - 1
+    while t - 3 >= max(t0, 1):  # h[t-4] exists
+        o0 = t * s
+        o1 = o0 - s
+        o2 = o1 - s
+        o3 = o2 - s
+        o4 = o3 - s
+        q0 = t * sa
+        q1 = q0 - sa
+        q2 = q1 - sa
+        q3 = q2 - sa
+        b0 = conj(load_as(a[_u(ab + q0)], cg))
+        b1 = conj(load_as(a[_u(ab + q1)], cg))
+        b2 = conj(load_as(a[_u(ab + q2)], cg))
+        b3 = conj(load_as(a[_u(ab + q3)], cg))
+        s0 = load_as(gh[_u(gb + o0)], cg)
+        s1 = load_as(gh[_u(gb + o1)], cg)
+        s2 = load_as(gh[_u(gb + o2)], cg)
+        s3 = load_as(gh[_u(gb + o3)], cg)
+        s1 = s1 + b0 * s0
+        p2 = b0 * b1
+        s2 = s2 + b1 * s1
+        p3 = p2 * b2
+        s3 = s3 + b2 * s2
+        g0 = s0 + cg
+        g1 = s1 + b0 * cg
+        g2 = s2 + p2 * cg
+        g3 = s3 + p3 * cg
+        cg = (b3 * p3) * cg + b3 * s3
+        gx[_u(xb + o0)] = store(g0, gx)
+        gx[_u(xb + o1)] = store(g1, gx)
+        gx[_u(xb + o2)] = store(g2, gx)
+        gx[_u(xb + o3)] = store(g3, gx)
+        v0 = g0 * conj(load_as(h[_u(hb + o1)], cg))
+        v1 = g1 * conj(load_as(h[_u(hb + o2)], cg))
+        v2 = g2 * conj(load_as(h[_u(hb + o3)], cg))
+        v3 = g3 * conj(load_as(h[_u(hb + o4)], cg))
+        if summed:
+            total += (v0 + v1) + (v2 + v3)
+        else:
+            ga[_u(qb + q0)] = store(v0, ga)
+            ga[_u(qb + q1)] = store(v1, ga)
+            ga[_u(qb + q2)] = store(v2, ga)
+            ga[_u(qb + q3)] = store(v3, ga)
+        t -= 4
+    while t >= t0:
+        g = load_as(gh[_u(gb + t * s)], cg) + cg
+        gx[_u(xb + t * s)] = store(g, gx)
+        hp = load_as(h[_u(hb + (t - 1) * s)], cg) if t > 0 else hprev0
+        v = g * conj(hp)
+        if summed:
+            total += v
+        else:
+            ga[_u(qb + t * sa)] = store(v, ga)
+        cg = conj(load_as(a[_u(ab + t * sa)], cg)) * g
+        t -= 1
+    return cg, total
 
 
 @njit(fastmath=_FM)
-def _bwd_scan_rows(a, ao, as_, h, hO, hS, gh, go, gs, h0, h0o, h0s, has_h0, gx, xo, xs, ga, ao2, as2,
-                   i, j, k0, k1, t0, t1, cg, tot, zero):
-    """Channel-inner backward of channels k0..k1-1 over steps t1-1 .. t0 from ``cg`` (updated); grad_a
-    terms are written, or added into ``tot`` when a is constant in time."""
+def _bwd_scan_chan(a, ab, sa, h, hb, sh, gh, gb, sg, gx, xb, sx, ga, qb, sq, t0, t1, cg, hprev0, zero):
+    """The backward of one channel's run: ``_bwd_scan_shared`` where the strides allow, else the
+    general ``_bwd_scan_run``."""
+    if sg == sh and sx == sh and sq == sa:
+        return _bwd_scan_shared(a, ab, h, hb, gh, gb, gx, xb, ga, qb, sh, sa, t0, t1, cg, hprev0, zero)
+    return _bwd_scan_run(a, ab, sa, h, hb, sh, gh, gb, sg, gx, xb, sx, ga, qb, sq, t0, t1, cg, hprev0, zero)
+
+
+# ------------------------------------------------------------------------------ channel-inner rows
+#
+# A block of neighbouring channels k0..k1-1 over a run of steps, row by row: channel k of row t is at
+# ``base + k * sk + t * st``.  The channel strides are passed as literals for the common layouts (1,
+# and 0 for a shared by the channels), so that the row loops vectorise.
+
+@njit(fastmath=_FM)
+def _fwd_fold_rows(a, ab, sak, sat, x, xb, sxk, sxt, n, t0, t1, Av, Hv):
+    for t in range(t0, t1):
+        pa, px = ab + t * sat, xb + t * sxt
+        for k in range(n):
+            av = load(a[_u(pa + k * sak)])
+            Av[k] = Av[k] * av
+            Hv[k] = av * Hv[k] + load(x[_u(px + k * sxk)])
+
+
+@njit(fastmath=_FM)
+def _fwd_scan_rows(a, ab, sak, sat, x, xb, sxk, sxt, o, ob, sok, sot, n, t0, t1, hv):
+    for t in range(t0, t1):
+        pa, px, po = ab + t * sat, xb + t * sxt, ob + t * sot
+        for k in range(n):
+            v = load(a[_u(pa + k * sak)]) * hv[k] + load(x[_u(px + k * sxk)])
+            hv[k] = v
+            o[_u(po + k * sok)] = store(v, o)
+
+
+# The backward's rows run down in time, so their operands fall in memory from row to row.  LLVM (22)
+# vectorises a row loop behind a check that its operands do not overlap, and hoists that check out of
+# the time loop as one check over the whole run of rows, which it builds only for pointers that rise
+# from row to row: falling ones fail it and leave the scalar loop.  So the backward's row loops keep the
+# row counter in memory (``nxt``), which the row's stores might change as far as LLVM knows: the check
+# then stays per row (a few compares a row) and passes.  Within a row the channels are walked downwards
+# too (``k = n - 1 - m``), so that every operand is one falling stream for the prefetcher, and the
+# local arrays are indexed unsigned (no wraparound test, which would stop the vectoriser).
+
+@njit(fastmath=_FM)
+def _bwd_fold_rows_run(a, ab, sak, sat, gh, gb, sgk, sgt, n, t0, t1, Av, Hv):
+    nxt = np.empty(1, np.int64)
+    nxt[0] = t1 - 1
+    while True:
+        t = nxt[0]
+        if t < t0:
+            break
+        nxt[0] = t - 1
+        pa, pg = ab + t * sat, gb + t * sgt
+        for m in range(n):
+            k = n - 1 - m
+            ca = conj(load(a[_u(pa + k * sak)]))
+            Hv[_u(k)] = ca * (load(gh[_u(pg + k * sgk)]) + Hv[_u(k)])
+            Av[_u(k)] = Av[_u(k)] * ca
+
+
+@njit(fastmath=_FM)
+def _bwd_scan_rows_run(a, ab, sak, sat, h, hb, shk, sht, gh, gb, sgk, sgt, gx, xb, sxk, sxt, ga, qb, sqk, sqt,
+                       n, t0, t1, cg, tot):
+    """Rows t1-1 .. t0 (t0 >= 1: h[t-1] is in h); grad_a summed into ``tot`` when a is constant in time."""
+    summed = sqt == 0
+    nxt = np.empty(1, np.int64)
+    nxt[0] = t1 - 1
+    while True:
+        t = nxt[0]
+        if t < t0:
+            break
+        nxt[0] = t - 1
+        pa, ph, pg, px, pq = ab + t * sat, hb + (t - 1) * sht, gb + t * sgt, xb + t * sxt, qb + t * sqt
+        if summed:
+            for m in range(n):
+                k = n - 1 - m
+                g = load(gh[_u(pg + k * sgk)]) + cg[_u(k)]
+                gx[_u(px + k * sxk)] = store(g, gx)
+                tot[_u(k)] += g * conj(load(h[_u(ph + k * shk)]))
+                cg[_u(k)] = conj(load(a[_u(pa + k * sak)])) * g
+        else:
+            for m in range(n):
+                k = n - 1 - m
+                g = load(gh[_u(pg + k * sgk)]) + cg[_u(k)]
+                gx[_u(px + k * sxk)] = store(g, gx)
+                ga[_u(pq + k * sqk)] = store(g * conj(load(h[_u(ph + k * shk)])), ga)
+                cg[_u(k)] = conj(load(a[_u(pa + k * sak)])) * g
+
+
+@njit(fastmath=_FM)
+def _bwd_fold_rows(a, ab, sak, sat, gh, gb, sgk, sgt, n, t0, t1, Av, Hv):
+    """Channel-inner fold of n channels over steps t1-1 .. t0 into the pairs Av, Hv."""
+    if sgk == 1 and sak == 1:
+        _bwd_fold_rows_run(a, ab, 1, sat, gh, gb, 1, sgt, n, t0, t1, Av, Hv)
+    elif sgk == 1 and sak == 0:
+        _bwd_fold_rows_run(a, ab, 0, sat, gh, gb, 1, sgt, n, t0, t1, Av, Hv)
+    else:
+        _bwd_fold_rows_run(a, ab, sak, sat, gh, gb, sgk, sgt, n, t0, t1, Av, Hv)
+
+
+@njit(fastmath=_FM)
+def _bwd_scan_rows(a, ab, sak, sat, h, hb, shk, sht, gh, gb, sgk, sgt, gx, xb, sxk, sxt, ga, qb, sqk, sqt,
+                   n, t0, t1, cg, tot):
+    """Channel-inner backward of n channels over steps t1-1 .. t0 (t0 >= 1) from ``cg`` (updated)."""
+    if shk == 1 and sgk == 1 and sxk == 1 and sqk == 1:
+        if sak == 1:
+            _bwd_scan_rows_run(a, ab, 1, sat, h, hb, 1, sht, gh, gb, 1, sgt, gx, xb, 1, sxt, ga, qb, 1, sqt,
+                               n, t0, t1, cg, tot)
+            return
+        if sak == 0:
+            _bwd_scan_rows_run(a, ab, 0, sat, h, hb, 1, sht, gh, gb, 1, sgt, gx, xb, 1, sxt, ga, qb, 1, sqt,
+                               n, t0, t1, cg, tot)
+            return
+    _bwd_scan_rows_run(a, ab, sak, sat, h, hb, shk, sht, gh, gb, sgk, sgt, gx, xb, sxk, sxt, ga, qb, sqk, sqt,
+                       n, t0, t1, cg, tot)
+
+
+@njit(fastmath=_FM)
+def _bwd_row0(a, ab, sak, h0, h0b, h0k, has_h0, gh, gb, sgk, gx, xb, sxk, ga, qb, sqk, summed, n, cg, tot, zero):
+    """Row t = 0 of a channel-inner block: h[-1] is h0 (at h0b + k * h0k) or zero."""
+    for k in range(n):
+        g = load(gh[_u(gb + k * sgk)]) + cg[k]
+        gx[_u(xb + k * sxk)] = store(g, gx)
+        v = g * conj(load_as(h0[_u(h0b + k * h0k)], zero)) if has_h0 else zero * g
+        if summed:
+            tot[k] += v
+        else:
+            ga[_u(qb + k * sqk)] = store(v, ga)
+        cg[k] = conj(load(a[_u(ab + k * sak)])) * g
+
+
+@njit(fastmath=_FM)
+def _fwd_narrow(a, ab, sak, sat, x, xb, sxk, sxt, o, ob, sok, sot, n, t0, t1, hin, A, H, b, col, scan):
+    """A narrow channel-inner block (n <= NARROW channels of table rows b..b+n-1) over steps t0..t1-1,
+    channel by channel as time-inner runs: a row of a few channels would put each state through memory
+    once a row (store, reload: a chain of ~10 cycles for a few elements), a run keeps it in a register
+    and blocks four steps.  Tile by tile of TILE // n steps, so that the block's channels after the
+    first find the tile's cache lines loaded."""
+    L = max(4, TILE // n)
+    for s0 in range(t0, t1, L):
+        s1 = min(t1, s0 + L)
+        for k in range(n):
+            c = b + k
+            if scan:
+                h = hin[c, col] if s0 == t0 else H[c, col]
+                H[c, col] = _fwd_scan_run(a, ab + k * sak, sat, x, xb + k * sxk, sxt, o, ob + k * sok, sot,
+                                          s0, s1, h)
+            else:
+                A[c, col], H[c, col] = _fwd_fold_run(a, ab + k * sak, sat, x, xb + k * sxk, sxt, s0, s1,
+                                                     A[c, col], H[c, col])
+
+
+@njit(fastmath=_FM)
+def _bwd_narrow(a, ab, sak, sat, h, hb, shk, sht, gh, gb, sgk, sgt, gx, xb, sxk, sxt, ga, qb, sqk, sqt,
+                h0, h0b, h0k, has_h0, n, t0, t1, cin, A, H, parts, b, col, scan, zero):
+    """The backward of a narrow channel-inner block over steps t1-1 .. t0, as ``_fwd_narrow``: tiles
+    from the right, channel by channel; a scan adds its grad_a sums into parts[:, col]."""
+    L = max(4, TILE // n)
+    s1 = t1
+    while s1 > t0:
+        s0 = max(t0, s1 - L)
+        for k in range(n):
+            c = b + k
+            if scan:
+                cg = cin[c, col] if s1 == t1 else H[c, col]
+                hp0 = load_as(h0[_u(h0b + k * h0k)], zero) if has_h0 else zero
+                H[c, col], v = _bwd_scan_chan(a, ab + k * sak, sat, h, hb + k * shk, sht, gh, gb + k * sgk,
+                                                sgt, gx, xb + k * sxk, sxt, ga, qb + k * sqk, sqt, s0, s1, cg,
+                                                hp0, zero)
+                parts[c, col] += v
+            else:
+                A[c, col], H[c, col] = _bwd_fold_run(a, ab + k * sak, sat, gh, gb + k * sgk, sgt, s0, s1,
+                                                     A[c, col], H[c, col])
+        s1 = s0
+
+
+# ------------------------------------------------------------------------------------------ tasks
+
+@njit
+def _take(M, base, n, col):
+    """Rows base..base+n-1 of column ``col`` of a per-(channel, chunk) table, as a local array."""
+    v = np.empty(n, M.dtype)
+    for k in range(n):
+        v[k] = M[base + k, col]
+    return v
+
+
+@njit
+def _put(M, base, col, v):
+    for k in range(v.shape[0]):
+        M[base + k, col] = v[k]
+
+
+@njit
+def _step(i, j, k, C1, C2, down):
+    """The next channel (i, j, k) of a walk over whole channels, up or down."""
+    if down:
+        k -= 1
+        if k < 0:
+            k = C2 - 1
+            j -= 1
+            if j < 0:
+                j = C1 - 1
+                i -= 1
+    else:
+        k += 1
+        if k == C2:
+            k = 0
+            j += 1
+            if j == C1:
+                j = 0
+                i += 1
+    return i, j, k
+
+
+@njit(fastmath=_FM)
+def _fwd_channels_time(a, ao, as_, x, xo, xs, o, oo, os_, C1, C2, T, c0, c1, hin, down):
+    """Time-inner scans of whole channels c0..c1-1 (flat index), walking (i, j, k) without divisions
+    (with many short channels the per-task index arithmetic would otherwise cost as much as the scan),
+    upwards or ``down`` so that consecutive channels continue one memory stream per operand."""
+    c = c1 - 1 if down else c0
+    i = c // (C1 * C2)
+    j = (c // C2) % C1
+    k = c % C2
+    for _ in range(c1 - c0):
+        ab, sa = _base(ao, as_, i, j, k)
+        xb, sx = _base(xo, xs, i, j, k)
+        ob, so = _base(oo, os_, i, j, k)
+        _fwd_scan_run(a, ab, sa, x, xb, sx, o, ob, so, 0, T, hin[c, 0])
+        i, j, k = _step(i, j, k, C1, C2, down)
+        c += -1 if down else 1
+
+
+@njit(fastmath=_FM)
+def _fwd_task(a, ao, as_, x, xo, xs, o, oo, os_, C1, C2, nb, bs, blk, t0, t1, hin, col, scan, A, H):
+    """One task: block ``blk`` over steps t0..t1-1; scans from hin[:, col] into H[:, col] when ``scan``,
+    else folds into (A, H)[:, col]."""
+    i, j, k0, k1 = _block(blk, C1, C2, nb, bs)
+    ab, sa = _base(ao, as_, i, j, k0)
+    xb, sx = _base(xo, xs, i, j, k0)
+    ob, so = _base(oo, os_, i, j, k0)
+    b = (i * C1 + j) * C2 + k0
+    if bs == 1:
+        if scan:
+            H[b, col] = _fwd_scan_run(a, ab, sa, x, xb, sx, o, ob, so, t0, t1, hin[b, col])
+        else:
+            A[b, col], H[b, col] = _fwd_fold_run(a, ab, sa, x, xb, sx, t0, t1, A[b, col], H[b, col])
+        return
+    n = k1 - k0
+    if n <= NARROW:
+        _fwd_narrow(a, ab, as_[2], sa, x, xb, xs[2], sx, o, ob, os_[2], so, n, t0, t1, hin, A, H, b, col, scan)
+    elif scan:
+        hv = _take(hin, b, n, col)
+        _fwd_scan_rows(a, ab, as_[2], sa, x, xb, xs[2], sx, o, ob, os_[2], so, n, t0, t1, hv)
+        _put(H, b, col, hv)
+    else:
+        Av, Hv = _take(A, b, n, col), _take(H, b, n, col)
+        _fwd_fold_rows(a, ab, as_[2], sa, x, xb, xs[2], sx, n, t0, t1, Av, Hv)
+        _put(A, b, col, Av)
+        _put(H, b, col, Hv)
+
+
+@njit(parallel=True, cache=True, fastmath=_FM)
+def _forward(a, ao, as_, x, xo, xs, h0, ho, hs, has_h0, o, oo, os_, shape, zero, one, bs, nch, nparts, down):
+    C0, C1, C2, T = shape
+    nb = (C2 + bs - 1) // bs
+    nblk = C0 * C1 * nb
+    L = (T + nch - 1) // nch
+    nchan = C0 * C1 * C2
+    hin = np.full((nchan, nch), zero)   # state entering each chunk
+    if has_h0:
+        for c in prange(nchan):
+            i = c // (C1 * C2)
+            j = (c // C2) % C1
+            hin[c, 0] = load(h0[_at(ho, hs, i, j, c % C2, 0)])
+    if bs == 1 and nch == 1:  # many time-inner channels: contiguous runs of whole channels per task
+        for p in prange(nparts):
+            _fwd_channels_time(a, ao, as_, x, xo, xs, o, oo, os_, C1, C2, T, p * nchan // nparts,
+                               (p + 1) * nchan // nparts, hin, down)
+        return
+    A = np.full((nchan, nch), one)      # chunk transfer pairs; H[:, 0] is chunk 0's final state
+    H = np.full((nchan, nch), zero)
+    first = 0
+    if nch > 1:
+        # phase 1: chunk 0 is scanned (its incoming state is known), chunks 1..nch-2 are folded
+        for task in prange(nblk * (nch - 1)):
+            blk = task // (nch - 1)
+            ck = task - blk * (nch - 1)
+            _fwd_task(a, ao, as_, x, xo, xs, o, oo, os_, C1, C2, nb, bs, blk, ck * L,
+                      min(T, ck * L + L), hin, ck, ck == 0, A, H)
+        # phase 2: chain the pairs into each chunk's incoming state
+        for c in prange(nchan):
+            hin[c, 1] = H[c, 0]
+            for ck in range(1, nch - 1):
+                hin[c, ck + 1] = A[c, ck] * hin[c, ck] + H[c, ck]
+        first = 1
+    # phase 3 (the only phase when nch == 1): scan the remaining chunks from their incoming states
+    for task in prange(nblk * (nch - first)):
+        blk = task // (nch - first)
+        ck = first + task - blk * (nch - first)
+        _fwd_task(a, ao, as_, x, xo, xs, o, oo, os_, C1, C2, nb, bs, blk, ck * L,
+                  min(T, ck * L + L), hin, ck, True, A, H)
+
+
+@njit(fastmath=_FM)
+def _bwd_channels_time(a, ao, as_, h, hO, hS, gh, go, gs, h0, h0o, h0s, has_h0, gx, xo, xs, ga, ao2, as2,
+                       gh0, g0o, g0s, C1, C2, T, c0, c1, zero, down):
+    """Time-inner backward of whole channels c0..c1-1, walked like ``_fwd_channels_time``; writes
+    grad_h0 and the grad_a sums (a constant in time) directly."""
     summed = as2[3] == 0
-    for t in range(t1 - 1, t0 - 1, -1):
-        for k in range(k0, k1):
-            g = load(gh[_at(go, gs, i, j, k, t)]) + cg[k - k0]
-            gx[_at(xo, xs, i, j, k, t)] = store(g, gx)
-            if t > 0:
-                hp = load(h[_at(hO, hS, i, j, k, t - 1)])
-            elif has_h0:
-                hp = load(h0[_at(h0o, h0s, i, j, k, 0)])
-            else:
-                hp = zero
-            v = g * conj(hp)
-            if summed:
-                tot[k - k0] += v
-            else:
-                ga[_at(ao2, as2, i, j, k, t)] = store(v, ga)
-            cg[k - k0] = conj(load(a[_at(ao, as_, i, j, k, t)])) * g
+    c = c1 - 1 if down else c0
+    i = c // (C1 * C2)
+    j = (c // C2) % C1
+    k = c % C2
+    for _ in range(c1 - c0):
+        ab, sa = _base(ao, as_, i, j, k)
+        hb, sh = _base(hO, hS, i, j, k)
+        gb, sg = _base(go, gs, i, j, k)
+        xb, sx = _base(xo, xs, i, j, k)
+        qb, sq = _base(ao2, as2, i, j, k)
+        hp0 = load_as(h0[_at(h0o, h0s, i, j, k, 0)], zero) if has_h0 else zero
+        cg, tot = _bwd_scan_chan(a, ab, sa, h, hb, sh, gh, gb, sg, gx, xb, sx, ga, qb, sq, 0, T, zero, hp0, zero)
+        if has_h0:
+            gh0[_at(g0o, g0s, i, j, k, 0)] = store(cg, gh0)
+        if summed:
+            ga[_u(qb)] = store(tot, ga)
+        i, j, k = _step(i, j, k, C1, C2, down)
 
 
 @njit(fastmath=_FM)
@@ -404,39 +638,61 @@ def _bwd_task(a, ao, as_, h, hO, hS, gh, go, gs, h0, h0o, h0s, has_h0, gx, xo, x
     grad_x / grad_a, the outgoing cg into H[:, col] and the grad_a sums into parts[:, col]; else a fold
     into (A, H)[:, col]."""
     i, j, k0, k1 = _block(blk, C1, C2, nb, bs)
-    cbase = (i * C1 + j) * C2
+    ab, sa = _base(ao, as_, i, j, k0)
+    gb, sg = _base(go, gs, i, j, k0)
+    b = (i * C1 + j) * C2 + k0
     n = k1 - k0
-    if bs == 1:
-        c = cbase + k0
-        if scan:
-            hp0 = load_as(h0[_at(h0o, h0s, i, j, k0, 0)], zero) if has_h0 else zero
-            H[c, col], parts[c, col] = _bwd_scan_time(a, ao, as_, h, hO, hS, gh, go, gs, gx, xo, xs,
-                                                      ga, ao2, as2, i, j, k0, t0, t1, cin[c, col], hp0, zero)
+    if bs > 1 and n <= NARROW:
+        hb, sh = _base(hO, hS, i, j, k0)
+        xb, sx = _base(xo, xs, i, j, k0)
+        qb, sq = _base(ao2, as2, i, j, k0)
+        _bwd_narrow(a, ab, as_[2], sa, h, hb, hS[2], sh, gh, gb, gs[2], sg, gx, xb, xs[2], sx, ga, qb, as2[2], sq,
+                    h0, _base(h0o, h0s, i, j, k0)[0], h0s[2], has_h0, n, t0, t1, cin, A, H, parts, b, col, scan,
+                    zero)
+        return
+    if not scan:
+        if bs == 1:
+            A[b, col], H[b, col] = _bwd_fold_run(a, ab, sa, gh, gb, sg, t0, t1, A[b, col], H[b, col])
         else:
-            A[c, col], H[c, col] = _bwd_fold_time(a, ao, as_, gh, go, gs, i, j, k0, t0, t1,
-                                                  A[c, col], H[c, col])
-    elif scan:
-        cg = _take(cin, cbase + k0, n, col)
-        tot = np.zeros(n, cin.dtype)
-        _bwd_scan_rows(a, ao, as_, h, hO, hS, gh, go, gs, h0, h0o, h0s, has_h0, gx, xo, xs, ga, ao2,
-                       as2, i, j, k0, k1, t0, t1, cg, tot, zero)
-        _put(H, cbase + k0, col, cg)
-        _put(parts, cbase + k0, col, tot)
-    else:
-        Av, Hv = _take(A, cbase + k0, n, col), _take(H, cbase + k0, n, col)
-        _bwd_fold_rows(a, ao, as_, gh, go, gs, i, j, k0, k1, t0, t1, Av, Hv)
-        _put(A, cbase + k0, col, Av)
-        _put(H, cbase + k0, col, Hv)
+            Av, Hv = _take(A, b, n, col), _take(H, b, n, col)
+            _bwd_fold_rows(a, ab, as_[2], sa, gh, gb, gs[2], sg, n, t0, t1, Av, Hv)
+            _put(A, b, col, Av)
+            _put(H, b, col, Hv)
+        return
+    hb, sh = _base(hO, hS, i, j, k0)
+    xb, sx = _base(xo, xs, i, j, k0)
+    qb, sq = _base(ao2, as2, i, j, k0)
+    if bs == 1:
+        hp0 = load_as(h0[_at(h0o, h0s, i, j, k0, 0)], zero) if has_h0 else zero
+        H[b, col], parts[b, col] = _bwd_scan_chan(a, ab, sa, h, hb, sh, gh, gb, sg, gx, xb, sx, ga, qb, sq,
+                                                  t0, t1, cin[b, col], hp0, zero)
+        return
+    cg = _take(cin, b, n, col)
+    tot = np.zeros(n, cin.dtype)
+    _bwd_scan_rows(a, ab, as_[2], sa, h, hb, hS[2], sh, gh, gb, gs[2], sg, gx, xb, xs[2], sx, ga, qb, as2[2], sq,
+                   n, max(t0, 1), t1, cg, tot)
+    if t0 == 0:
+        h0b = _base(h0o, h0s, i, j, k0)[0]
+        _bwd_row0(a, ab, as_[2], h0, h0b, h0s[2], has_h0, gh, gb, gs[2], gx, xb, xs[2], ga, qb, as2[2], sq == 0,
+                  n, cg, tot, zero)
+    _put(H, b, col, cg)
+    _put(parts, b, col, tot)
 
 
 @njit(parallel=True, cache=True, fastmath=_FM)
 def _backward(a, ao, as_, h, hO, hS, gh, go, gs, h0, h0o, h0s, has_h0,
-              gx, xo, xs, ga, ao2, as2, gh0, g0o, g0s, shape, zero, one, bs, nch):
+              gx, xo, xs, ga, ao2, as2, gh0, g0o, g0s, shape, zero, one, bs, nch, nparts, down):
     C0, C1, C2, T = shape
+    nchan = C0 * C1 * C2
+    if bs == 1 and nch == 1:  # many time-inner channels: contiguous runs of whole channels per task
+        for p in prange(nparts):
+            _bwd_channels_time(a, ao, as_, h, hO, hS, gh, go, gs, h0, h0o, h0s, has_h0, gx, xo, xs, ga, ao2,
+                               as2, gh0, g0o, g0s, C1, C2, T, p * nchan // nparts, (p + 1) * nchan // nparts,
+                               zero, down)
+        return
     nb = (C2 + bs - 1) // bs
     nblk = C0 * C1 * nb
     L = (T + nch - 1) // nch
-    nchan = C0 * C1 * C2
     last = nch - 1
     cin = np.full((nchan, nch), zero)    # conj(a[e]) g[e] flowing into chunk k from its right
     A = np.full((nchan, nch), one)       # chunk transfer pairs; H[:, k] is chunk k's outgoing cg once scanned
@@ -489,20 +745,33 @@ def _dummy(problem):
     return (np.zeros(1, problem.dtype if problem.dtype != np.float16 else np.uint16), 0, (0, 0, 0, 0))
 
 
+def walk_down(shape, strides, backward):
+    """Whether whole-channel tasks walk their channels downwards: so that each channel starts where the
+    previous one ended in memory (one stream per operand for the prefetcher) when time runs up in memory
+    (the forward with a positive time stride, the backward with a negative one) while the channel walk
+    runs down, or the reverse."""
+    step = next((s for n, s in zip(shape[2::-1], strides[2::-1]) if n > 1), 0)
+    time_up = (strides[3] > 0) != backward
+    return (step > 0) != time_up
+
+
 def forward(problem):
     nthreads = numba.get_num_threads()
     bs, nch = task_plan(problem.shape, problem.x.strides, nthreads)
     nparts = max(1, min(math.prod(problem.shape[:3]), 8 * nthreads))
     h0 = _args(problem.h0) if problem.h0 is not None else _dummy(problem)
     _forward(*_args(problem.a), *_args(problem.x), *h0, problem.h0 is not None, *_args(problem.out),
-             problem.shape, *_scalars(problem), bs, nch, nparts)
+             problem.shape, *_scalars(problem), bs, nch, nparts,
+             walk_down(problem.shape, problem.x.strides, False))
 
 
 def backward(problem):
-    bs, nch = task_plan(problem.shape, problem.grad_h.strides, numba.get_num_threads())
+    nthreads = numba.get_num_threads()
+    bs, nch = task_plan(problem.shape, problem.grad_h.strides, nthreads)
+    nparts = max(1, min(math.prod(problem.shape[:3]), 8 * nthreads))
     has_h0 = problem.h0 is not None
     h0 = _args(problem.h0) if has_h0 else _dummy(problem)
     gh0 = _args(problem.grad_h0) if problem.grad_h0 is not None else _dummy(problem)
     _backward(*_args(problem.a), *_args(problem.h), *_args(problem.grad_h), *h0, has_h0,
               *_args(problem.grad_x), *_args(problem.grad_a), *gh0, problem.shape, *_scalars(problem),
-              bs, nch)
+              bs, nch, nparts, walk_down(problem.shape, problem.grad_h.strides, True))

@@ -1,0 +1,202 @@
+"""The cpu backend's kernel paths one by one, forward and backward, against the reference.
+
+- time-inner runs (blocked by four steps) with the strides of the common layouts compiled in as
+  literals (contiguous 1, reversed -1, a constant in time 0) and the generic runtime-stride code
+  (strided views), at lengths that are not multiples of four, and tiny ones;
+- the three-phase chunked scan of few long channels, brought down to small lengths by lowering
+  ``MIN_CHUNK`` so that chunk boundaries fall at every offset, on one and two threads;
+- whole-channel runs (many time-inner channels) walked up or down memory;
+- channel-inner rows: a unit channel stride (vectorised), a shared by the channels, generic strides;
+  row 0 with and without h0; grad_a summed when a is constant in time;
+- every dtype (float16 accumulating in float32, complex), both layouts, reverse, h0, broadcast a;
+- results are bitwise repeatable.
+"""
+
+import numba
+import numpy as np
+import pytest
+
+import parscan
+from parscan import cpu, reference
+from conftest import DTYPES, assert_close, rand
+
+THREADS = sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)})
+
+
+@pytest.fixture(params=THREADS, ids=lambda n: f"{n}thr")
+def threads(request):
+    old = numba.get_num_threads()
+    numba.set_num_threads(request.param)
+    yield request.param
+    numba.set_num_threads(old)
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Chunk time from ten steps on (the planner's MIN_CHUNK is 4096), so that the chunked path runs
+    on small inputs with chunk ends at every offset modulo four."""
+    monkeypatch.setattr(cpu, "MIN_CHUNK", 5)
+
+
+def _check(a, x, h0=None, axis=-1, reverse=False, dtype=None, seed=0):
+    """Forward and backward on the cpu backend equal the reference (conftest's tolerances)."""
+    dtype = dtype or x.dtype
+    h = parscan.linear_scan(a, x, h0, axis=axis, reverse=reverse, backend="cpu")
+    assert_close(h, reference.linear_scan(a, x, h0, axis=axis, reverse=reverse), dtype)
+    gh = np.empty_like(x)
+    gh[...] = rand(np.random.default_rng(seed + 1), x.shape, x.dtype)
+    got = parscan.linear_scan_backward(a, h, gh, h0, axis=axis, reverse=reverse, backend="cpu")
+    want = reference.linear_scan_backward(a, h, gh, h0, axis=axis, reverse=reverse)
+    for name, g, w in zip(("grad_a", "grad_x", "grad_h0"), got, want):
+        if w is None:
+            assert g is None, name
+        else:
+            assert np.shape(g) == np.shape(w), name
+            assert_close(g, w, dtype)
+    return h, got
+
+
+ONE_CHANNEL = {"1-D": ((), -1), "(1, T)": ((1,), -1), "(T, 1)": ((1,), 0)}
+
+
+def _one_channel(rng, layout, T, dtype):
+    lead, axis = ONE_CHANNEL[layout]
+    shape = (T,) if not lead else ((1, T) if axis == -1 else (T, 1))
+    return rand(rng, shape, dtype), rand(rng, shape, dtype, "a"), axis
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("T", [1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 33, 67, 130, 1001])
+@pytest.mark.parametrize("layout", list(ONE_CHANNEL))
+def test_one_channel_chunked(threads, small_chunks, dtype, T, layout):
+    """One channel cut into chunks (phase 1 scans chunk 0 and folds the middle ones, phase 3 rescans),
+    each chunk run blocked by four with a scalar tail, in both directions, with and without h0."""
+    rng = np.random.default_rng(T)
+    x, a, axis = _one_channel(rng, layout, T, dtype)
+    h0 = rand(rng, (1,) if layout != "1-D" else (), dtype)
+    for reverse in (False, True):
+        for init in (None, h0):
+            _check(a, x, init, axis=axis, reverse=reverse, dtype=dtype, seed=T)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", list(ONE_CHANNEL))
+def test_one_long_channel(threads, dtype, layout):
+    """The planner's own chunking (three chunks on two threads) on a channel just past three chunks."""
+    rng = np.random.default_rng(5)
+    x, a, axis = _one_channel(rng, layout, 3 * cpu.MIN_CHUNK + 7, dtype)
+    _check(a, x, axis=axis, dtype=dtype)
+    _check(a, x, rand(rng, (1,) if layout != "1-D" else (), dtype), axis=axis, reverse=True, dtype=dtype)
+
+
+# a's shape for x of shape (C, T) (time-contiguous) or (T, C) (channel-contiguous)
+DECAYS = {
+    "full": lambda C, T, tfast: (C, T) if tfast else (T, C),
+    "constant in time": lambda C, T, tfast: (C, 1) if tfast else (1, C),   # time stride 0, grad_a summed
+    "shared by channels": lambda C, T, tfast: (1, T) if tfast else (T, 1),  # channel stride 0
+    "scalar": lambda C, T, tfast: (),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("decay", list(DECAYS))
+@pytest.mark.parametrize("C", [1, 2, 3, 5])
+def test_few_channels_both_layouts(threads, small_chunks, dtype, decay, C):
+    """Few channels: time-inner chunked runs, or channel-inner chunked rows (literal unit channel
+    stride, or a shared by the channels), for every kind of decay, both directions, h0."""
+    for tfast in (True, False):
+        T = 41 + C
+        rng = np.random.default_rng(C * 7 + tfast)
+        shape, axis = ((C, T), -1) if tfast else ((T, C), 0)
+        x = rand(rng, shape, dtype)
+        a = rand(rng, DECAYS[decay](C, T, tfast), dtype, "a")
+        h0 = rand(rng, (C,), dtype)
+        for reverse in (False, True):
+            _check(a, x, h0, axis=axis, reverse=reverse, dtype=dtype, seed=C)
+            _check(a, x, axis=axis, reverse=reverse, dtype=dtype, seed=C + 1)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "complex64", "float64"])
+@pytest.mark.parametrize("tfast", [True, False], ids=["time-contiguous", "channel-contiguous"])
+def test_runtime_strides(threads, small_chunks, dtype, tfast):
+    """Strides the kernels do not compile in (every other element, a and x laid out differently): the
+    generic code, time-inner and channel-inner, chunked and not."""
+    rng = np.random.default_rng(11)
+    for C, T in ((1, 50), (3, 61), (40, 23)):
+        shape, axis = ((C, T), -1) if tfast else ((T, C), 0)
+        big = rand(rng, tuple(2 * n for n in shape), dtype)
+        x = big[::2, ::2]                                     # strided in both dimensions
+        a = np.asfortranarray(rand(rng, shape, dtype, "a"))   # the other layout
+        h0 = rand(rng, (C,), dtype)
+        for reverse in (False, True):
+            _check(a, x, h0, axis=axis, reverse=reverse, dtype=dtype, seed=C)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("decay", ["full", "constant in time"])
+@pytest.mark.parametrize("memory", ["C", "negative"])
+def test_many_channels_whole_runs(threads, dtype, decay, memory):
+    """Many time-inner channels: each task scans a run of whole channels, walking them up or down memory
+    (forward/backward x reverse x a layout whose channels run down memory)."""
+    rng = np.random.default_rng(2)
+    C, T = 37, 29
+    x = rand(rng, (C, T), dtype)
+    a = rand(rng, DECAYS[decay](C, T, True), dtype, "a")
+    if memory == "negative":
+        x = np.ascontiguousarray(x[::-1, ::-1])[::-1, ::-1]
+        a = np.ascontiguousarray(a[::-1, ::-1])[::-1, ::-1]
+    h0 = rand(rng, (C,), dtype)
+    for reverse in (False, True):
+        _check(a, x, h0, reverse=reverse, dtype=dtype)
+        _check(a, x, reverse=reverse, dtype=dtype, seed=1)
+    x3 = rand(rng, (3, 5, 2, 9), dtype)  # channels over several dimensions: the walk carries (i, j, k)
+    _check(rand(rng, (5, 1, 9), dtype, "a"), x3, rand(rng, (3, 5, 2), dtype), dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("C", [4, 16, 100, 2500])
+def test_channel_inner_rows(threads, small_chunks, dtype, C):
+    """Channel-contiguous blocks (whole rows, or rows split between tasks past WHOLE_ROW channels),
+    vectorised rows, row 0 from h0 or from zero, grad_a written or summed."""
+    rng = np.random.default_rng(C)
+    T = 23
+    x = rand(rng, (T, C), dtype)
+    for a in (rand(rng, (T, C), dtype, "a"), rand(rng, (1, C), dtype, "a"), rand(rng, (T, 1), dtype, "a")):
+        for reverse in (False, True):
+            _check(a, x, rand(rng, (C,), dtype), axis=0, reverse=reverse, dtype=dtype)
+            _check(a, x, axis=0, reverse=reverse, dtype=dtype, seed=3)
+
+
+def test_real_decay_with_complex_data(threads, small_chunks):
+    """A real a with complex x: the runs widen a to the accumulator's type; grad_a is real."""
+    rng = np.random.default_rng(4)
+    for shape, axis in (((1, 70), -1), ((70, 3), 0), ((40, 9), -1)):
+        x = rand(rng, shape, "complex64")
+        a = rand(rng, shape, "float32", "a")
+        _check(a, x, axis=axis, dtype="complex64")
+        _check(a[..., :1] if axis == -1 else a[:1], x, axis=axis, reverse=True, dtype="complex64")
+
+
+@pytest.mark.parametrize("shape,axis", [((1, 3 * 4096 + 5), -1), ((3 * 4096 + 5, 3), 0), ((50, 300), -1)])
+def test_bitwise_repeatable(shape, axis):
+    """No atomics and a fixed task plan: the same call gives the same bits every time."""
+    rng = np.random.default_rng(9)
+    x, a = rand(rng, shape, "float32"), rand(rng, shape, "float32", "a")
+    h1 = parscan.linear_scan(a, x, axis=axis, backend="cpu")
+    g1 = parscan.linear_scan_backward(a, h1, x, axis=axis, backend="cpu")
+    for _ in range(3):
+        assert np.array_equal(parscan.linear_scan(a, x, axis=axis, backend="cpu"), h1)
+        g = parscan.linear_scan_backward(a, h1, x, axis=axis, backend="cpu")
+        assert all(np.array_equal(u, v) for u, v in zip(g[:2], g1[:2]))
+
+
+@pytest.mark.parametrize("shape,strides,backward,want", [
+    ((1, 1, 8, 100), (0, 0, 100, 1), False, False),   # time up, channels up: walk up
+    ((1, 1, 8, 100), (0, 0, 100, 1), True, True),     # the backward runs time down: walk down
+    ((1, 1, 8, 100), (0, 0, 100, -1), False, True),   # reversed time
+    ((1, 1, 8, 100), (0, 0, 100, -1), True, False),
+    ((1, 1, 8, 100), (0, 0, -100, 1), False, True),   # channels down memory
+    ((1, 8, 1, 100), (0, 100, 0, 1), True, True),     # the walk's innermost moving dimension decides
+])
+def test_walk_down(shape, strides, backward, want):
+    assert cpu.walk_down(shape, strides, backward) == want

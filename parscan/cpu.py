@@ -433,6 +433,19 @@ def _bwd_row0(a, ab, sak, h0, h0b, h0k, has_h0, gh, gb, sgk, gx, xb, sxk, ga, qb
         cg[k] = conj(load(a[_u(ab + k * sak)])) * g
 
 
+@njit
+def _touch(arr, base, sk, st, n, t0, t1, zero):
+    """Write zero once per 4 KiB page (at most) over channels 0..n-1 (stride sk) x steps t0..t1-1
+    (stride st) of a fresh output: its pages are then mapped before the real values are written."""
+    item = arr.itemsize
+    ts = max(1, 4096 // max(1, item * abs(st)))
+    ks = max(1, 4096 // max(1, item * abs(sk))) if sk != 0 else n
+    z = store(zero, arr)
+    for t in range(t0, t1, ts):
+        for k in range(0, n, ks):
+            arr[_u(base + k * sk + t * st)] = z
+
+
 @njit(fastmath=_FM)
 def _fwd_narrow(a, ab, sak, sat, x, xb, sxk, sxt, o, ob, sok, sot, n, t0, t1, hin, A, H, b, col, scan):
     """A narrow channel-inner block (n <= NARROW channels of table rows b..b+n-1) over steps t0..t1-1,
@@ -642,6 +655,17 @@ def _bwd_task(a, ao, as_, h, hO, hS, gh, go, gs, h0, h0o, h0s, has_h0, gx, xo, x
     gb, sg = _base(go, gs, i, j, k0)
     b = (i * C1 + j) * C2 + k0
     n = k1 - k0
+    if not scan:
+        # a fold runs beside the scan of the last chunk, and is the lighter of the two (two operands read
+        # against three read and two written): it first-touches the pages of the fresh gradient arrays
+        # that phase 3 will write (its own chunk, and chunk 0 for the first fold), so that the kernel's
+        # zeroing of new pages happens here instead of on the phase 3 scans.
+        xb, sx = _base(xo, xs, i, j, k0)
+        qb, sq = _base(ao2, as2, i, j, k0)
+        lo = 0 if col == 1 else t0
+        _touch(gx, xb, xs[2], sx, n, lo, t1, zero)
+        if sq != 0:
+            _touch(ga, qb, as2[2], sq, n, lo, t1, zero)
     if bs > 1 and n <= NARROW:
         hb, sh = _base(hO, hS, i, j, k0)
         xb, sx = _base(xo, xs, i, j, k0)

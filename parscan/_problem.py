@@ -384,6 +384,8 @@ def plan_backward(xp, a: Operand, h: Operand, grad_h: Operand, h0: Operand | Non
         p.ga_dtype = ga.dtype
         p.reduce_a = (a_padded, a_shape, a_dtype)
         p.reduce_h0 = None if gh0 is None else (h0_padded, h0_shape, h0_dtype)
+        launcher = getattr(impl, "backward_launcher", None)
+        p.launch = None if launcher is None else launcher(problem)
         return p
 
     return problem, finish, plan
@@ -426,14 +428,20 @@ def _source(xp, op: Operand, view, s: Strided):
 
 
 def _fetch(src, xp, v, writeable=False):
+    """The flat buffer of a later call's argument ``v``; host inputs read-only, as ``flat_buffer`` makes
+    them on a planned call (a backend compiled for read-only inputs is not compiled again)."""
     kind, dtype = src
     if kind == _RAVEL:
-        return v.ravel("K")
-    if kind == _SCALAR:
-        return xp.full(1, v, dtype)
-    if kind == _NPSCALAR:
-        return np.asarray(v).reshape(1)
-    return flat_buffer(xp, v, writeable)[0]
+        buf = v.ravel("K")
+    elif kind == _SCALAR:
+        buf = xp.full(1, v, dtype)
+    elif kind == _NPSCALAR:
+        buf = np.asarray(v).reshape(1)
+    else:
+        return flat_buffer(xp, v, writeable)[0]
+    if xp is np and not writeable:
+        buf.flags.writeable = False
+    return buf
 
 
 def _alloc_recipe(canon: Canon, tlen=None):
@@ -457,13 +465,10 @@ class ForwardPlan:
     """A planned forward call, replayed for the arguments of a later call of the same signature."""
 
     __slots__ = ("xp", "impl", "shape", "dtype", "acc", "srcs", "geo", "out_recipe", "out_src", "in_place",
-                 "check_overlap")
+                 "check_overlap", "launch")
 
     def run(self, a, x, h0, out):
-        xp, srcs, geo = self.xp, self.srcs, self.geo
-        sa = Strided(_fetch(srcs[0], xp, a), *geo[0])
-        sx = Strided(_fetch(srcs[1], xp, x), *geo[1])
-        sh = None if srcs[2] is None else Strided(_fetch(srcs[2], xp, h0), *geo[2])
+        xp, srcs = self.xp, self.srcs
         if out is None:
             target, obuf = _new(xp, self.out_recipe, self.dtype)
         else:
@@ -475,8 +480,15 @@ class ForwardPlan:
                                          "separate array, or out=x to scan in place")
             target = out
             obuf = _fetch(self.out_src, xp, out, True)
-        so = Strided(obuf, *geo[3])
-        self.impl.forward(ScanProblem(self.shape, sa, sx, sh, so, self.dtype, self.acc))
+        ba, bx = _fetch(srcs[0], xp, a), _fetch(srcs[1], xp, x)
+        bh = None if srcs[2] is None else _fetch(srcs[2], xp, h0)
+        if self.launch is not None:  # the backend's launcher prepared for this geometry
+            self.launch(ba, bx, bh, obuf)
+            return target
+        geo = self.geo
+        self.impl.forward(ScanProblem(self.shape, Strided(ba, *geo[0]), Strided(bx, *geo[1]),
+                                      None if bh is None else Strided(bh, *geo[2]), Strided(obuf, *geo[3]),
+                                      self.dtype, self.acc))
         return target
 
 
@@ -494,6 +506,8 @@ def capture_forward(xp, impl, a, x, h0, out, problem, views, target, canon):
     p.srcs = tuple(srcs)
     p.geo = tuple((s.off, s.strides) if s is not None else None for s in (problem.a, problem.x, problem.h0, problem.out))
     p.out_recipe, p.out_src, p.in_place, p.check_overlap = None, None, False, False
+    launcher = getattr(impl, "forward_launcher", None)
+    p.launch = None if launcher is None else launcher(problem)
     if user_out is None:
         p.out_recipe = _alloc_recipe(canon)
     else:
@@ -511,20 +525,22 @@ class BackwardPlan:
     """A planned backward call, replayed for the arguments of a later call of the same signature."""
 
     __slots__ = ("xp", "impl", "shape", "dtype", "acc", "srcs", "geo", "allocs", "ga_dtype", "reduce_a",
-                 "reduce_h0")
+                 "reduce_h0", "launch")
 
     def run(self, a, h, grad_h, h0):
-        xp, srcs, geo = self.xp, self.srcs, self.geo
-        sa = Strided(_fetch(srcs[0], xp, a), *geo[0])
-        sh = Strided(_fetch(srcs[1], xp, h), *geo[1])
-        sg = Strided(_fetch(srcs[2], xp, grad_h), *geo[2])
-        s0 = None if srcs[3] is None else Strided(_fetch(srcs[3], xp, h0), *geo[3])
+        xp, srcs = self.xp, self.srcs
+        ins = (_fetch(srcs[0], xp, a), _fetch(srcs[1], xp, h), _fetch(srcs[2], xp, grad_h),
+               None if srcs[3] is None else _fetch(srcs[3], xp, h0))
         grad_x, bx = _new(xp, self.allocs[0], self.dtype)
         ga, ba = _new(xp, self.allocs[1], self.ga_dtype)
         gh0, b0 = (None, None) if self.allocs[2] is None else _new(xp, self.allocs[2], self.acc)
-        self.impl.backward(ScanBackwardProblem(
-            self.shape, sa, sh, sg, s0, Strided(bx, *geo[4]), Strided(ba, *geo[5]),
-            None if gh0 is None else Strided(b0, *geo[6]), self.dtype, self.acc))
+        if self.launch is not None:  # the backend's launcher prepared for this geometry
+            self.launch(*ins, bx, ba, b0)
+        else:
+            geo = self.geo
+            self.impl.backward(ScanBackwardProblem(
+                self.shape, *(None if b is None else Strided(b, *g) for b, g in zip(ins + (bx, ba, b0), geo)),
+                self.dtype, self.acc))
         grad_a = _reduce_to(xp, ga, *self.reduce_a)
         grad_h0 = None if gh0 is None else _reduce_to(xp, gh0, *self.reduce_h0)
         return grad_a, grad_x, grad_h0

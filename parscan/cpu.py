@@ -754,10 +754,48 @@ def _backward(a, ao, as_, h, hO, hS, gh, go, gs, h0, h0o, h0s, has_h0,
             ga[_at(ao2, as2, i, j, c % C2, 0)] = store(s, ga)
 
 
+# --------------------------------------------------------------------------------- small problems
+#
+# Below ``SMALL`` elements a parallel launch (thread wake-up, the per-chunk tables) costs more than
+# the scan: a single thread runs every channel whole, by the same runs as ``_fwd_channels_time`` /
+# ``_bwd_channels_time``.  These kernels have no parallel loops, so they also compile in a fraction
+# of the time of the big ones.
+
+SMALL = 1 << 14
+
+
+@njit(cache=True, fastmath=_FM)
+def _forward_small(a, ao, as_, x, xo, xs, h0, ho, hs, has_h0, o, oo, os_, shape, zero):
+    C0, C1, C2, T = shape
+    nchan = C0 * C1 * C2
+    hin = np.full((nchan, 1), zero)
+    if has_h0:
+        for c in range(nchan):
+            hin[c, 0] = load(h0[_at(ho, hs, c // (C1 * C2), (c // C2) % C1, c % C2, 0)])
+    _fwd_channels_time(a, ao, as_, x, xo, xs, o, oo, os_, C1, C2, T, 0, nchan, hin, False)
+
+
+@njit(cache=True, fastmath=_FM)
+def _backward_small(a, ao, as_, h, hO, hS, gh, go, gs, h0, h0o, h0s, has_h0,
+                    gx, xo, xs, ga, ao2, as2, gh0, g0o, g0s, shape, zero):
+    C0, C1, C2, T = shape
+    _bwd_channels_time(a, ao, as_, h, hO, hS, gh, go, gs, h0, h0o, h0s, has_h0, gx, xo, xs, ga, ao2, as2,
+                       gh0, g0o, g0s, C1, C2, T, 0, C0 * C1 * C2, zero, False)
+
+
 # ----------------------------------------------------------------------------------- the interface
+#
+# ``forward_launcher(problem)`` makes every decision that depends only on the problem's geometry
+# (kernel, task plan, offsets, strides, scalars) once and returns ``run(a, x, h0, out)`` taking the
+# operands' flat buffers: the plan cache (``parscan._plans``) keeps the launcher, so a repeated call
+# costs the kernel's own dispatch and little else.  ``forward(problem)`` is the one-off call.
+
+def _geo(s):
+    return s.off, tuple(int(v) for v in s.strides)
+
 
 def _args(s):
-    return host_view(s.buf), s.off, tuple(int(v) for v in s.strides)
+    return (host_view(s.buf),) + _geo(s)
 
 
 def _scalars(problem):
@@ -766,7 +804,9 @@ def _scalars(problem):
 
 
 def _dummy(problem):
-    return (np.zeros(1, problem.dtype if problem.dtype != np.float16 else np.uint16), 0, (0, 0, 0, 0))
+    buf = np.zeros(1, problem.dtype if problem.dtype != np.float16 else np.uint16)
+    buf.flags.writeable = False  # typed like the read-only operands it stands in for (one compile)
+    return buf
 
 
 def walk_down(shape, strides, backward):
@@ -779,23 +819,73 @@ def walk_down(shape, strides, backward):
     return (step > 0) != time_up
 
 
-def forward(problem):
+def _small(problem):
+    return math.prod(problem.shape) <= SMALL
+
+
+def forward_launcher(problem):
+    """``run(a, x, h0, out)`` (flat buffers, h0 None when the problem has none) for ``problem``'s geometry."""
+    view = host_view  # float16 buffers as their uint16 bit patterns (a's dtype may differ from x's)
+    (ao, as_), (xo, xs), (oo, os_) = _geo(problem.a), _geo(problem.x), _geo(problem.out)
+    has_h0 = problem.h0 is not None
+    ho, hs = _geo(problem.h0) if has_h0 else (0, (0, 0, 0, 0))
+    dummy = _dummy(problem)
+    shape = tuple(int(n) for n in problem.shape)
+    zero, one = _scalars(problem)
+    if _small(problem):
+        def run(a, x, h0, out):
+            _forward_small(view(a), ao, as_, view(x), xo, xs, dummy if h0 is None else view(h0), ho, hs, has_h0,
+                           view(out), oo, os_, shape, zero)
+        return run
     nthreads = numba.get_num_threads()
-    bs, nch = task_plan(problem.shape, problem.x.strides, nthreads)
-    nparts = max(1, min(math.prod(problem.shape[:3]), 8 * nthreads))
-    h0 = _args(problem.h0) if problem.h0 is not None else _dummy(problem)
-    _forward(*_args(problem.a), *_args(problem.x), *h0, problem.h0 is not None, *_args(problem.out),
-             problem.shape, *_scalars(problem), bs, nch, nparts,
-             walk_down(problem.shape, problem.x.strides, False))
+    bs, nch = task_plan(shape, xs, nthreads)
+    nparts = max(1, min(math.prod(shape[:3]), 8 * nthreads))
+    down = walk_down(shape, xs, False)
+
+    def run(a, x, h0, out):
+        _forward(view(a), ao, as_, view(x), xo, xs, dummy if h0 is None else view(h0), ho, hs, has_h0,
+                 view(out), oo, os_, shape, zero, one, bs, nch, nparts, down)
+    return run
+
+
+def backward_launcher(problem):
+    """``run(a, h, grad_h, h0, grad_x, grad_a, grad_h0)`` (flat buffers; h0 and grad_h0 None when the
+    problem has none) for ``problem``'s geometry."""
+    view = host_view  # float16 buffers as their uint16 bit patterns (a's dtype may differ from x's)
+    geo = [None if s is None else _geo(s) for s in (problem.a, problem.h, problem.grad_h, problem.h0,
+                                                    problem.grad_x, problem.grad_a, problem.grad_h0)]
+    none = (0, (0, 0, 0, 0))
+    (ao, as_), (hO, hS), (go, gs), (h0o, h0s), (xo, xs), (ao2, as2), (g0o, g0s) = [g or none for g in geo]
+    has_h0 = problem.h0 is not None
+    dummy = _dummy(problem)
+    wdummy = np.zeros(1, dummy.dtype)  # the writable stand-in for grad_h0
+    shape = tuple(int(n) for n in problem.shape)
+    zero, one = _scalars(problem)
+    if _small(problem):
+        def run(a, h, grad_h, h0, grad_x, grad_a, grad_h0):
+            _backward_small(view(a), ao, as_, view(h), hO, hS, view(grad_h), go, gs,
+                            dummy if h0 is None else view(h0), h0o, h0s, has_h0, view(grad_x), xo, xs,
+                            view(grad_a), ao2, as2, wdummy if grad_h0 is None else view(grad_h0), g0o, g0s,
+                            shape, zero)
+        return run
+    nthreads = numba.get_num_threads()
+    bs, nch = task_plan(shape, gs, nthreads)
+    nparts = max(1, min(math.prod(shape[:3]), 8 * nthreads))
+    down = walk_down(shape, gs, True)
+
+    def run(a, h, grad_h, h0, grad_x, grad_a, grad_h0):
+        _backward(view(a), ao, as_, view(h), hO, hS, view(grad_h), go, gs, dummy if h0 is None else view(h0),
+                  h0o, h0s, has_h0, view(grad_x), xo, xs, view(grad_a), ao2, as2,
+                  wdummy if grad_h0 is None else view(grad_h0), g0o, g0s, shape, zero, one, bs, nch, nparts, down)
+    return run
+
+
+def forward(problem):
+    forward_launcher(problem)(problem.a.buf, problem.x.buf, None if problem.h0 is None else problem.h0.buf,
+                              problem.out.buf)
 
 
 def backward(problem):
-    nthreads = numba.get_num_threads()
-    bs, nch = task_plan(problem.shape, problem.grad_h.strides, nthreads)
-    nparts = max(1, min(math.prod(problem.shape[:3]), 8 * nthreads))
-    has_h0 = problem.h0 is not None
-    h0 = _args(problem.h0) if has_h0 else _dummy(problem)
-    gh0 = _args(problem.grad_h0) if problem.grad_h0 is not None else _dummy(problem)
-    _backward(*_args(problem.a), *_args(problem.h), *_args(problem.grad_h), *h0, has_h0,
-              *_args(problem.grad_x), *_args(problem.grad_a), *gh0, problem.shape, *_scalars(problem),
-              bs, nch, nparts, walk_down(problem.shape, problem.grad_h.strides, True))
+    backward_launcher(problem)(problem.a.buf, problem.h.buf, problem.grad_h.buf,
+                               None if problem.h0 is None else problem.h0.buf, problem.grad_x.buf,
+                               problem.grad_a.buf, None if problem.grad_h0 is None else problem.grad_h0.buf)

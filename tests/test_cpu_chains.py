@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import parscan
-from parscan import cpu, reference
+from parscan import _plans, cpu, reference
 from conftest import DTYPES, assert_close, rand
 
 THREADS = sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)})
@@ -29,6 +29,17 @@ def threads(request):
     numba.set_num_threads(request.param)
     yield request.param
     numba.set_num_threads(old)
+
+
+@pytest.fixture(autouse=True)
+def parallel_kernels(monkeypatch):
+    """The parallel kernels on every input here: below ``cpu.SMALL`` elements calls would otherwise go
+    to the single-threaded small-problem kernels (tested by ``test_small_problems``).  Cached plans keep
+    the kernel they were made with, so the cache is emptied on the way in and out."""
+    monkeypatch.setattr(cpu, "SMALL", 0)
+    _plans.clear()
+    yield
+    _plans.clear()
 
 
 @pytest.fixture
@@ -200,3 +211,37 @@ def test_bitwise_repeatable(shape, axis):
 ])
 def test_walk_down(shape, strides, backward, want):
     assert cpu.walk_down(shape, strides, backward) == want
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,axis,decay", [
+    ((37,), -1, "full"), ((3, 4, 29), -1, "channel"), ((29, 3, 4), 0, "full"), ((5, 29, 2), 1, "scalar"),
+])
+@pytest.mark.parametrize("with_h0", [False, True])
+def test_small_problems(monkeypatch, dtype, shape, axis, decay, with_h0):
+    """Problems of at most ``cpu.SMALL`` elements run single-threaded (``_forward_small`` /
+    ``_backward_small``): against the reference, and against the parallel kernels, both layouts'
+    channel walks, a constant in time (grad_a summed), h0 (grad_h0)."""
+    rng = np.random.default_rng(3)
+    x = rand(rng, shape, dtype)
+    a = rand(rng, shape, dtype, "a")
+    if decay == "channel":
+        a = np.ascontiguousarray(np.take(a, [0], axis=axis))
+    elif decay == "scalar":
+        a = 0.9
+    h0 = rand(rng, shape[:axis % len(shape)] + shape[axis % len(shape) + 1:], dtype) if with_h0 else None
+    monkeypatch.setattr(cpu, "SMALL", 1 << 14)
+    _plans.clear()
+    h, grads = _check(a, x, h0, axis=axis, dtype=dtype)
+    for _ in range(2):  # replayed from the plan cache: the prepared small launcher
+        assert np.array_equal(parscan.linear_scan(a, x, h0, axis=axis, backend="cpu"), h)
+    monkeypatch.setattr(cpu, "SMALL", 0)
+    _plans.clear()
+    big = parscan.linear_scan(a, x, h0, axis=axis, backend="cpu")
+    assert_close(big, h, dtype)
+    gh = np.empty_like(x)
+    gh[...] = rand(np.random.default_rng(1), x.shape, x.dtype)
+    for g, w in zip(parscan.linear_scan_backward(a, h, gh, h0, axis=axis, backend="cpu"), grads):
+        assert (g is None) == (w is None)
+        if g is not None:
+            assert_close(g, w, dtype)

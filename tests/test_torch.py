@@ -41,6 +41,33 @@ def test_gradcheck_and_match_the_loop(dtype, reverse, a_shape):
         torch.testing.assert_close(u, v)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.complex64])
+def test_eager_paths_match_the_registered_op(dtype):
+    """Eagerly, linear_scan calls the op's functions directly (no gradient) or through an autograd
+    Function (a gradient wanted); both give the registered op's values and gradients, for conjugate
+    and negative views too (resolved, never read as their bits)."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 9, dtype=dtype, generator=g)
+    a = (0.5 * torch.rand(3, 1, generator=g) + 0.3).to(dtype)
+    h0 = torch.randn(3, dtype=dtype, generator=g)
+    if dtype.is_complex:
+        x = x.conj()  # a conjugate view
+    with torch.no_grad():
+        fast = pt.linear_scan(a, x, h0, reverse=True)
+    op = torch.ops.parscan.linear_scan(a, x, h0, -1, True)
+    torch.testing.assert_close(fast, op, rtol=0, atol=0)
+    torch.testing.assert_close(fast, _loop(a, x.resolve_conj(), h0, -1, True))
+    grads = []
+    for path in ("eager", "op"):
+        ins = [v.detach().clone().requires_grad_() for v in (a, x, h0)]
+        h = pt.linear_scan(*ins, reverse=True) if path == "eager" else \
+            torch.ops.parscan.linear_scan(*ins, -1, True)
+        (h.abs() ** 2).sum().backward()
+        grads.append([v.grad for v in ins])
+    for u, v in zip(*grads):
+        torch.testing.assert_close(u, v, rtol=0, atol=0)
+
+
 def test_time_major_axis_and_no_h0():
     x = torch.randn(7, 2, 3, dtype=torch.float64, requires_grad=True)
     a = torch.full((1, 2, 3), 0.8, dtype=torch.float64, requires_grad=True)

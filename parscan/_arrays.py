@@ -120,8 +120,8 @@ def as_operand(obj, name: str, *, allow_scalar: bool = False) -> Operand:
     top = _top_module(obj)
     if top in ("jax", "jaxlib") and "Tracer" in type(obj).__name__:
         raise TypeError(f"{name} is a JAX tracer: parscan runs eagerly on concrete jax.Array values and "
-                        f"cannot be traced by jax.jit / grad / vmap; call it outside the transformation "
-                        f"(or wrap it in jax.pure_callback)")
+                        f"cannot be traced by jax.jit / grad / vmap; under a transformation use "
+                        f"parscan.jax.linear_scan (or parscan.jax.matrix_linear_scan), which can")
     sim = _simulator_array_type()
     if sim is not None and isinstance(obj, sim):  # its data is the NumPy array _ary (simulator's devicearray.py)
         return _checked(Operand(name, obj._ary, "numba", 0, simulated=True))

@@ -1,5 +1,5 @@
 """JAX: eager jax.Array values in and out (zero-copy through DLPack), never written into; clear errors
-for out= and for tracing under jax.jit."""
+for out= and for tracing under jax.jit (which parscan.jax serves: tests/test_jax_jit.py)."""
 
 import numpy as np
 import pytest
@@ -28,5 +28,5 @@ def test_out_and_jit_are_refused_with_the_reason():
     x = jnp.ones((2, 5), jnp.float32)
     with pytest.raises(ValueError, match="out cannot be a JAX array: JAX arrays are immutable"):
         parscan.linear_scan(0.5, x, out=jnp.zeros((2, 5), jnp.float32))
-    with pytest.raises(TypeError, match="x is a JAX tracer: parscan runs eagerly"):
+    with pytest.raises(TypeError, match="x is a JAX tracer: parscan runs eagerly.*use parscan.jax.linear_scan"):
         jax.jit(lambda v: parscan.linear_scan(0.5, v))(x)

@@ -19,6 +19,8 @@ Suites (``--suite``, comma-separated; default all that can run here):
   auto-dispatched ``linear_scan`` vs the naive one-thread-per-channel serial kernel, beside the paper.
 - ``peers`` (GPU): the same problems through the peers that are importable; each missing one is
   listed with the reason.
+- ``jax``: ``parscan.jax.linear_scan`` under ``jax.jit`` vs ``jax.lax.associative_scan`` and ``lax.scan``,
+  forward and forward+backward, on JAX's default backend (CPU here, the GPU on a device).
 
 Every figure is a median over repeats with its min..max; inputs are random and checked against the
 reference before timing.  Output: ``bench.json`` (machine, versions, every row), ``bench.md`` and, with
@@ -36,7 +38,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from .. import _backends
-from . import cpu, deer, deer_gpu, latency, paper, peers, roofline
+from . import cpu, deer, deer_gpu, jax, latency, paper, peers, roofline
 from ._common import Progress, copy_bandwidth
 
 
@@ -56,6 +58,7 @@ SUITES = {
     "paper": Suite(paper.suite_paper, lambda ctx, st: 12, gpu=True),
     "peers": Suite(peers.suite_peers, lambda ctx, st: 10, gpu=True),
     "deer-gpu": Suite(deer_gpu.suite_deer_gpu, lambda ctx, st: 4 if ctx["quick"] else 28, gpu=True),
+    "jax": Suite(jax.suite_jax, jax._steps),
 }
 GPU_SUITES = tuple(name for name, s in SUITES.items() if s.gpu)
 

@@ -1,0 +1,514 @@
+"""JAX embedding: parscan's scans as jittable, differentiable, vmappable JAX functions (``parscan[jax]``).
+
+- :func:`linear_scan` ``h[t] = a[t] * h[t-1] + x[t]`` and :func:`matrix_linear_scan`
+  ``h_t = A_t h_{t-1} + x_t``: the contract of :func:`parscan.linear_scan` /
+  :func:`parscan.matrix_linear_scan` on ``jax.Array`` values, usable eagerly and under ``jax.jit``,
+  ``jax.grad`` / ``value_and_grad`` / ``vjp``, ``jax.vmap`` and ``jax.checkpoint``.
+- :class:`GILRLSTM`: :class:`parscan.layers.GILRLSTM`'s hand-written forward and backward as a
+  jittable, differentiable function of a params pytree (the same parameter names).
+
+How it runs.  Each scan is one ``jax.experimental.buffer_callback`` (jax >= 0.6.1): XLA hands the
+callback its input buffers and the output buffers it has allocated, and the callback runs parscan's
+public functions on them, zero-copy:
+
+- on the CPU the buffers are NumPy views of XLA's memory and the ``cpu`` backend writes the scan
+  straight into XLA's output buffer (``parscan.linear_scan(..., out=<XLA's buffer>)``);
+- on a CUDA GPU the buffers are CuPy views of XLA's device memory (through
+  ``__cuda_array_interface__``) and the ``cupy`` backend's kernels are queued on XLA's computation
+  stream (``cupy.cuda.ExternalStream(ctx.stream)``): no copy, no host round trip, no synchronisation.
+
+There is no second planner and no second copy of the math: the callbacks call
+:func:`parscan.linear_scan`, :func:`parscan.linear_scan_backward`, :func:`parscan.matrix_linear_scan`,
+:func:`parscan.matrix_linear_scan_backward` and the layer's own ``forward`` / ``backward``.
+
+Gradients.  Each scan is a ``jax.custom_vjp`` whose backward is parscan's fused backward (grads for
+a, x and h0; a's summed over the dimensions it was broadcast along).  JAX's convention for complex
+numbers is the transpose without conjugation; parscan's backward follows PyTorch's (conjugated), so
+the JAX backward is ``conj(parscan_backward(conj(grad_h)))`` (complex dtypes only).  Forward mode
+(``jax.jvp``, ``jax.jacfwd``) is not available: JAX raises ``TypeError: can't apply forward-mode
+autodiff (jvp) to a custom_vjp function``; use reverse mode (``jax.vjp``, ``jax.jacrev``).
+
+vmap.  The callbacks are called once with the whole batch (``vmap_method="expand_dims"``: batched
+operands gain a leading batch axis, unbatched ones a leading axis of size 1 that broadcasts, never
+materialised); the time axis is counted from the end, so no Python loop runs over the batch.
+(:class:`GILRLSTM` maps its callbacks sequentially: its batch is already an axis of x.)
+
+Copies.  The forward writes into XLA's buffer.  ``linear_scan_backward`` and the matrix scan return
+new arrays, which the callbacks copy into XLA's output buffers (one copy of each result).  bfloat16,
+which NumPy and CuPy lack, is computed in float32 (a cast copy each way, in JAX); complex
+cotangents are conjugated in JAX (one elementwise pass each way).  Everything else reaches the
+kernels as it is.
+
+GPU memory.  parscan's own temporaries (the look-back's status words, the backward's results before
+they are copied) come from CuPy's memory pool, beside XLA's: leave room for them when XLA preallocates
+(``XLA_PYTHON_CLIENT_MEM_FRACTION``; about 2x the gradients of the largest scan).
+
+Errors.  Wrong dtypes, shapes or axes raise at trace time the exceptions parscan raises for NumPy
+arrays, with the same messages (the checks run on zero-stride stand-ins of the arguments: no memory,
+no compute).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental.buffer_callback import buffer_callback
+
+from . import layers as _layers
+from ._arrays import as_operand
+from ._problem import _broadcast, _h0_view, normalize_axis
+from .matrix import _check as _matrix_check
+from .matrix import matrix_linear_scan as _matrix_scan
+from .matrix import matrix_linear_scan_backward as _matrix_scan_backward
+from .scan import linear_scan as _scan
+from .scan import linear_scan_backward as _scan_backward
+
+__all__ = ["linear_scan", "matrix_linear_scan", "GILRLSTM"]
+
+_DL_CPU, _DL_CUDA, _DL_CUDA_HOST, _DL_CUDA_MANAGED = 1, 2, 3, 13
+_BF16 = jnp.dtype(jnp.bfloat16)
+# plan_forward's advice for an a that does not broadcast (tests/test_jax_jit.py checks they agree)
+_A_FIX = ("a must broadcast to x's shape; for a decay constant in time give a a size-1 time axis "
+          "(e.g. a[..., None] when axis=-1)")
+
+
+# ----------------------------------------------------------------------------- buffers -> arrays
+
+def _cupy_view(cp, buf, device):
+    """XLA's device buffer as a CuPy array over the same memory (``__cuda_array_interface__``)."""
+    cai = buf.__cuda_array_interface__
+    shape, dtype = tuple(cai["shape"]), np.dtype(cai["typestr"])
+    mem = cp.cuda.UnownedMemory(cai["data"][0], dtype.itemsize * math.prod(shape), buf, device)
+    return cp.ndarray(shape, dtype, cp.cuda.MemoryPointer(mem, 0), cai.get("strides"))
+
+
+def _host_view(buf, writeable):
+    arr = np.asarray(buf)  # a view of XLA's memory (Buffer.__array__ is zero-copy on the CPU)
+    if not writeable:
+        arr = arr.view()
+        arr.flags.writeable = False  # inputs are never written
+    return arr
+
+
+@contextlib.contextmanager
+def _arrays(ctx, outs, ins):
+    """``(xp, outs, ins)``: the callback's buffers as NumPy (CPU) or CuPy (CUDA, with XLA's stream as
+    CuPy's current stream while the block runs) arrays, zero-copy; inputs read-only on the host."""
+    kind, device = (int(v) for v in outs[0].__dlpack_device__())
+    if kind == _DL_CPU:
+        yield np, [_host_view(b, True) for b in outs], [_host_view(b, False) for b in ins]
+    elif kind in (_DL_CUDA, _DL_CUDA_MANAGED):
+        import cupy as cp  # noqa: PLC0415
+
+        with cp.cuda.Device(device), cp.cuda.ExternalStream(int(ctx.stream), device):
+            yield cp, [_cupy_view(cp, b, device) for b in outs], [_cupy_view(cp, b, device) for b in ins]
+    else:
+        raise RuntimeError(f"parscan.jax runs on the CPU and on CUDA GPUs; XLA gave it a buffer on DLPack "
+                           f"device type {kind}: run the computation on the CPU or a CUDA GPU")
+
+
+def _fit(xp, v, shape):
+    """``v`` broadcast (a zero-stride view) to ``shape``: under vmap an unbatched operand has a batch
+    axis of 1 where the results have the batch size."""
+    return v if tuple(v.shape) == tuple(shape) else xp.broadcast_to(v, shape)
+
+
+def _call(callback, outs, args, vmap_method="expand_dims"):
+    return buffer_callback(callback, outs, vmap_method=vmap_method)(*args)
+
+
+# ----------------------------------------------------------------------------- arguments
+
+def _standin(v):
+    """What parscan's checks see of ``v``: Python scalars as they are, arrays as read-only zero-stride
+    NumPy views of their shape and dtype (bfloat16 as float32, which is how it is computed)."""
+    if v is None or isinstance(v, (bool, int, float, complex, np.bool_)):
+        return v
+    if not hasattr(v, "dtype") or not hasattr(v, "shape"):
+        if isinstance(v, (list, tuple)):
+            v = np.asarray(v)
+        else:
+            return v  # as_operand says what it is
+    dt = np.dtype(np.float32) if v.dtype == _BF16 else np.dtype(v.dtype)
+    return np.broadcast_to(np.zeros((), dt), tuple(v.shape))
+
+
+def _weak(v) -> bool:
+    try:
+        return bool(jax.typeof(v).weak_type)
+    except TypeError:
+        return False
+
+
+def _jax_inputs(values):
+    """``(arrays, result dtype, compute dtype)``: JAX's promotion of the values (Python scalars weak),
+    bfloat16 computed in float32; scalars, weakly typed and bfloat16 arrays are cast to the compute
+    dtype (so that NumPy's promotion of what the callback sees is the compute dtype)."""
+    values = [np.asarray(v) if isinstance(v, (list, tuple)) else v for v in values]
+    present = [v for v in values if v is not None]
+    res = jnp.result_type(*present)
+    work = jnp.dtype(jnp.float32) if res == _BF16 else jnp.dtype(res)
+    out = []
+    for v in values:
+        if v is None:
+            out.append(None)
+            continue
+        cast = isinstance(v, (int, float, complex)) or _weak(v)
+        v = jnp.asarray(v)
+        if cast or v.dtype == _BF16:
+            v = v.astype(work)  # a copy for bfloat16 (no NumPy type); a scalar otherwise
+        out.append(v)
+    return out, jnp.dtype(res), work
+
+
+def _lead(v, ndim):
+    """``v`` with leading size-1 axes up to ``ndim`` dims (a reshape: free in XLA)."""
+    return v if v.ndim == ndim else v.reshape((1,) * (ndim - v.ndim) + v.shape)
+
+
+def _conj(v):
+    return jnp.conj(v) if v is not None and jnp.iscomplexobj(v) else v
+
+
+def _as_primal(g, dtype):
+    """A cotangent in its primal's dtype (the real part for a real primal)."""
+    if jnp.iscomplexobj(g) and not jnp.issubdtype(dtype, jnp.complexfloating):
+        g = g.real
+    return g.astype(dtype)
+
+
+def _sds(v):
+    return jax.ShapeDtypeStruct(v.shape, v.dtype)
+
+
+# ----------------------------------------------------------------------------- linear_scan
+
+def _scan_callback(axis, reverse, ctx, out, a, x, *h0):
+    with _arrays(ctx, [out], [a, x, *h0]) as (xp, (o,), (av, xv, *h0v)):
+        _scan(av, _fit(xp, xv, o.shape), h0v[0] if h0v else None, axis=axis, reverse=reverse, out=o)
+
+
+def _scan_backward_callback(axis, reverse, ctx, outs, a, h, g, *h0):
+    with _arrays(ctx, outs, [a, h, g, *h0]) as (xp, outs, (av, hv, gv, *h0v)):
+        ga_o, gx_o = outs[0], outs[1]
+        h0v = _fit(xp, h0v[0], outs[2].shape) if h0v else None
+        ga, gx, gh0 = _scan_backward(_fit(xp, av, ga_o.shape), _fit(xp, hv, gx_o.shape), _fit(xp, gv, gx_o.shape),
+                                     h0v, axis=axis, reverse=reverse)
+        ga_o[...] = ga  # copies: linear_scan_backward allocates its results
+        gx_o[...] = gx
+        if h0v is not None:
+            outs[2][...] = gh0
+
+
+def _scan_call(a, x, h0, axis, reverse):
+    dtype = np.result_type(*(v.dtype for v in (a, x, h0) if v is not None))
+    args = (a, x) if h0 is None else (a, x, h0)
+    return _call(functools.partial(_scan_callback, axis, reverse), jax.ShapeDtypeStruct(x.shape, dtype), args)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _scan_vjp(a, x, h0, axis, reverse, x_dtype):
+    return _scan_call(a, x, h0, axis, reverse)
+
+
+def _scan_fwd(a, x, h0, axis, reverse, x_dtype):
+    h = _scan_call(a, x, h0, axis, reverse)
+    return h, (a, h, h0)
+
+
+def _scan_bwd(axis, reverse, x_dtype, res, ct):
+    a, h, h0 = res
+    outs = (_sds(a), _sds(h)) + (() if h0 is None else (_sds(h0),))
+    args = (a, h, _conj(ct)) + (() if h0 is None else (h0,))
+    grads = _call(functools.partial(_scan_backward_callback, axis, reverse), outs, args)
+    ga, gx = _conj(grads[0]), _conj(grads[1])
+    gh0 = None if h0 is None else _conj(grads[2])
+    return ga, _as_primal(gx, x_dtype), gh0
+
+
+_scan_vjp.defvjp(_scan_fwd, _scan_bwd)
+
+
+def _check_scan(a, x, h0, axis):
+    """parscan.linear_scan's argument checks (same exceptions and messages), at trace time."""
+    xo = as_operand(_standin(x), "x")
+    ao = as_operand(_standin(a), "a", allow_scalar=True)
+    ho = None if h0 is None else as_operand(_standin(h0), "h0", allow_scalar=True)
+    xa = xo.array
+    if xa.ndim == 0:
+        raise ValueError("x is 0-d; it needs at least one dimension, the time axis")
+    ax = normalize_axis(axis, xa.ndim)
+    dtype = np.result_type(*(op.dtype_or_value for op in (ao, xo, ho) if op is not None))
+    _broadcast(np, ao, xa.shape, dtype, "a", _A_FIX)
+    if ho is not None:
+        _h0_view(np, ho, xa.shape, ax, dtype)
+    return ax
+
+
+def linear_scan(a, x, h0=None, *, axis=-1, reverse=False):
+    """``h[t] = a[t] * h[t-1] + x[t]`` along ``axis`` on JAX arrays: jittable, differentiable, vmappable.
+
+    The contract of :func:`parscan.linear_scan` (``h[-1] = h0``, zeros when None; ``reverse=True``
+    runs ``h[t] = a[t] * h[t+1] + x[t]`` from ``h[T] = h0``; ``a`` broadcasts to x's shape and is never
+    materialised; ``h0`` broadcasts to x's shape without ``axis``; the result dtype is the promotion
+    of a, x and h0 with Python scalars weak; float16 accumulates in float32; bfloat16 is computed in
+    float32 and rounded back), returning a ``jax.Array``.  There is no ``out=``: JAX arrays are
+    immutable (XLA's own output buffer is written in place).
+
+    Gradients (``jax.grad``, ``jax.vjp``) with respect to ``a``, ``x`` and ``h0`` are parscan's fused
+    backward (:func:`parscan.linear_scan_backward`; ``grad_a`` summed over what ``a`` was broadcast
+    along); with ``g = dL/dx`` and cotangent ``dL/dh`` (JAX's convention: no conjugates)::
+
+        g[t] = dL/dh[t] + a[t+1] g[t+1],   dL/da[t] = g[t] h[t-1],   dL/dh0 = a[0] g[0]
+
+    Forward-mode differentiation (``jax.jvp``) raises JAX's ``TypeError`` for custom_vjp functions.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp, parscan.jax
+    >>> parscan.jax.linear_scan(0.5, jnp.ones(4))
+    Array([1.   , 1.5  , 1.75 , 1.875], dtype=float32)
+    >>> jax.grad(lambda a: parscan.jax.linear_scan(a, jnp.ones(3)).sum())(jnp.float32(0.5))
+    Array(3., dtype=float32)
+    """
+    ax = _check_scan(a, x, h0, axis)
+    (a, x, h0), res, work = _jax_inputs((a, x, h0))
+    a = _lead(a, x.ndim)
+    h0 = None if h0 is None else _lead(h0, x.ndim - 1)
+    h = _scan_vjp(a, x, h0, ax - x.ndim, bool(reverse), jnp.dtype(x.dtype))
+    return h if h.dtype == res else h.astype(res)
+
+
+# ----------------------------------------------------------------------------- matrix_linear_scan
+
+def _matrix_callback(reverse, ctx, out, A, x, *h0):
+    with _arrays(ctx, [out], [A, x, *h0]) as (xp, (o,), (Av, xv, *h0v)):
+        o[...] = _matrix_scan(Av, xv, h0v[0] if h0v else None, reverse=reverse)  # a copy: a new array
+
+
+def _matrix_backward_callback(reverse, ctx, outs, A, h, g, *h0):
+    with _arrays(ctx, outs, [A, h, g, *h0]) as (xp, outs, (Av, hv, gv, *h0v)):
+        h0v = _fit(xp, h0v[0], outs[2].shape) if h0v else None
+        gA, gx, gh0 = _matrix_scan_backward(_fit(xp, Av, outs[0].shape), _fit(xp, hv, outs[1].shape),
+                                            _fit(xp, gv, outs[1].shape), h0v, reverse=reverse)
+        outs[0][...] = gA
+        outs[1][...] = gx
+        if h0v is not None:
+            outs[2][...] = gh0
+
+
+def _matrix_call(A, x, h0, reverse, out_shape):
+    dtype = np.result_type(*(v.dtype for v in (A, x, h0) if v is not None))
+    args = (A, x) if h0 is None else (A, x, h0)
+    return _call(functools.partial(_matrix_callback, reverse), jax.ShapeDtypeStruct(out_shape, dtype), args)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _matrix_vjp(A, x, h0, reverse, out_shape, x_meta):
+    return _matrix_call(A, x, h0, reverse, out_shape)
+
+
+def _matrix_fwd(A, x, h0, reverse, out_shape, x_meta):
+    h = _matrix_call(A, x, h0, reverse, out_shape)
+    return h, (A, h, h0)
+
+
+def _matrix_bwd(reverse, out_shape, x_meta, res, ct):
+    (x_shape, x_dtype), (A, h, h0) = x_meta, res
+    outs = (_sds(A), _sds(h)) + (() if h0 is None else (_sds(h0),))
+    args = (A, h, _conj(ct)) + (() if h0 is None else (h0,))
+    grads = _call(functools.partial(_matrix_backward_callback, reverse), outs, args)
+    gA, gx = _conj(grads[0]), _conj(grads[1])
+    # x broadcasts against A's and h0's leading dims: sum over the ones it was broadcast along
+    axes = tuple(d for d, (n, m) in enumerate(zip(x_shape[:-2], gx.shape[:-2])) if n == 1 and m != 1)
+    if axes:
+        gx = gx.sum(axis=axes, keepdims=True)
+    return gA, _as_primal(gx, x_dtype), None if h0 is None else _conj(grads[2])
+
+
+_matrix_vjp.defvjp(_matrix_fwd, _matrix_bwd)
+
+
+def matrix_linear_scan(A, x, h0=None, *, reverse=False):
+    """``h_t = A_t h_{t-1} + x_t`` on JAX arrays (dense n x n coefficients): jittable, differentiable,
+    vmappable.
+
+    The contract of :func:`parscan.matrix_linear_scan`: x (..., T, n), A (..., T, n, n) or
+    (..., 1, n, n) (constant in time), h0 (..., n) or None (zeros); leading dims broadcast; the
+    result has x's shape broadcast with the leading dims of A and h0, dtype their promotion (float16
+    computed in float32; bfloat16 computed in float32 and rounded back).  ``reverse=True`` runs
+    ``h_t = A_t h_{t+1} + x_t`` from ``h_T = h0``.  Gradients (reverse mode) are
+    :func:`parscan.matrix_linear_scan_backward` (JAX's convention: ``g_t = dL/dh_t + A_{t+1}^T
+    g_{t+1}``, ``dL/dA_t = g_t h_{t-1}^T``, ``dL/dh0 = A_0^T g_0``), summed over broadcast dims.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp, parscan.jax
+    >>> A = jnp.array([[[0.0, 1.0], [1.0, 0.0]]])          # swap the two components, constant in time
+    >>> parscan.jax.matrix_linear_scan(A, jnp.array([[1.0, 0.0], [0.0, 0.0], [0.0, 0.0]]))
+    Array([[1., 0.],
+           [0., 1.],
+           [1., 0.]], dtype=float32)
+    """
+    names = ("A", "x")
+    xs = as_operand(_standin(x), "x").array
+    As = as_operand(_standin(A), "A").array
+    hs = None if h0 is None else as_operand(_standin(h0), "h0").array
+    lead, T, n, _, _ = _matrix_check(As, xs, hs, names)
+    (A, x, h0), res, work = _jax_inputs((A, x, h0))
+    k = len(lead)
+    A, x = _lead(A, k + 3), _lead(x, k + 2)
+    h0 = None if h0 is None else _lead(h0, k + 1)
+    h = _matrix_vjp(A, x, h0, bool(reverse), tuple(lead) + (T, n), (tuple(x.shape), jnp.dtype(x.dtype)))
+    return h if h.dtype == res else h.astype(res)
+
+
+# ----------------------------------------------------------------------------- GILR-LSTM
+
+_PARAMS = ("W_g", "b_g", "W_j", "b_j", "W", "U", "b")
+_CACHE = ("g", "j", "s", "f", "i", "o", "z", "c")  # what the backward needs of the forward (besides x, s0, c0)
+
+
+@functools.lru_cache(maxsize=None)
+def _template(m, n, dtype):
+    return _layers.GILRLSTM(m, n, dtype=dtype, seed=0)
+
+
+def _layer(meta, xp, params):
+    """A :class:`parscan.layers.GILRLSTM` of sizes ``meta`` whose parameters are ``params`` (views of
+    XLA's buffers), on ``xp``."""
+    layer = copy.copy(_template(*meta))
+    layer.xp = xp
+    layer.params = dict(zip(_PARAMS, params))
+    return layer
+
+
+def _gilr_callback(meta, ctx, outs, *ins):
+    with _arrays(ctx, outs, ins) as (xp, outs, ins):
+        params, (x, s0, c0) = ins[:7], ins[7:]
+        h, (sT, cT), cache = _layer(meta, xp, params).forward(x, (s0, c0))
+        _, _, _, g, j, s, _, f, i, o, z, c = cache
+        for dst, src in zip(outs, (h, sT, cT, g, j, s, f, i, o, z, c)):
+            dst[...] = src  # copies: the layer allocates its results
+
+
+def _gilr_backward_callback(meta, ctx, outs, *ins):
+    with _arrays(ctx, outs, ins) as (xp, outs, ins):
+        params, (x, s0, c0), saved, (gh, gs, gc) = ins[:7], ins[7:10], ins[10:18], ins[18:]
+        g, j, s, f, i, o, z, c = saved
+        sp = xp.concatenate([s0[None], s[:-1]], axis=0) if len(s) else s
+        cache = (x, s0, c0, g, j, s, sp, f, i, o, z, c)
+        dx, grads, (ds0, dc0) = _layer(meta, xp, params).backward(gh, cache, (gs, gc))
+        for dst, src in zip(outs, [grads[k] for k in _PARAMS] + [dx, ds0, dc0]):
+            dst[...] = src
+
+
+def _gilr_outs(x, n):
+    T, B, _ = x.shape
+    seq = jax.ShapeDtypeStruct((T, B, n), x.dtype)
+    last = jax.ShapeDtypeStruct((B, n), x.dtype)
+    return (seq, last, last) + (seq,) * len(_CACHE)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _gilr_vjp(params, x, s0, c0, meta):
+    h, sT, cT, *_ = _call(functools.partial(_gilr_callback, meta), _gilr_outs(x, meta[1]),
+                          (*params, x, s0, c0), "sequential")
+    return h, sT, cT
+
+
+def _gilr_fwd(params, x, s0, c0, meta):
+    h, sT, cT, *saved = _call(functools.partial(_gilr_callback, meta), _gilr_outs(x, meta[1]),
+                              (*params, x, s0, c0), "sequential")
+    return (h, sT, cT), (params, x, s0, c0, saved)
+
+
+def _gilr_bwd(meta, res, cts):
+    params, x, s0, c0, saved = res
+    outs = tuple(_sds(p) for p in params) + (_sds(x), _sds(s0), _sds(c0))
+    grads = _call(functools.partial(_gilr_backward_callback, meta), outs, (*params, x, s0, c0, *saved, *cts),
+                  "sequential")
+    return tuple(grads[:7]), grads[7], grads[8], grads[9]
+
+
+_gilr_vjp.defvjp(_gilr_fwd, _gilr_bwd)
+
+
+class GILRLSTM:
+    """:class:`parscan.layers.GILRLSTM` for JAX: ``h, (s_T, c_T) = layer(params, x, state=None)``.
+
+    ``params`` is a dict (a pytree) with the names and shapes of :class:`parscan.GILRLSTM`'s
+    parameters (``W_g (m, n)``, ``b_g (n,)``, ``W_j (m, n)``, ``b_j (n,)``, ``W (m, 4n)``,
+    ``U (n, 4n)``, ``b (4n,)``); :meth:`init` gives the initial values of ``parscan.GILRLSTM`` with
+    the same seed.  x is (T, B, m), time-major; ``state`` is ``(s0, c0)``, each (B, n), or None
+    (zeros).  The call is jittable and differentiable in params, x and state (``jax.grad``,
+    ``jax.value_and_grad``): forward and backward are the layer's own hand-written passes, run on
+    XLA's buffers through ``jax.experimental.buffer_callback`` (both scans are ``linear_scan`` calls),
+    so the gradients are exactly ``parscan.GILRLSTM.backward``'s.  Under ``jax.vmap`` the callbacks
+    run once a batch element (sequentially); batch in x's B axis instead.
+
+    Equations (sigma the logistic sigmoid; gate blocks f, i, o, z)::
+
+        g = sigma(x W_g + b_g),  j = tanh(x W_j + b_j),  s_t = g_t s_{t-1} + (1 - g_t) j_t
+        [f, i, o, z]_t = x_t W + s_{t-1} U + b,  c_t = f_t c_{t-1} + i_t z_t,  h_t = o_t c_t
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp, parscan.jax
+    >>> layer = parscan.jax.GILRLSTM(3, 8, seed=0)
+    >>> params = layer.init()
+    >>> x = jnp.ones((100, 2, 3))
+    >>> loss = lambda p: layer(p, x)[0][-1].sum()
+    >>> grads = jax.jit(jax.grad(loss))(params)
+    >>> sorted(grads) == sorted(params)
+    True
+    """
+
+    def __init__(self, input_size, hidden_size, *, dtype="float32", seed=None, forget_bias=1.0):
+        self._init = _layers.GILRLSTM(input_size, hidden_size, dtype=dtype, seed=seed, forget_bias=forget_bias)
+        self.input_size, self.hidden_size = self._init.input_size, self._init.hidden_size
+        self.dtype = self._init.dtype
+        if self.dtype == np.float64 and not jax.config.read("jax_enable_x64"):
+            raise TypeError("dtype float64 needs JAX's 64-bit mode: jax.config.update('jax_enable_x64', True) "
+                            "first, or use dtype='float32'")
+
+    def init(self):
+        """The initial parameters (those of ``parscan.GILRLSTM`` with the same arguments), as JAX arrays."""
+        return {k: jnp.asarray(np.array(v)) for k, v in self._init.params.items()}
+
+    def _shapes(self):
+        m, n = self.input_size, self.hidden_size
+        return {"W_g": (m, n), "b_g": (n,), "W_j": (m, n), "b_j": (n,), "W": (m, 4 * n), "U": (n, 4 * n),
+                "b": (4 * n,)}
+
+    def __call__(self, params, x, state=None):
+        want = self._shapes()
+        if not isinstance(params, dict) or set(params) != set(want):
+            got = sorted(params) if isinstance(params, dict) else type(params).__name__
+            raise ValueError(f"params must be a dict with the keys {sorted(want)}, got {got}; use layer.init()")
+        for k, shape in want.items():
+            p = params[k]
+            if tuple(jnp.shape(p)) != shape or jnp.result_type(p) != self.dtype:
+                raise ValueError(f"params[{k!r}] must have shape {shape} and dtype {self.dtype}, got "
+                                 f"{tuple(jnp.shape(p))} {jnp.result_type(p)}")
+        _layers._check_x(_standin(x), self.input_size)
+        T, B, _ = x.shape
+        x = jnp.asarray(x, self.dtype)
+        n = self.hidden_size
+        if state is None:
+            s0 = c0 = jnp.zeros((B, n), self.dtype)
+        else:
+            if not isinstance(state, (tuple, list)) or len(state) != 2:
+                raise ValueError(f"state must be None or a tuple of 2 arrays of shape ({B}, {n})")
+            s0, c0 = (jnp.asarray(v, self.dtype) for v in state)
+            if s0.shape != (B, n) or c0.shape != (B, n):
+                raise ValueError(f"state entries must have shape ({B}, {n}), got {s0.shape}, {c0.shape}")
+        meta = (self.input_size, n, self.dtype.name)
+        h, sT, cT = _gilr_vjp(tuple(params[k] for k in _PARAMS), x, s0, c0, meta)
+        return h, (sT, cT)

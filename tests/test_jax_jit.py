@@ -1,0 +1,506 @@
+"""parscan.jax: the scans under jax.jit / grad / vmap / checkpoint through jax.experimental.buffer_callback,
+against parscan.reference, jax.lax.associative_scan and lax.scan loops (issue #16).
+
+Shapes are small and reused so that the jit compilations stay few (the whole file runs in well under a
+minute on two cores once the cpu backend's kernels are compiled)."""
+
+import contextlib
+import importlib.util
+import pathlib
+
+import numpy as np
+import pytest
+
+import parscan
+from parscan import reference
+
+jax = pytest.importorskip("jax", reason="JAX is optional")
+jnp = pytest.importorskip("jax.numpy")
+pj = pytest.importorskip("parscan.jax")
+from jax import lax  # noqa: E402
+
+from conftest import TOL, rand  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@contextlib.contextmanager
+def x64():
+    """JAX's 64-bit mode for the duration (float64 / complex128 arrays)."""
+    if hasattr(jax, "enable_x64"):
+        with jax.enable_x64(True):
+            yield
+    else:  # pragma: no cover - older JAX
+        old = jax.config.read("jax_enable_x64")
+        jax.config.update("jax_enable_x64", True)
+        try:
+            yield
+        finally:
+            jax.config.update("jax_enable_x64", old)
+
+
+def close(got, want, tol):
+    got, want = np.asarray(got, dtype=np.complex128), np.asarray(want, dtype=np.complex128)
+    assert got.shape == want.shape, (got.shape, want.shape)
+    scale = max(1.0, float(np.max(np.abs(want)))) if want.size else 1.0
+    err = float(np.max(np.abs(got - want))) if want.size else 0.0
+    assert err <= tol * scale, f"max error {err:.3g} > {tol * scale:.3g}"
+
+
+def scan_loop(a, x, h0=None, axis=-1, reverse=False):
+    """The recurrence as a lax.scan loop (what jax.grad differentiates for the reference gradients)."""
+    dt = jnp.result_type(a, x, *(() if h0 is None else (h0,)))
+    xm = jnp.moveaxis(jnp.asarray(x, dt), axis, 0)
+    am = jnp.moveaxis(jnp.broadcast_to(jnp.asarray(a, dt), jnp.shape(x)), axis, 0)
+    h = jnp.zeros(xm.shape[1:], dt) if h0 is None else jnp.broadcast_to(jnp.asarray(h0, dt), xm.shape[1:])
+
+    def step(h, ax):
+        h = ax[0] * h + ax[1]
+        return h, h
+
+    _, hs = lax.scan(step, h, (am, xm), reverse=reverse)
+    return jnp.moveaxis(hs, 0, axis)
+
+
+def assoc(a, x, h0=None, axis=-1, reverse=False):
+    """jax.lax.associative_scan of the same recurrence (h0 folded into the first step)."""
+    a = jnp.broadcast_to(a, x.shape)
+    if h0 is not None:
+        first = x.shape[axis] - 1 if reverse else 0
+        idx = [slice(None)] * x.ndim
+        idx[axis] = first
+        x = x.at[tuple(idx)].add(a[tuple(idx)] * h0)
+    _, h = lax.associative_scan(lambda l, r: (l[0] * r[0], r[0] * l[1] + r[1]), (a, x), axis=axis, reverse=reverse)
+    return h
+
+
+# ------------------------------------------------------------------------------- forward
+
+SHAPE = (2, 3, 17)
+# (a's shape as a function of the axis, h0 kind): scalar, per-channel constant, full, 1-d along time
+CASES = [(None, None), ("chan", "array"), ("full", "scalar"), ("time", "array")]
+
+
+def _a_shape(kind, axis):
+    if kind == "chan":
+        return tuple(1 if d == axis % 3 else n for d, n in enumerate(SHAPE))
+    if kind == "time":
+        return tuple(n if d == axis % 3 else 1 for d, n in enumerate(SHAPE))[axis % 3:]
+    return SHAPE
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "complex64", "float64", "complex128"])
+def test_forward_under_jit_matches_reference_every_dtype(dtype):
+    rng = np.random.default_rng(1)
+    ctx = x64() if dtype in ("float64", "complex128") else contextlib.nullcontext()
+    with ctx:
+        for (akind, hkind), axis, reverse in zip(CASES, [-1, 0, 1, -1], [False, True, False, True]):
+            x = rand(rng, SHAPE, dtype)
+            a = 0.75 if akind is None else rand(rng, _a_shape(akind, axis), dtype, "a")
+            chan = tuple(n for d, n in enumerate(SHAPE) if d != axis % 3)
+            h0 = None if hkind is None else (0.5 if hkind == "scalar" else rand(rng, chan, dtype))
+            f = jax.jit(lambda a, x, h0, axis=axis, reverse=reverse: pj.linear_scan(a, x, h0, axis=axis,
+                                                                                     reverse=reverse))
+            h = f(a if akind is None else jnp.asarray(a), jnp.asarray(x), None if h0 is None else jnp.asarray(h0))
+            assert isinstance(h, jax.Array) and h.dtype == np.dtype(dtype) and h.shape == SHAPE
+            close(h, reference.linear_scan(a, x, h0, axis=axis, reverse=reverse), TOL[dtype])
+            # and the same numbers as parscan on NumPy arrays
+            np.testing.assert_array_equal(np.asarray(h), parscan.linear_scan(a, x, h0, axis=axis, reverse=reverse))
+
+
+@pytest.mark.parametrize("axis,reverse", [(-1, False), (0, True)])
+def test_forward_equals_associative_scan(axis, reverse):
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rand(rng, SHAPE, "float32"))
+    a = jnp.asarray(rand(rng, SHAPE, "float32", "a"))
+    h0 = jnp.asarray(rand(rng, tuple(n for d, n in enumerate(SHAPE) if d != axis % 3), "float32"))
+    got = jax.jit(lambda a, x, h0: pj.linear_scan(a, x, h0, axis=axis, reverse=reverse))(a, x, h0)
+    close(got, assoc(a, x, h0, axis=axis, reverse=reverse), TOL["float32"])
+
+
+def test_bfloat16_computes_in_float32_and_rounds_back():
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rand(rng, (3, 40), "float32")).astype(jnp.bfloat16)
+    a = jnp.asarray(rand(rng, (3, 1), "float32", "a")).astype(jnp.bfloat16)
+    h = jax.jit(pj.linear_scan)(a, x)
+    assert h.dtype == jnp.bfloat16
+    want = reference.linear_scan(np.asarray(a.astype(jnp.float32)), np.asarray(x.astype(jnp.float32)))
+    close(h.astype(jnp.float32), want, 1e-2)  # bfloat16 keeps 8 bits
+    ga, gx = jax.grad(lambda a, x: pj.linear_scan(a, x).astype(jnp.float32).sum(), (0, 1))(a, x)
+    assert ga.dtype == gx.dtype == jnp.bfloat16 and ga.shape == (3, 1)
+
+
+def test_mixed_dtypes_and_weak_scalars_follow_the_promotion():
+    x16 = jnp.ones((2, 5), jnp.float16)
+    assert pj.linear_scan(0.5, x16).dtype == jnp.float16  # a Python float is weak
+    assert jax.jit(pj.linear_scan)(0.5, x16).dtype == jnp.float16  # ... and stays weak as a traced argument
+    assert pj.linear_scan(jnp.full((2, 1), 0.5, jnp.float32), x16).dtype == jnp.float32
+    h = pj.linear_scan(0.5j, jnp.ones((2, 5), jnp.float32))
+    assert h.dtype == jnp.complex64
+    close(h, reference.linear_scan(0.5j, np.ones((2, 5))), TOL["complex64"])
+
+
+def test_empty_and_eager():
+    assert pj.linear_scan(0.5, jnp.ones((3, 0))).shape == (3, 0)
+    g = jax.grad(lambda x: pj.linear_scan(0.5, x).sum())(jnp.ones((3, 0)))
+    assert g.shape == (3, 0)
+    np.testing.assert_allclose(np.asarray(pj.linear_scan(0.5, jnp.ones(4))), [1, 1.5, 1.75, 1.875])
+
+
+# ------------------------------------------------------------------------------- gradients
+
+@pytest.mark.parametrize("dtype", ["float32", "complex64"])
+def test_grad_matches_lax_scan_loop(dtype):
+    """jax.grad through parscan's fused backward = jax.grad of the lax.scan loop: a, x and h0, broadcast a
+    summed over its broadcast dims, every axis and direction; complex in JAX's convention."""
+    rng = np.random.default_rng(4)
+    for akind, axis, reverse in [("chan", -1, False), ("full", 0, True), ("time", 1, True)]:
+        x = jnp.asarray(rand(rng, SHAPE, dtype))
+        a = jnp.asarray(rand(rng, _a_shape(akind, axis), dtype, "a"))
+        h0 = jnp.asarray(rand(rng, tuple(n for d, n in enumerate(SHAPE) if d != axis % 3), dtype))
+        w = jnp.asarray(rand(rng, SHAPE, dtype))
+
+        def loss(scan, a, x, h0):
+            return jnp.real(jnp.sum(scan(a, x, h0, axis=axis, reverse=reverse) * w))
+
+        got = jax.jit(jax.grad(lambda *v: loss(pj.linear_scan, *v), (0, 1, 2)))(a, x, h0)
+        want = jax.grad(lambda *v: loss(scan_loop, *v), (0, 1, 2))(a, x, h0)
+        for g, r, v in zip(got, want, (a, x, h0)):
+            assert g.shape == v.shape and g.dtype == v.dtype
+            close(g, r, 1e-4)
+
+
+def test_vjp_value_and_grad_and_scalar_decay():
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rand(rng, (3, 30), "float32"))
+    h, vjp = jax.vjp(lambda x: pj.linear_scan(0.9, x, axis=-1), x)
+    (gx,) = vjp(jnp.ones_like(h))
+    _, _ref_vjp = jax.vjp(lambda x: scan_loop(0.9, x), x)
+    close(gx, _ref_vjp(jnp.ones_like(h))[0], 1e-5)
+    a = jnp.float32(0.9)
+    val, ga = jax.value_and_grad(lambda a: pj.linear_scan(a, x).sum())(a)
+    val_r, ga_r = jax.value_and_grad(lambda a: scan_loop(a, x).sum())(a)
+    close(val, val_r, 1e-5)
+    close(ga, ga_r, 1e-4)
+    assert ga.shape == ()
+
+
+def test_check_grads_float64():
+    from jax.test_util import check_grads
+
+    rng = np.random.default_rng(6)
+    with x64():
+        x = jnp.asarray(rand(rng, (2, 9), "float64"))
+        a = jnp.asarray(rand(rng, (2, 1), "float64", "a"))
+        h0 = jnp.asarray(rand(rng, (2,), "float64"))
+        check_grads(lambda a, x, h0: pj.linear_scan(a, x, h0, reverse=True), (a, x, h0), order=1, modes=["rev"],
+                    atol=1e-7, rtol=1e-7)
+        A = jnp.asarray(0.4 * rng.standard_normal((9, 3, 3)))
+        xm = jnp.asarray(rng.standard_normal((2, 9, 3)))
+        check_grads(lambda A, x: pj.matrix_linear_scan(A, x), (A, xm), order=1, modes=["rev"], atol=1e-7, rtol=1e-7)
+
+
+def test_checkpoint_and_jvp():
+    rng = np.random.default_rng(7)
+    x = jnp.asarray(rand(rng, (3, 30), "float32"))
+    a = jnp.asarray(rand(rng, (3, 30), "float32", "a"))
+
+    def f(a, x):
+        return jnp.sum(jnp.sin(pj.linear_scan(a, x)))
+
+    got = jax.jit(jax.grad(jax.checkpoint(f), (0, 1)))(a, x)
+    want = jax.grad(f, (0, 1))(a, x)
+    for g, r in zip(got, want):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=1e-6, atol=1e-6)
+    with pytest.raises(TypeError, match="can't apply forward-mode autodiff"):
+        jax.jvp(lambda x: pj.linear_scan(a, x), (x,), (x,))
+
+
+# ------------------------------------------------------------------------------- vmap
+
+def test_vmap_matches_a_python_loop():
+    """Batched over a leading axis and over a middle one, x batched / a batched / both, h0 batched; and
+    vmap of grad (per-example gradients of an unbatched a)."""
+    rng = np.random.default_rng(8)
+    B = 4
+    xb = jnp.asarray(rand(rng, (B, 3, 20), "float32"))
+    ab = jnp.asarray(rand(rng, (B, 3, 1), "float32", "a"))
+    a1 = ab[0]
+    h0b = jnp.asarray(rand(rng, (B, 3), "float32"))
+
+    def f(a, x, h0):
+        return pj.linear_scan(a, x, h0, reverse=True)
+
+    for in_axes, args in [((None, 0, None), (a1, xb, h0b[0])), ((0, None, 0), (ab, xb[0], h0b)),
+                          ((0, 0, 0), (ab, xb, h0b))]:
+        got = jax.jit(jax.vmap(f, in_axes=in_axes))(*args)
+        loop = jnp.stack([f(*(v if ax is None else v[i] for v, ax in zip(args, in_axes))) for i in range(B)])
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(loop))
+    # batch axis in the middle of x (in_axes=1), time axis 0
+    xm = jnp.moveaxis(xb, 0, 1)  # (3, B, 20)
+    got = jax.vmap(lambda x: pj.linear_scan(0.8, x, axis=-1), in_axes=1)(xm)
+    np.testing.assert_array_equal(np.asarray(got), np.stack([np.asarray(pj.linear_scan(0.8, xm[:, i]))
+                                                             for i in range(B)]))
+    # per-example gradients
+    loss = lambda a, x, h0: jnp.sum(f(a, x, h0) ** 2)  # noqa: E731
+    got = jax.vmap(jax.grad(loss, (0, 1, 2)), in_axes=(None, 0, 0))(a1, xb, h0b)
+    for k in range(3):
+        loop = np.stack([np.asarray(jax.grad(loss, (0, 1, 2))(a1, xb[i], h0b[i])[k]) for i in range(B)])
+        np.testing.assert_allclose(np.asarray(got[k]), loop, rtol=1e-6, atol=1e-6)
+    J = jax.jacrev(lambda x: pj.linear_scan(0.5, x))(jnp.ones(4))  # vmap over cotangents
+    np.testing.assert_allclose(np.asarray(J), np.tril(0.5 ** np.subtract.outer(np.arange(4), np.arange(4))))
+
+
+# ------------------------------------------------------------------------------- jit caches
+
+def test_jit_caches_by_shape():
+    traces = []
+
+    @jax.jit
+    def f(a, x):
+        traces.append(x.shape)
+        return pj.linear_scan(a, x)
+
+    x = jnp.ones((2, 11), jnp.float32)
+    a = jnp.full((2, 1), 0.5, jnp.float32)
+    h1 = f(a, x)
+    h2 = f(a, x + 1)
+    assert len(traces) == 1  # same shapes: no retrace
+    np.testing.assert_allclose(np.asarray(h2) - np.asarray(h1), reference.linear_scan(np.asarray(a), np.ones((2, 11))),
+                               rtol=1e-6)
+    f(a, jnp.ones((2, 12), jnp.float32))
+    assert len(traces) == 2  # another shape: retraced
+
+
+# ------------------------------------------------------------------------------- errors at trace time
+
+BAD = [
+    (lambda: (0.5, np.ones((2, 3), np.int32), None, -1)),                         # integer x
+    (lambda: (True, np.ones((2, 3), np.float32), None, -1)),                      # bool a
+    (lambda: (np.ones(3, np.int32), np.ones((2, 3), np.float32), None, -1)),      # integer a
+    (lambda: (0.5, np.ones((), np.float32), None, -1)),                           # 0-d x
+    (lambda: (0.5, np.ones((2, 3), np.float32), None, 2)),                        # axis out of range
+    (lambda: (0.5, np.ones((2, 3), np.float32), None, 1.0)),                      # axis not an int
+    (lambda: (np.ones((2, 2), np.float32), np.ones((2, 3), np.float32), None, -1)),  # a does not broadcast
+    (lambda: (0.5, np.ones((2, 3), np.float32), np.ones(3, np.float32), -1)),    # h0 of the wrong shape
+    (lambda: (0.5, 1.0, None, -1)),                                               # x a scalar
+]
+
+
+@pytest.mark.parametrize("case", range(len(BAD)))
+def test_errors_are_parscans_at_trace_time(case):
+    a, x, h0, axis = BAD[case]()
+    with pytest.raises((TypeError, ValueError)) as want:
+        parscan.linear_scan(a, x, h0, axis=axis)
+    j = (lambda v: jnp.asarray(v) if isinstance(v, np.ndarray) else v)
+    with pytest.raises(want.type) as got:  # raised while tracing: jit never reaches XLA
+        jax.jit(lambda: pj.linear_scan(j(a), j(x), j(h0), axis=axis))()
+    assert str(got.value) == str(want.value)
+
+
+def test_matrix_errors_are_parscans():
+    A, x = np.ones((5, 2, 3), np.float32), np.ones((5, 2), np.float32)
+    with pytest.raises(ValueError) as want:
+        parscan.matrix_linear_scan(A, x)
+    with pytest.raises(ValueError) as got:
+        jax.jit(pj.matrix_linear_scan)(jnp.asarray(A), jnp.asarray(x))
+    assert str(got.value) == str(want.value)
+
+
+def test_unsupported_device_is_refused_with_the_reason():
+    class Buf:
+        def __dlpack_device__(self):
+            return (14, 0)  # DLPack's Metal
+
+    with pytest.raises(RuntimeError, match="CPU and on CUDA GPUs"):
+        with pj._arrays(None, [Buf()], []):
+            pass
+
+
+def test_cuda_buffers_become_cupy_views_on_xlas_stream(monkeypatch):
+    """The GPU branch, with a stand-in CuPy that records what it is asked: every buffer becomes a view of
+    XLA's own device pointer (no copy), and the work runs with XLA's stream current on the buffers' device."""
+    import sys
+    import types
+
+    log = []
+
+    class Ctx:  # what the callback does while the block runs
+        def __init__(self, what):
+            self.what = what
+
+        def __enter__(self):
+            log.append(("enter",) + self.what)
+
+        def __exit__(self, *exc):
+            log.append(("exit",) + self.what)
+
+    cuda = types.SimpleNamespace(
+        Device=lambda d: Ctx(("device", d)),
+        ExternalStream=lambda ptr, d: Ctx(("stream", ptr, d)),
+        UnownedMemory=lambda ptr, size, owner, d: ("mem", ptr, size, d),
+        MemoryPointer=lambda mem, off: (mem, off))
+
+    class ndarray:
+        def __init__(self, shape, dtype, memptr, strides):
+            self.shape, self.dtype, self.memptr, self.strides = shape, dtype, memptr, strides
+
+    monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(cuda=cuda, ndarray=ndarray))
+
+    class Buf:
+        def __init__(self, ptr, shape):
+            self.__cuda_array_interface__ = dict(data=(ptr, False), shape=shape, typestr="<f4", strides=None,
+                                                 version=3)
+
+        def __dlpack_device__(self):
+            return (2, 1)  # CUDA device 1
+
+    with pj._arrays(types.SimpleNamespace(stream=0xABC), [Buf(0x1000, (2, 3))], [Buf(0x2000, (3,))]) as (xp, o, i):
+        assert log == [("enter", "device", 1), ("enter", "stream", 0xABC, 1)]
+        assert o[0].shape == (2, 3) and o[0].memptr == (("mem", 0x1000, 24, 1), 0)
+        assert i[0].shape == (3,) and i[0].memptr == (("mem", 0x2000, 12, 1), 0) and i[0].dtype == np.float32
+    assert log[-1] == ("exit", "device", 1)
+
+
+# ------------------------------------------------------------------------------- matrix scan
+
+def matrix_loop(A, x, h0=None, reverse=False):
+    lead = jnp.broadcast_shapes(A.shape[:-3], x.shape[:-2], () if h0 is None else h0.shape[:-1])
+    T, n = x.shape[-2:]
+    A = jnp.broadcast_to(A, lead + (T,) + A.shape[-2:])
+    x = jnp.broadcast_to(x, lead + (T, n))
+    h = jnp.zeros(lead + (n,), x.dtype) if h0 is None else jnp.broadcast_to(h0, lead + (n,))
+
+    def step(h, Ax):
+        h = jnp.einsum("...ij,...j->...i", Ax[0], h) + Ax[1]
+        return h, h
+
+    _, hs = lax.scan(step, h, (jnp.moveaxis(A, -3, 0), jnp.moveaxis(x, -2, 0)), reverse=reverse)
+    return jnp.moveaxis(hs, 0, -2)
+
+
+def test_matrix_scan_forward_grad_vmap():
+    rng = np.random.default_rng(9)
+    n, T = 3, 12
+    A = jnp.asarray((0.4 * rng.standard_normal((1, n, n))).astype(np.float32))  # constant in time
+    x = jnp.asarray(rng.standard_normal((T, n)).astype(np.float32))             # broadcast over h0's batch
+    h0 = jnp.asarray(rng.standard_normal((2, n)).astype(np.float32))
+    f = jax.jit(lambda A, x, h0: pj.matrix_linear_scan(A, x, h0, reverse=True))
+    h = f(A, x, h0)
+    assert h.shape == (2, T, n)
+    close(h, matrix_loop(A, x, h0, reverse=True), 1e-5)
+    w = jnp.asarray(rng.standard_normal((2, T, n)).astype(np.float32))
+    got = jax.jit(jax.grad(lambda *v: jnp.sum(pj.matrix_linear_scan(*v, reverse=True) * w), (0, 1, 2)))(A, x, h0)
+    want = jax.grad(lambda *v: jnp.sum(matrix_loop(*v, reverse=True) * w), (0, 1, 2))(A, x, h0)
+    for g, r, v in zip(got, want, (A, x, h0)):
+        assert g.shape == v.shape
+        close(g, r, 1e-4)
+    xb = jnp.asarray(rng.standard_normal((3, T, n)).astype(np.float32))
+    got = jax.vmap(lambda x: pj.matrix_linear_scan(A, x, h0))(xb)
+    np.testing.assert_allclose(np.asarray(got), np.stack([np.asarray(pj.matrix_linear_scan(A, xb[i], h0))
+                                                          for i in range(3)]), rtol=1e-6, atol=1e-6)
+
+
+def test_matrix_scan_complex_grad_in_jax_convention():
+    rng = np.random.default_rng(10)
+    A = jnp.asarray((0.4 * (rng.standard_normal((6, 2, 2)) + 1j * rng.standard_normal((6, 2, 2)))).astype(np.complex64))
+    x = jnp.asarray((rng.standard_normal((6, 2)) + 1j * rng.standard_normal((6, 2))).astype(np.complex64))
+    loss = lambda scan: lambda A, x: jnp.real(jnp.sum(scan(A, x) ** 2))  # noqa: E731
+    got = jax.grad(loss(pj.matrix_linear_scan), (0, 1))(A, x)
+    want = jax.grad(loss(matrix_loop), (0, 1))(A, x)
+    for g, r in zip(got, want):
+        close(g, r, 1e-4)
+
+
+# ------------------------------------------------------------------------------- GILR-LSTM, DEER
+
+def gilr_lstm_jnp(p, x, s0, c0):
+    """The GILR-LSTM written directly in JAX over lax.scan (the reference for parscan.jax.GILRLSTM)."""
+    n = s0.shape[-1]
+    sig = jax.nn.sigmoid
+    g = sig(x @ p["W_g"] + p["b_g"])
+    j = jnp.tanh(x @ p["W_j"] + p["b_j"])
+    s = scan_loop(g, (1 - g) * j, s0, axis=0)
+    sp = jnp.concatenate([s0[None], s[:-1]], axis=0)
+    pre = x @ p["W"] + sp @ p["U"] + p["b"]
+    f, i, o, z = sig(pre[..., :n]), sig(pre[..., n:2 * n]), sig(pre[..., 2 * n:3 * n]), jnp.tanh(pre[..., 3 * n:])
+    c = scan_loop(f, i * z, c0, axis=0)
+    return o * c, (s[-1], c[-1])
+
+
+def test_gilr_lstm_forward_and_grads():
+    rng = np.random.default_rng(11)
+    layer = pj.GILRLSTM(4, 5, seed=3)
+    params = layer.init()
+    ref = parscan.GILRLSTM(4, 5, seed=3)
+    for k, v in ref.params.items():
+        np.testing.assert_array_equal(np.asarray(params[k]), v)
+    x = jnp.asarray(rng.standard_normal((16, 2, 4)).astype(np.float32))
+    s0 = jnp.asarray(rng.standard_normal((2, 5)).astype(np.float32))
+    c0 = jnp.asarray(rng.standard_normal((2, 5)).astype(np.float32))
+    h, (sT, cT) = jax.jit(layer)(params, x, (s0, c0))
+    hr, (sr, cr) = gilr_lstm_jnp(params, x, s0, c0)
+    for g, r in ((h, hr), (sT, sr), (cT, cr)):
+        close(g, r, 1e-5)
+
+    def loss(run, p, x, s0, c0):
+        h, (sT, cT) = run(p, x, s0, c0)
+        return jnp.sum(h ** 2) + jnp.sum(sT) + jnp.sum(cT * cT)
+
+    got = jax.jit(jax.grad(lambda *v: loss(lambda p, x, s, c: layer(p, x, (s, c)), *v), (0, 1, 2, 3)))(
+        params, x, s0, c0)
+    want = jax.grad(lambda *v: loss(gilr_lstm_jnp, *v), (0, 1, 2, 3))(params, x, s0, c0)
+    for k in params:
+        close(got[0][k], want[0][k], 1e-4)
+    for g, r in zip(got[1:], want[1:]):
+        close(g, r, 1e-4)
+    with pytest.raises(ValueError, match="params must be a dict with the keys"):
+        layer({"W": params["W"]}, x)
+    with pytest.raises(ValueError, match=r"x must have shape \(T, B, 4\)"):
+        layer(params, x[..., :3])
+
+
+def test_sign_task_with_optax_loss_falls():
+    pytest.importorskip("optax")
+    spec = importlib.util.spec_from_file_location("jax_sign_task", ROOT / "examples" / "jax_sign_task.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    log = mod.train(steps=60, length=64, hidden=16, batch=16, lr=5e-3, seed=0, every=0)
+    losses = np.asarray(log["loss"])
+    assert np.isfinite(losses).all()
+    assert losses[-15:].mean() < 0.5 * losses[:15].mean(), (losses[:15].mean(), losses[-15:].mean())
+
+
+def test_deer_solve_takes_jax_arrays():
+    from parscan import deer
+
+    cell = deer.GRUCell(3, 4)
+    p = cell.init_params(0, "float32")
+    x = np.random.default_rng(12).standard_normal((20, 2, 3)).astype(np.float32)
+    y0 = np.zeros((2, 4), np.float32)
+    want, _ = deer.solve(cell, p, x, y0)
+    got, info = deer.solve(cell, {k: jnp.asarray(v) for k, v in p.items()}, jnp.asarray(x), jnp.asarray(y0))
+    assert info.converged
+    np.testing.assert_array_equal(np.asarray(got), want)
+
+
+# ------------------------------------------------------------------------------- GPU (device only)
+
+@pytest.mark.gpu
+def test_gpu_under_jit_grad_vmap():
+    if not any(d.platform == "gpu" for d in jax.devices()):
+        pytest.skip("JAX has no GPU backend here")
+    rng = np.random.default_rng(13)
+    x = rand(rng, (4, 3, 1000), "float32")
+    a = rand(rng, (3, 1), "float32", "a")
+    dev = jax.devices("gpu")[0]
+    xj, aj = jax.device_put(x, dev), jax.device_put(a, dev)
+    h = jax.jit(pj.linear_scan)(aj, xj)
+    assert h.devices() == {dev}
+    close(h, reference.linear_scan(a, x), TOL["float32"])
+    got = jax.jit(jax.grad(lambda a, x: jnp.sum(pj.linear_scan(a, x) ** 2), (0, 1)))(aj, xj)
+    want = jax.grad(lambda a, x: jnp.sum(scan_loop(a, x) ** 2), (0, 1))(aj, xj)
+    for g, r in zip(got, want):
+        close(g, r, 1e-4)
+    hv = jax.jit(jax.vmap(pj.linear_scan, in_axes=(None, 0)))(aj, xj)
+    close(hv, reference.linear_scan(a, x), TOL["float32"])

@@ -55,15 +55,20 @@ def test_bad_usage_exits_2(tmp_path, capsys):
 
 
 def test_a_corrupted_result_is_caught_and_exits_1(tmp_path, monkeypatch, capsys):
-    from parscan import cpu
+    from parscan import _plans, cpu
 
-    real = cpu.forward
+    real = cpu.forward_launcher
 
-    def corrupt(problem):  # the cpu backend's forward, then one element off
-        real(problem)
-        problem.out.buf[problem.out.off] += 1
+    def corrupt(problem):  # the cpu backend's forward (first and replayed calls alike), then one element off
+        run = real(problem)
 
-    monkeypatch.setattr(cpu, "forward", corrupt)
+        def bad(a, x, h0, out):
+            run(a, x, h0, out)
+            out[problem.out.off] += 1
+        return bad
+
+    monkeypatch.setattr(cpu, "forward_launcher", corrupt)
+    monkeypatch.setattr(_plans, "FORWARD", _plans.LRU())  # plans made before hold the real launcher
     out = tmp_path / "report.json"
     assert cli.main(["check", *SMALL, "--backend", "cpu", "--out", str(out)]) == 1
     assert "FAILED" in capsys.readouterr().out

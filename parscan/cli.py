@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--arch", default="sm_80,sm_90", help="comma-separated target architectures")
     k.add_argument("--backend", default="cupy,numba", help="cupy, numba or both")
     k.set_defaults(func=_kernels)
-    be = sub.add_parser("bench", help="benchmark suites: cpu, latency, deer, roofline, paper, peers, deer-gpu")
+    be = sub.add_parser("bench", help="benchmark suites: cpu, latency, deer, jax, dask, roofline, paper, peers, deer-gpu")
     be.add_argument("--suite", default=None, help="comma-separated suites (default: all that run here)")
     be.add_argument("--quick", action="store_true", help="a one-minute subset")
     be.add_argument("--dtype", default="float32,float16,float64,complex64", help="dtypes of the roofline suite")

@@ -101,6 +101,17 @@ def _backward_cpu(A, h, gh, h0, gx, gA, gh0, reverse):
                 gh0[b, i] += np.conj(A0[j, i]) * g[j]
 
 
+# One batch row, or a small problem, runs on one thread: a parallel launch would cost more than the
+# work (and, on a machine whose cores are busy, it waits for a thread to be scheduled).  The same code.
+SERIAL_BELOW = 1 << 14  # elements of the per-step products, B * T * n * n
+_forward_cpu_serial = njit(cache=True, fastmath={"contract"})(_forward_cpu.py_func)
+_backward_cpu_serial = njit(cache=True, fastmath={"contract"})(_backward_cpu.py_func)
+
+
+def _serial(B, T, n):
+    return B == 1 or B * T * n * n < SERIAL_BELOW
+
+
 def _reference_forward(A, x, h0, reverse):
     acc = np.complex128 if np.iscomplexobj(A) or np.iscomplexobj(x) else np.float64
     A, x, h = A.astype(acc), x.astype(acc), h0.astype(acc).copy()
@@ -287,7 +298,7 @@ def matrix_linear_scan(A, x, h0=None, *, reverse=False, backend=None):
             out = _reference_forward(Ab, xb, hb, reverse)
         else:
             out = np.empty_like(xb)
-            _forward_cpu(Ab, xb, hb, out, bool(reverse))
+            (_forward_cpu_serial if _serial(xb.shape[0], T, n) else _forward_cpu)(Ab, xb, hb, out, bool(reverse))
     return give_back(out.reshape(lead + (T, n)).astype(dt, copy=False), xo)
 
 
@@ -332,7 +343,8 @@ def matrix_linear_scan_backward(A, h, grad_h, h0=None, *, reverse=False, backend
             gx, gA, gh0 = _reference_backward(Ab, hb, gb, h0b, reverse)
         else:
             gx, gA, gh0 = np.empty_like(hb), np.zeros(hb.shape[:1] + Ab.shape[1:], work), np.empty_like(h0b)
-            _backward_cpu(Ab, hb, gb, h0b, gx, gA, gh0, bool(reverse))
+            kernel = _backward_cpu_serial if _serial(hb.shape[0], T, n) else _backward_cpu
+            kernel(Ab, hb, gb, h0b, gx, gA, gh0, bool(reverse))
     gA = _reduce(gA.reshape(lead + gA.shape[1:]), Aa.shape)
     if gA.dtype.kind == "c" and Aa.dtype.kind != "c":
         gA = gA.real  # a real A's gradient is the real part (PyTorch's convention)

@@ -84,6 +84,24 @@ def test_cpu_equals_reference_on_a_longer_run_and_empty_time():
     assert e.shape == (0, 2)
 
 
+@pytest.mark.parametrize("dtype", ["float64", "complex128"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_serial_and_parallel_cpu_kernels_agree(monkeypatch, dtype, reverse):
+    """Small problems (or one batch row) run the cpu kernels' single-threaded build, larger ones the
+    parallel build of the same code: bit for bit the same results, forward and backward."""
+    rng = np.random.default_rng(6)
+    A, x = 0.4 * _rand(rng, (3, 20, 3, 3), dtype), _rand(rng, (3, 20, 3), dtype)
+    h0, gh = _rand(rng, (3, 3), dtype), _rand(rng, (3, 20, 3), dtype)
+    results = []
+    for below in (matrix.SERIAL_BELOW, 0):
+        monkeypatch.setattr(matrix, "SERIAL_BELOW", below)
+        h = parscan.matrix_linear_scan(A, x, h0, reverse=reverse, backend="cpu")
+        results.append((h, *parscan.matrix_linear_scan_backward(A, h, gh, h0, reverse=reverse, backend="cpu")))
+    for u, v in zip(*results):
+        np.testing.assert_array_equal(u, v)
+    np.testing.assert_allclose(results[0][0], _loop(A, x, h0, reverse), rtol=1e-12, atol=1e-12)
+
+
 def test_errors():
     with pytest.raises(ValueError, match=r"A must have shape \(\.\.\., T, n, n\)"):
         parscan.matrix_linear_scan(np.zeros((4, 3, 2)), np.zeros((4, 3)))

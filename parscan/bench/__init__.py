@@ -51,7 +51,7 @@ class Suite(NamedTuple):
 # Every suite, in run and report order.  A new suite is one module with its suite function and one line here.
 SUITES = {
     "cpu": Suite(cpu.suite_cpu, lambda ctx, st: len(ctx["cpu_shapes"]) + 1),
-    "latency": Suite(latency.suite_latency, lambda ctx, st: len(st)),
+    "latency": Suite(latency.suite_latency, lambda ctx, st: len(st) + 1),
     "deer": Suite(deer.suite_deer, lambda ctx, st: 6 if ctx["quick"] else 12),
     "roofline": Suite(roofline.suite_roofline, lambda ctx, st: 24 * len(ctx["dtypes"]) * len(ctx["gpu_backends"]),
                       gpu=True),

@@ -402,7 +402,7 @@ def plan_backward(xp, a: Operand, h: Operand, grad_h: Operand, h0: Operand | Non
 # Anything a plan cannot rebuild from the arguments alone (a cast, a copy into canonical order, an
 # empty problem) is not captured: such calls are planned every time.
 
-_RAVEL, _FLAT, _SCALAR, _NPSCALAR = range(4)
+_RAVEL, _FLAT, _SCALAR, _NPSCALAR, _RESHAPE = range(5)
 
 
 def _source(xp, op: Operand, view, s: Strided):
@@ -424,6 +424,8 @@ def _source(xp, op: Operand, view, s: Strided):
         r = arr.ravel("K")
         if r.base is not None and _ptr(r) == _ptr(buf) and r.size == buf.size:
             return (_RAVEL, None)  # contiguous in memory order: ravel is the flat buffer, a view
+    elif arr.flags.c_contiguous and arr.size == buf.size:
+        return (_RESHAPE, None)  # (CuPy) C-contiguous: reshape(-1) is the flat buffer, a view
     return (_FLAT, None)
 
 
@@ -433,6 +435,8 @@ def _fetch(src, xp, v, writeable=False):
     kind, dtype = src
     if kind == _RAVEL:
         buf = v.ravel("K")
+    elif kind == _RESHAPE:
+        return v.reshape(-1)
     elif kind == _SCALAR:
         buf = xp.full(1, v, dtype)
     elif kind == _NPSCALAR:
@@ -515,7 +519,7 @@ def capture_forward(xp, impl, a, x, h0, out, problem, views, target, canon):
             return None  # the result is copied into out: not replayed
         p.in_place = same_view(user_out, x.array)
         p.out_src = _source(xp, out, user_out, problem.out)
-        if p.out_src is None or p.out_src[0] not in (_RAVEL, _FLAT):
+        if p.out_src is None or p.out_src[0] not in (_RAVEL, _FLAT, _RESHAPE):
             return None
         p.check_overlap = not p.in_place
     return p

@@ -282,3 +282,40 @@ def test_parscan_check_cases_on_the_cuda_kernels(cp):
     bad = [(c, r) for c, r in zip(cases, results) if r["status"] != "pass"]
     assert not bad, bad[:3]
     assert len(results) >= 48 and {c.op for c in cases} >= {"forward", "backward", "matrix-forward"}
+
+
+@pytest.mark.parametrize("a_kind", ["full", "channel", "scalar"])
+def test_replayed_plans_launch_the_same_kernels(cp, a_kind):
+    """A repeated call replays its cached plan through the backend's prepared launcher (new buffers,
+    the same kernel arguments): the results equal the first call's bit for bit, with h0, out= and in
+    place, forward and backward, on new data of the same signature."""
+    shape, axis = (3, 700), -1
+    runs = []
+    for _ in range(3):
+        x, a = _inputs(np.random.default_rng(8), shape, axis, "float32", a_kind)
+        h0 = rand(np.random.default_rng(9), (3,), "float32")
+        xd, ad, h0d = _dev(cp, x), _dev(cp, a), cp.asarray(h0)
+        h = parscan.linear_scan(ad, xd, h0d, axis=axis, backend="cupy")
+        out = cp.empty(shape, np.float32)
+        parscan.linear_scan(ad, xd, h0d, axis=axis, out=out, backend="cupy")
+        grads = parscan.linear_scan_backward(ad, h, xd, h0d, axis=axis, backend="cupy")
+        runs.append([np.asarray(v) for v in (h, out, *grads)])
+        parscan.linear_scan(ad, xd, h0d, axis=axis, out=xd, backend="cupy")  # in place
+        runs[-1].append(np.asarray(xd))
+    assert_close(runs[0][0], reference.linear_scan(a, x, h0, axis=axis), "float32")
+    for later in runs[1:]:
+        for u, v in zip(runs[0], later):
+            assert np.array_equal(u, v)
+
+
+def test_the_host_path_of_a_gpu_call(cp):
+    """tests/cuda_cpu/overhead.py's accounting (no timing asserted): a replayed forward makes one launch
+    and four device allocations (the result, the scalar a, the zeroed look-back flags, its values), the
+    backward with a constant a two launches (the scan, the grad_a sum) and six; cupy and numba alike."""
+    from cuda_cpu import overhead
+
+    rows = {(r["backend"], r["op"]): r for r in overhead.measure(repeats=5)}
+    for backend in ("cupy", "numba"):
+        assert (rows[backend, "forward"]["launches"], rows[backend, "forward"]["allocations"]) == (1, 4)
+        assert (rows[backend, "backward"]["launches"], rows[backend, "backward"]["allocations"]) == (2, 6)
+        assert rows[backend, "forward"]["zeroed"] == rows[backend, "backward"]["zeroed"] == 1

@@ -77,25 +77,40 @@ def _function(key):
     return _module().get_function(_names()[key])
 
 
-def _op(s, dtype=None):
-    buf = s.buf if dtype is None or s.buf.dtype == dtype else s.buf.astype(dtype)
-    st = tuple(int(v) for v in s.strides)
-    return (buf, np.int64(s.off), *(np.int64(v) for v in st))
+def _geo(s):
+    """An operand's element offset and four strides, as the kernel's i64 arguments."""
+    return (np.int64(s.off), *(np.int64(v) for v in s.strides))
 
 
-def _none(cupy, dtype):
-    return (cupy.zeros(1, dtype), np.int64(0), np.int64(0), np.int64(0), np.int64(0), np.int64(0))
+_ZERO_GEO = (np.int64(0),) * 5
+_DUMMIES: dict = {}
 
 
-def _status(cupy, launch: Launch, acc):
-    """Look-back scratch from CuPy's pool: one zeroed int32 block holds the tile counter (as uint64)
-    and the flags; the three value arrays need no zeroing (a flag guards every read)."""
-    real = np.dtype(_REAL.get(acc.name, acc.name))
+def _dummy(cupy, dtype):
+    """A one-element array on the current device for an operand slot the launch leaves unused (the
+    kernels never read or write those: the forward's hh, ga, gh0 and parts, the backward's gh0
+    without h0), made once per device and dtype."""
+    key = (cupy.cuda.Device().id, np.dtype(dtype).str)
+    arr = _DUMMIES.get(key)
+    if arr is None:
+        arr = _DUMMIES.setdefault(key, cupy.zeros(1, dtype))
+    return arr
+
+
+def _status_sizes(launch: Launch, acc):
+    """(entries, value words per array, their dtype) of a launch's look-back scratch."""
     n = max(1, launch.status_entries)
+    return n, n * (2 if acc.kind == "c" else 1), np.dtype(_REAL.get(acc.name, acc.name))
+
+
+def _status(cupy, sizes):
+    """Look-back scratch from CuPy's pool, new for every launch (concurrent launches on other streams
+    must not share it): one zeroed int32 block holds the tile counter (as uint64) and the flags; the
+    three value arrays need no zeroing (a flag guards every read)."""
+    n, m, real = sizes
     z = cupy.zeros(2 + n, np.int32)
-    vals = cupy.empty(3 * n * (2 if acc.kind == "c" else 1), real)
-    st_a, st_h, st_i = (vals[k * vals.size // 3:(k + 1) * vals.size // 3] for k in range(3))
-    return (z[:2].view(np.uint64), z[2:], st_a, st_h, st_i), real
+    vals = cupy.empty(3 * m, real)
+    return z[:2].view(np.uint64), z[2:], vals[:m], vals[m:2 * m], vals[2 * m:]
 
 
 def _a_dtype(problem):
@@ -120,22 +135,40 @@ def _plan(problem, lead, launch):
     return acc, launch, problem.dtype, _a_dtype(problem)
 
 
-def forward(problem, launch=None):
+def _as(buf, dtype):
+    """``buf`` in the kernel's dtype: itself, or (a mixed-precision call) a cast copy."""
+    return buf if buf.dtype == dtype else buf.astype(dtype)
+
+
+# ``forward_launcher(problem)`` / ``backward_launcher(problem)`` make every decision that depends only on
+# the problem's geometry once (launch configuration, kernel, argument offsets and strides, the unused
+# slots' stand-ins) and return ``run(...)`` of the flat buffers; the plan cache keeps it, so a replayed
+# call allocates the look-back scratch and launches.  ``forward(problem)`` is the one-off call.
+
+def forward_launcher(problem, launch=None):
     import cupy
 
     acc, launch, d, sa = _plan(problem, problem.x, launch)
-    with cupy.cuda.Device(problem.x.buf.device.id):  # scratch, casts and the launch on the data's device
+    dev = problem.x.buf.device.id
+    with cupy.cuda.Device(dev):
         fn = _function(("scan", d.name, sa.name, d.name, False))
-        (counter, flags, st_a, st_h, st_i), real = _status(cupy, launch, acc)
-        none = _none(cupy, d)
-        h0 = _op(problem.h0, d) if problem.h0 is not None else none
-        args = (*_op(problem.a, sa), *_op(problem.x, d), *none, *h0, np.int32(problem.h0 is not None),
-                *_op(problem.out), *none, *_none(cupy, acc), cupy.zeros(1, real), *_geometry(problem, launch),
-                counter, flags, st_a, st_h, st_i)
-        fn((launch.blocks,), (launch.threads,), args)
+        none, none_acc, none_real = (_dummy(cupy, t) for t in (d, acc, _REAL.get(acc.name, acc.name)))
+    ga, gx, go = _geo(problem.a), _geo(problem.x), _geo(problem.out)
+    g0 = _geo(problem.h0) if problem.h0 is not None else _ZERO_GEO
+    has_h0 = np.int32(problem.h0 is not None)
+    geometry = _geometry(problem, launch)
+    grid, block = (launch.blocks,), (launch.threads,)
+    sizes = _status_sizes(launch, acc)
+
+    def run(a, x, h0, out):
+        with cupy.cuda.Device(dev):  # scratch, casts and the launch on the data's device
+            fn(grid, block, (_as(a, sa), *ga, _as(x, d), *gx, none, *_ZERO_GEO,
+                             none if h0 is None else _as(h0, d), *g0, has_h0, out, *go, none, *_ZERO_GEO,
+                             none_acc, *_ZERO_GEO, none_real, *geometry, *_status(cupy, sizes)))
+    return run
 
 
-def backward(problem, launch=None):
+def backward_launcher(problem, launch=None):
     import cupy
 
     acc, launch, d, sa = _plan(problem, problem.grad_h, launch)
@@ -143,24 +176,44 @@ def backward(problem, launch=None):
     C0, C1, C2, T = problem.shape
     nchan = C0 * C1 * C2
     summed = problem.grad_a.strides[3] == 0
-    width = launch.time_tiles
-    ncomp = 2 if acc.kind == "c" else 1
-    has_h0 = problem.h0 is not None
-    with cupy.cuda.Device(problem.grad_h.buf.device.id):
+    real = np.dtype(_REAL.get(acc.name, acc.name))
+    nparts = nchan * launch.time_tiles * (2 if acc.kind == "c" else 1) if summed else 0
+    dev = problem.grad_h.buf.device.id
+    with cupy.cuda.Device(dev):
         fn = _function(("scan", d.name, sa.name, sg.name, True))
-        (counter, flags, st_a, st_h, st_i), real = _status(cupy, launch, acc)
-        parts = cupy.empty(nchan * width * ncomp if summed else 1, real)
-        none = _none(cupy, d)
-        h0 = _op(problem.h0, d) if has_h0 else none
-        gh0 = _op(problem.grad_h0) if problem.grad_h0 is not None else _none(cupy, acc)
-        args = (*_op(problem.a, sa), *_op(problem.grad_h, d), *_op(problem.h, d), *h0, np.int32(has_h0),
-                *_op(problem.grad_x), *_op(problem.grad_a), *gh0, parts, *_geometry(problem, launch),
-                counter, flags, st_a, st_h, st_i)
-        fn((launch.blocks,), (launch.threads,), args)
-        if summed and nchan:
-            total = _function(("sum", sg.name, acc.name))
-            total(((nchan + 127) // 128,), (128,), (parts, *_op(problem.grad_a), np.int64(C0), np.int64(C1),
-                                                     np.int64(C2), np.int64(width)))
+        total = _function(("sum", sg.name, acc.name)) if summed and nchan else None
+        none, none_acc, none_real = (_dummy(cupy, t) for t in (d, acc, real))
+    ga, gg, gh, gx, gq = (_geo(s) for s in (problem.a, problem.grad_h, problem.h, problem.grad_x, problem.grad_a))
+    g0 = _geo(problem.h0) if problem.h0 is not None else _ZERO_GEO
+    gq0 = _geo(problem.grad_h0) if problem.grad_h0 is not None else _ZERO_GEO
+    has_h0 = np.int32(problem.h0 is not None)
+    geometry = _geometry(problem, launch)
+    grid, block = (launch.blocks,), (launch.threads,)
+    sum_grid, sum_dims = ((nchan + 127) // 128,), (np.int64(C0), np.int64(C1), np.int64(C2),
+                                                   np.int64(launch.time_tiles))
+    sizes = _status_sizes(launch, acc)
+
+    def run(a, h, grad_h, h0, grad_x, grad_a, grad_h0):
+        with cupy.cuda.Device(dev):
+            parts = cupy.empty(nparts, real) if nparts else none_real
+            fn(grid, block, (_as(a, sa), *ga, _as(grad_h, d), *gg, _as(h, d), *gh,
+                             none if h0 is None else _as(h0, d), *g0, has_h0, grad_x, *gx, grad_a, *gq,
+                             none_acc if grad_h0 is None else grad_h0, *gq0, parts, *geometry,
+                             *_status(cupy, sizes)))
+            if total is not None:
+                total(sum_grid, (128,), (parts, grad_a, *gq, *sum_dims))
+    return run
+
+
+def forward(problem, launch=None):
+    forward_launcher(problem, launch)(problem.a.buf, problem.x.buf, None if problem.h0 is None else problem.h0.buf,
+                                      problem.out.buf)
+
+
+def backward(problem, launch=None):
+    backward_launcher(problem, launch)(problem.a.buf, problem.h.buf, problem.grad_h.buf,
+                                       None if problem.h0 is None else problem.h0.buf, problem.grad_x.buf,
+                                       problem.grad_a.buf, None if problem.grad_h0 is None else problem.grad_h0.buf)
 
 
 def matrix_pass(aggregate, A, conj, shift, x, h0, carry, out, L, nch, reverse):

@@ -382,7 +382,7 @@ def _plan(problem, strides):
 
 def _xp(buf):
     """The array module for scratch next to ``buf`` (NumPy in the simulator)."""
-    if isinstance(buf, np.ndarray):  # the simulator takes host arrays
+    if type(buf) is np.ndarray:  # the simulator takes host arrays (a CUDA array type is never a plain ndarray)
         return np
     import cupy
     return cupy
@@ -422,50 +422,101 @@ class _Launcher:
             kernel[blocks, threads, self.stream](*(self._wrap(v) for v in args))
 
 
-def _none(xp, dtype):
-    return xp.zeros(1, dtype), 0, (0, 0, 0, 0)
-
-
 def _status(launch, real, ncomp, xp):
+    """Look-back scratch, new for every launch: one zeroed int32 block holds the tile counter (as int64)
+    and the flags; the three value arrays need no zeroing (a flag guards every read)."""
     n = max(1, launch.status_entries)
-    return (xp.zeros(1, np.int64), xp.zeros(n, np.int32), xp.zeros(n * ncomp, real),
-            xp.zeros(n * ncomp, real), xp.zeros(n * ncomp, real))
+    z = xp.zeros(2 + n, np.int32)
+    vals = xp.empty(3 * n * ncomp, real)
+    m = n * ncomp
+    return z[:2].view(np.int64), z[2:], vals[:m], vals[m:2 * m], vals[2 * m:]
 
 
-def forward(problem, launch=None):
+_ZERO_GEO = (0, (0, 0, 0, 0))
+_DUMMIES: dict = {}
+
+
+def _dummy(xp, dtype):
+    """A one-element array for an operand slot the launch leaves unused (never read or written: the
+    forward's hh, ga, gh0 and parts, the backward's gh0 without h0), made once per device and dtype."""
+    key = (None if xp is np else xp.cuda.Device().id, np.dtype(dtype).str)
+    arr = _DUMMIES.get(key)
+    if arr is None:
+        arr = _DUMMIES.setdefault(key, xp.zeros(1, dtype))
+    return arr
+
+
+def _geo(s):
+    return s.off, tuple(int(v) for v in s.strides)
+
+
+# ``forward_launcher(problem)`` / ``backward_launcher(problem)``: every decision that depends only on the
+# problem's geometry made once (launch, kernels, offsets, strides, the unused slots' stand-ins); the
+# returned ``run(...)`` of the flat buffers is what the plan cache keeps.  ``forward(problem)`` is the
+# one-off call.
+
+def forward_launcher(problem, launch=None):
     acc = problem.acc_dtype
     launch = launch or _plan(problem, problem.x.strides)
     scan, _, real, ncomp = _kernels(acc.name, False, launch.items)
-    xp = _xp(problem.x.buf)
-    with _Launcher(problem.x.buf, xp) as run:
-        none = _none(xp, problem.dtype)
-        h0 = _args(problem.h0) if problem.h0 is not None else none
-        run(scan, launch.blocks, launch.threads,
-            *_args(problem.a), *_args(problem.x), *none, *h0, problem.h0 is not None,
-            *_args(problem.out), *none, *_none(xp, acc), xp.zeros(1, real), problem.shape,
-            launch.chans, launch.lanes, launch.chan_fast, launch.time_tiles,
-            *_status(launch, real, ncomp, xp))
+    buf = problem.x.buf
+    xp = _xp(buf)
+    with _Launcher(buf, xp):
+        none, none_acc, none_real = (_dummy(xp, t) for t in (problem.dtype, acc, real))
+    ga, gx, go = _geo(problem.a), _geo(problem.x), _geo(problem.out)
+    g0 = _geo(problem.h0) if problem.h0 is not None else _ZERO_GEO
+    has_h0 = problem.h0 is not None
+    shape = tuple(int(n) for n in problem.shape)
+    sizes = (launch.chans, launch.lanes, launch.chan_fast, launch.time_tiles)
+    sim = _sim_array
+
+    def run(a, x, h0, out):
+        with _Launcher(x, xp) as go_:
+            go_(scan, launch.blocks, launch.threads, sim(a), *ga, sim(x), *gx, none, *_ZERO_GEO,
+                none if h0 is None else sim(h0), *g0, has_h0, sim(out), *go, none, *_ZERO_GEO, none_acc,
+                *_ZERO_GEO, none_real, shape, *sizes, *_status(launch, real, ncomp, xp))
+    return run
 
 
-def backward(problem, launch=None):
+def backward_launcher(problem, launch=None):
     acc = problem.acc_dtype
     launch = launch or _plan(problem, problem.grad_h.strides)
     scan, finish, real, ncomp = _kernels(acc.name, True, launch.items)
-    xp = _xp(problem.grad_h.buf)
     C0, C1, C2, T = problem.shape
     nchan = C0 * C1 * C2
     summed = problem.grad_a.strides[3] == 0
     width = launch.time_tiles
-    with _Launcher(problem.grad_h.buf, xp) as run:
-        parts = xp.zeros(nchan * width * ncomp if summed else 1, real)
-        none = _none(xp, problem.dtype)
-        h0 = _args(problem.h0) if problem.h0 is not None else none
-        gh0 = _args(problem.grad_h0) if problem.grad_h0 is not None else _none(xp, acc)
-        run(scan, launch.blocks, launch.threads,
-            *_args(problem.a), *_args(problem.grad_h), *_args(problem.h), *h0, problem.h0 is not None,
-            *_args(problem.grad_x), *_args(problem.grad_a), *gh0, parts, problem.shape,
-            launch.chans, launch.lanes, launch.chan_fast, launch.time_tiles,
-            *_status(launch, real, ncomp, xp))
-        if summed and nchan:
-            run(finish, (nchan + 127) // 128, 128, parts, *_args(problem.grad_a), problem.shape,
-                width)
+    nparts = nchan * width * ncomp if summed else 0
+    buf = problem.grad_h.buf
+    xp = _xp(buf)
+    with _Launcher(buf, xp):
+        none, none_acc, none_real = (_dummy(xp, t) for t in (problem.dtype, acc, real))
+    ga, gg, gh, gx, gq = (_geo(s) for s in (problem.a, problem.grad_h, problem.h, problem.grad_x, problem.grad_a))
+    g0 = _geo(problem.h0) if problem.h0 is not None else _ZERO_GEO
+    gq0 = _geo(problem.grad_h0) if problem.grad_h0 is not None else _ZERO_GEO
+    has_h0 = problem.h0 is not None
+    shape = tuple(int(n) for n in problem.shape)
+    sizes = (launch.chans, launch.lanes, launch.chan_fast, launch.time_tiles)
+    sim = _sim_array
+
+    def run(a, h, grad_h, h0, grad_x, grad_a, grad_h0):
+        with _Launcher(grad_h, xp) as go_:
+            parts = xp.empty(nparts, real) if nparts else none_real
+            go_(scan, launch.blocks, launch.threads, sim(a), *ga, sim(grad_h), *gg, sim(h), *gh,
+                none if h0 is None else sim(h0), *g0, has_h0, sim(grad_x), *gx, sim(grad_a), *gq,
+                none_acc if grad_h0 is None else sim(grad_h0), *gq0, parts, shape, *sizes,
+                *_status(launch, real, ncomp, xp))
+            if nparts and nchan:
+                go_(finish, (nchan + 127) // 128, 128, parts, sim(grad_a), *gq, shape, width)
+    return run
+
+
+def forward(problem, launch=None):
+    forward_launcher(problem, launch)(problem.a.buf, problem.x.buf, None if problem.h0 is None else problem.h0.buf,
+                                      problem.out.buf)
+
+
+def backward(problem, launch=None):
+    backward_launcher(problem, launch)(problem.a.buf, problem.h.buf, problem.grad_h.buf,
+                                       None if problem.h0 is None else problem.h0.buf, problem.grad_x.buf,
+                                       problem.grad_a.buf, None if problem.grad_h0 is None else problem.grad_h0.buf)

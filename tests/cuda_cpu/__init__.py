@@ -38,7 +38,7 @@ def installed():
     saved = sys.modules.get("cupy")
     cp = fake_cupy.module()
     sys.modules["cupy"] = cp
-    caches = (_backends.status.cache_clear, cupy_scan._module.cache_clear, _plans.clear)
+    caches = (_backends.status.cache_clear, cupy_scan._module.cache_clear, cupy_scan._DUMMIES.clear, _plans.clear)
     for clear in caches:
         clear()
     launches().clear()

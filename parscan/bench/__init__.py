@@ -19,6 +19,9 @@ Suites (``--suite``, comma-separated; default all that can run here):
   auto-dispatched ``linear_scan`` vs the naive one-thread-per-channel serial kernel, beside the paper.
 - ``peers`` (GPU): the same problems through the peers that are importable; each missing one is
   listed with the reason.
+- ``dask``: ``parscan.dask.linear_scan`` of 2^28 float32 elements in 64 time chunks on a LocalCluster of
+  2 worker processes vs ``dask.array.cumsum`` of the same x (target <= 1.5x) and one in-memory
+  ``linear_scan``; throughput per worker (issue #17).
 - ``jax``: ``parscan.jax.linear_scan`` under ``jax.jit`` vs ``jax.lax.associative_scan`` and ``lax.scan``,
   forward and forward+backward, on JAX's default backend (CPU here, the GPU on a device).
 
@@ -39,6 +42,7 @@ import numpy as np
 
 from .. import _backends
 from . import cpu, deer, deer_gpu, jax, latency, paper, peers, roofline
+from . import dask as dask_suite
 from ._common import Progress, copy_bandwidth
 
 
@@ -58,6 +62,7 @@ SUITES = {
     "paper": Suite(paper.suite_paper, lambda ctx, st: 12, gpu=True),
     "peers": Suite(peers.suite_peers, lambda ctx, st: 10, gpu=True),
     "deer-gpu": Suite(deer_gpu.suite_deer_gpu, lambda ctx, st: 4 if ctx["quick"] else 28, gpu=True),
+    "dask": Suite(dask_suite.suite_dask, lambda ctx, st: 2),
     "jax": Suite(jax.suite_jax, jax._steps),
 }
 GPU_SUITES = tuple(name for name, s in SUITES.items() if s.gpu)

@@ -429,6 +429,26 @@ def _source(xp, op: Operand, view, s: Strided):
     return (_FLAT, None)
 
 
+_DEVICE_SCALARS: dict = {}
+DEVICE_SCALARS = 256  # distinct (value, dtype, device) kept; never evicted (see _device_scalar)
+
+
+def _device_scalar(xp, v, dtype):
+    """A Python scalar as a one-element device array, made once per value, dtype and device: a replayed
+    call with a scalar decay then costs no allocation and no fill launch.  The fill is complete (the
+    device synchronised, once) before the array is shared, so launches on any stream read the value;
+    entries are never freed (a kernel in flight on another stream may still read one), so the cache
+    stops growing at ``DEVICE_SCALARS`` entries and later values get an array of their own per call."""
+    key = (xp.cuda.Device().id, dtype.str, type(v), v, math.copysign(1.0, v.real), math.copysign(1.0, v.imag))
+    arr = _DEVICE_SCALARS.get(key)
+    if arr is None:
+        arr = xp.full(1, v, dtype)
+        if len(_DEVICE_SCALARS) < DEVICE_SCALARS:
+            xp.cuda.Device().synchronize()
+            arr = _DEVICE_SCALARS.setdefault(key, arr)
+    return arr
+
+
 def _fetch(src, xp, v, writeable=False):
     """The flat buffer of a later call's argument ``v``; host inputs read-only, as ``flat_buffer`` makes
     them on a planned call (a backend compiled for read-only inputs is not compiled again)."""
@@ -438,6 +458,8 @@ def _fetch(src, xp, v, writeable=False):
     elif kind == _RESHAPE:
         return v.reshape(-1)
     elif kind == _SCALAR:
+        if xp is not np:
+            return _device_scalar(xp, v, dtype)
         buf = xp.full(1, v, dtype)
     elif kind == _NPSCALAR:
         buf = np.asarray(v).reshape(1)

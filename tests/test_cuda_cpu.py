@@ -310,12 +310,38 @@ def test_replayed_plans_launch_the_same_kernels(cp, a_kind):
 
 def test_the_host_path_of_a_gpu_call(cp):
     """tests/cuda_cpu/overhead.py's accounting (no timing asserted): a replayed forward makes one launch
-    and four device allocations (the result, the scalar a, the zeroed look-back flags, its values), the
-    backward with a constant a two launches (the scan, the grad_a sum) and six; cupy and numba alike."""
+    and three device allocations (the result, the zeroed look-back flags, its values: the scalar a is a
+    cached device scalar), the backward with a constant a two launches (the scan, the grad_a sum) and
+    five (grad_x, grad_a, its tile parts, the look-back's two); cupy and numba alike."""
     from cuda_cpu import overhead
 
     rows = {(r["backend"], r["op"]): r for r in overhead.measure(repeats=5)}
     for backend in ("cupy", "numba"):
-        assert (rows[backend, "forward"]["launches"], rows[backend, "forward"]["allocations"]) == (1, 4)
-        assert (rows[backend, "backward"]["launches"], rows[backend, "backward"]["allocations"]) == (2, 6)
+        assert (rows[backend, "forward"]["launches"], rows[backend, "forward"]["allocations"]) == (1, 3)
+        assert (rows[backend, "backward"]["launches"], rows[backend, "backward"]["allocations"]) == (2, 5)
         assert rows[backend, "forward"]["zeroed"] == rows[backend, "backward"]["zeroed"] == 1
+
+
+def test_device_scalars_are_cached_by_value_sign_and_dtype(cp):
+    """A scalar decay on a CUDA call is one cached device array per (value, dtype, device): 0.0 and
+    -0.0 are different values here (the sign of a zero reaches the result), and the cache stops
+    growing at its bound instead of freeing arrays a kernel may still read."""
+    from parscan import _problem
+
+    f32, f64 = np.dtype(np.float32), np.dtype(np.float64)
+    one = _problem._device_scalar(cp, 0.5, f32)
+    assert _problem._device_scalar(cp, 0.5, f32) is one and np.asarray(one).tolist() == [0.5]
+    assert _problem._device_scalar(cp, 0.5, f64) is not one
+    pz, nz = _problem._device_scalar(cp, 0.0, f32), _problem._device_scalar(cp, -0.0, f32)
+    assert pz is not nz and np.signbit(np.asarray(nz)[0]) and not np.signbit(np.asarray(pz)[0])
+    assert np.asarray(_problem._device_scalar(cp, 1 - 2j, np.dtype(np.complex64))).tolist() == [1 - 2j]
+    x = cp.asarray(np.full(8, -0.0, np.float32))
+    h = np.asarray(parscan.linear_scan(-0.0, x, backend="cupy"))
+    assert np.array_equal(np.signbit(h), np.signbit(reference.linear_scan(-0.0, np.full(8, -0.0, np.float32))))
+    old = _problem.DEVICE_SCALARS
+    try:
+        _problem.DEVICE_SCALARS = len(_problem._DEVICE_SCALARS)
+        a, b = _problem._device_scalar(cp, 0.125, f32), _problem._device_scalar(cp, 0.125, f32)
+        assert a is not b and len(_problem._DEVICE_SCALARS) == _problem.DEVICE_SCALARS
+    finally:
+        _problem.DEVICE_SCALARS = old

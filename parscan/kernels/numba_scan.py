@@ -361,7 +361,7 @@ def _kernels(acc_name: str, backward: bool, items: int):
 def _sim_array(buf):
     """In the simulator a NumPy buffer is simulator memory: passed as its device array, zero-copy (a
     bare NumPy argument would be copied in and back, written into read-only inputs included)."""
-    if isinstance(buf, np.ndarray):
+    if type(buf) is np.ndarray:  # as _xp: a CUDA array type is never a plain ndarray
         from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray  # noqa: PLC0415
 
         return FakeCUDAArray(buf)

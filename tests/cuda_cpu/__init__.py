@@ -32,13 +32,14 @@ __all__ = ["installed", "scheduled", "Schedule", "launches", "fake_cupy"]
 @contextlib.contextmanager
 def installed():
     """``sys.modules["cupy"]`` is the stand-in inside the block (parscan's caches reset around it)."""
-    from parscan import _backends, _plans
+    from parscan import _backends, _plans, _problem
     from parscan.kernels import cupy_scan
 
     saved = sys.modules.get("cupy")
     cp = fake_cupy.module()
     sys.modules["cupy"] = cp
-    caches = (_backends.status.cache_clear, cupy_scan._module.cache_clear, cupy_scan._DUMMIES.clear, _plans.clear)
+    caches = (_backends.status.cache_clear, cupy_scan._module.cache_clear, cupy_scan._DUMMIES.clear,
+              _problem._DEVICE_SCALARS.clear, _plans.clear)
     for clear in caches:
         clear()
     launches().clear()

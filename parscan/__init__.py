@@ -2,7 +2,8 @@
 
 Public names:
 
-- :func:`linear_scan` and :func:`linear_scan_backward`: the scan and its adjoint;
+- :func:`linear_scan` and :func:`linear_scan_backward`: the scan and its adjoint (``resets=`` restarts
+  the state inside an array: :func:`resets_from_offsets` and :func:`segment_ends` for packed sequences);
 - :func:`available_backends`: which backends work here, and why not the rest;
 - :mod:`parscan.reference`: the ground truth (a float64 sequential loop);
 - :class:`GILRLSTM`, :class:`GILR`, :class:`SRU`, :class:`QRNN` (:mod:`parscan.layers`): recurrent
@@ -15,7 +16,8 @@ from ._backends import BackendStatus, BackendUnavailable, available_backends
 from .layers import GILR, GILRLSTM, QRNN, SRU
 from .matrix import matrix_linear_scan, matrix_linear_scan_backward
 from .scan import linear_scan, linear_scan_backward
+from .segments import resets_from_offsets, segment_ends
 
 __version__ = "0.1.0"
-__all__ = ["linear_scan", "linear_scan_backward", "matrix_linear_scan", "matrix_linear_scan_backward", "available_backends", "BackendStatus",
+__all__ = ["linear_scan", "linear_scan_backward", "resets_from_offsets", "segment_ends", "matrix_linear_scan", "matrix_linear_scan_backward", "available_backends", "BackendStatus",
            "BackendUnavailable", "GILRLSTM", "GILR", "SRU", "QRNN", "__version__"]

@@ -100,13 +100,32 @@ def _top_module(obj) -> str:
 
 def as_operand(obj, name: str, *, allow_scalar: bool = False) -> Operand:
     """Convert ``obj`` (argument ``name``) without copying; raise ``TypeError`` for what can't be scanned."""
+    op = _convert(obj, name, allow_scalar)
+    return op if op.array is None else _checked(op)
+
+
+def as_flags(obj, name: str) -> Operand:
+    """Convert a boolean array argument (``resets``) without copying, from the places ``as_operand`` takes."""
+    if isinstance(obj, (bool, int, float, complex, np.generic)):
+        raise TypeError(f"{name} must be a boolean array broadcastable to x (e.g. of shape (T,)), got "
+                        f"{type(obj).__name__} {obj!r}; pass None for no {name}")
+    op = _convert(obj, name, False)
+    if op.array.dtype != np.bool_:
+        raise TypeError(f"{name} has dtype {op.array.dtype}; it must be a boolean array (True where the "
+                        f"state restarts): pass {name}.astype(bool), or build it with "
+                        f"parscan.resets_from_offsets")
+    return op
+
+
+def _convert(obj, name: str, allow_scalar: bool) -> Operand:
+    """``obj`` (argument ``name``) as an Operand, without copying and before its dtype is checked."""
     if isinstance(obj, (bool, np.bool_)):
         raise TypeError(f"{name} is a bool; parscan scans floating-point or complex data: pass a float, "
                         f"e.g. {name}={float(obj)!r}")
     if isinstance(obj, np.generic):  # before Python's types: numpy.float64 subclasses float, but is not weak
         if not allow_scalar:
             raise TypeError(f"{name} must be an array, got the NumPy scalar {obj!r}")
-        return _checked(Operand(name, np.asarray(obj), None, None))
+        return Operand(name, np.asarray(obj), None, None)
     if isinstance(obj, (int, float, complex)):
         if not allow_scalar:
             raise TypeError(f"{name} must be an array, got the Python scalar {obj!r}; wrap it, e.g. "
@@ -114,9 +133,9 @@ def as_operand(obj, name: str, *, allow_scalar: bool = False) -> Operand:
         return Operand(name, None, None, None, value=obj)
     cp = sys.modules.get("cupy")  # before NumPy: a CuPy stand-in (the tests' CPU harness) may subclass it
     if cp is not None and isinstance(obj, cp.ndarray):
-        return _checked(Operand(name, obj, "cupy", obj.device.id))
+        return Operand(name, obj, "cupy", obj.device.id)
     if isinstance(obj, np.ndarray):
-        return _checked(Operand(name, obj, "numpy", None))
+        return Operand(name, obj, "numpy", None)
     top = _top_module(obj)
     if top in ("jax", "jaxlib") and "Tracer" in type(obj).__name__:
         raise TypeError(f"{name} is a JAX tracer: parscan runs eagerly on concrete jax.Array values and "
@@ -124,29 +143,29 @@ def as_operand(obj, name: str, *, allow_scalar: bool = False) -> Operand:
                         f"parscan.jax.linear_scan (or parscan.jax.matrix_linear_scan), which can")
     sim = _simulator_array_type()
     if sim is not None and isinstance(obj, sim):  # its data is the NumPy array _ary (simulator's devicearray.py)
-        return _checked(Operand(name, obj._ary, "numba", 0, simulated=True))
+        return Operand(name, obj._ary, "numba", 0, simulated=True)
     if top == "numba" and hasattr(obj, "__cuda_array_interface__"):
         arr = _cupy().asarray(obj)
-        return _checked(Operand(name, arr, "numba", arr.device.id))
+        return Operand(name, arr, "numba", arr.device.id)
     if hasattr(obj, "__dlpack__") and hasattr(obj, "__dlpack_device__"):
         dev_type, dev_id = (int(v) for v in obj.__dlpack_device__())
         if dev_type in (_DL_CPU, _DL_CUDA_HOST):
             arr = np.from_dlpack(obj)
-            return _checked(Operand(name, arr, top, None))
+            return Operand(name, arr, top, None)
         if dev_type in (_DL_CUDA, _DL_CUDA_MANAGED):
             arr = _cupy().from_dlpack(obj)
-            return _checked(Operand(name, arr, top, arr.device.id))
+            return Operand(name, arr, top, arr.device.id)
         raise ValueError(f"{name} lives on DLPack device type {dev_type}; parscan runs on the host (CPU) "
                          f"and on CUDA devices: move {name} to one of them first")
     if hasattr(obj, "__cuda_array_interface__"):
         arr = _cupy().asarray(obj)
-        return _checked(Operand(name, arr, "cupy", arr.device.id))
+        return Operand(name, arr, "cupy", arr.device.id)
     if isinstance(obj, (list, tuple)) or hasattr(obj, "__array_interface__") or hasattr(obj, "__array__"):
         try:
             arr = np.asarray(obj)
         except (ValueError, TypeError) as exc:
             raise TypeError(f"{name} could not be read as an array: {exc}") from None
-        return _checked(Operand(name, arr, "numpy", None))
+        return Operand(name, arr, "numpy", None)
     raise TypeError(f"{name} must be an array (NumPy, CuPy, or any __dlpack__ / __cuda_array_interface__ "
                     f"producer such as a torch tensor), got {type(obj).__name__}")
 

@@ -82,19 +82,19 @@ def sig(v):
     raise KeyError(t)
 
 
-def forward_key(a, x, h0, axis, reverse, out, backend):
+def forward_key(a, x, h0, axis, reverse, out, backend, resets=None):
     if type(axis) is not int or type(reverse) is not bool or (backend is not None and type(backend) is not str):
         return None
     try:
-        return (sig(a), sig(x), sig(h0), sig(out), out is x, axis, reverse, backend)
+        return (sig(a), sig(x), sig(h0), sig(out), out is x, axis, reverse, backend, sig(resets))
     except KeyError:
         return None
 
 
-def backward_key(a, h, grad_h, h0, axis, reverse, backend):
+def backward_key(a, h, grad_h, h0, axis, reverse, backend, resets=None):
     if type(axis) is not int or type(reverse) is not bool or (backend is not None and type(backend) is not str):
         return None
     try:
-        return (sig(a), sig(h), sig(grad_h), sig(h0), axis, reverse, backend)
+        return (sig(a), sig(h), sig(grad_h), sig(h0), axis, reverse, backend, sig(resets))
     except KeyError:
         return None

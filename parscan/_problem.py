@@ -50,7 +50,8 @@ class ScanProblem:
     """Forward: ``out[c, t] = a[c, t] * out[c, t-1] + x[c, t]`` for t = 0..T-1, ``out[c, -1] = h0[c]``.
 
     ``h0`` is None for a zero initial state; its time stride is 0.  ``acc_dtype`` is the type to
-    accumulate in (float32 for float16 data).
+    accumulate in (float32 for float16 data).  ``resets`` (a bool buffer, or None): where
+    ``resets[c, t]`` is true the carried state is dropped, ``out[c, t] = x[c, t]`` (a[c, t] reads as 0).
     """
 
     shape: tuple[int, int, int, int]
@@ -60,6 +61,7 @@ class ScanProblem:
     out: Strided
     dtype: np.dtype
     acc_dtype: np.dtype
+    resets: Strided | None = None
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,9 @@ class ScanBackwardProblem:
     ``g[c, t] = grad_h[c, t] + conj(a[c, t+1]) * g[c, t+1]`` (``g[c, T] = 0``) is written to ``grad_x``;
     ``grad_a[c, t] = g[c, t] * conj(h[c, t-1])`` with ``h[c, -1] = h0[c]`` (0 when h0 is None); where
     ``grad_a``'s time stride is 0 (``a`` constant in time) its single element per channel receives the
-    sum over t.  ``grad_h0[c] = conj(a[c, 0]) * g[c, 0]`` when ``grad_h0`` is not None.
+    sum over t.  ``grad_h0[c] = conj(a[c, 0]) * g[c, 0]`` when ``grad_h0`` is not None.  With
+    ``resets``, a reads as 0 where ``resets[c, t]`` is true: no gradient crosses a reset, and ``grad_a``
+    is 0 there.
     """
 
     shape: tuple[int, int, int, int]
@@ -82,6 +86,7 @@ class ScanBackwardProblem:
     grad_h0: Strided | None
     dtype: np.dtype
     acc_dtype: np.dtype
+    resets: Strided | None = None
 
 
 def accumulation_dtype(dtype: np.dtype) -> np.dtype:
@@ -251,7 +256,17 @@ def check_out(out: Operand, shape, dtype, inputs) -> None:
                              "array, or out=x to scan in place")
 
 
-def plan_forward(xp, a: Operand, x: Operand, h0: Operand | None, out: Operand | None, axis, reverse):
+def _resets_view(xp, resets: Operand | None, shape, what):
+    """``resets`` broadcast to ``shape`` (a read-only bool view, never materialised), or None."""
+    if resets is None:
+        return None
+    return _broadcast(xp, resets, shape, np.bool_, "resets",
+                      f"resets must broadcast to {what}'s shape {tuple(shape)}: e.g. shape (T,) for a reset "
+                      f"pattern shared by every channel, or (B, 1, T) per batch row of a (B, C, T) {what}")
+
+
+def plan_forward(xp, a: Operand, x: Operand, h0: Operand | None, out: Operand | None, axis, reverse,
+                 resets: Operand | None = None):
     """Return ``(problem or None, result, finish, plan)``; run the problem, then ``finish()`` returns
     result; ``plan(impl)`` is the :class:`ForwardPlan` that replays this call with ``impl`` (or None)."""
     xa = x.array
@@ -261,16 +276,18 @@ def plan_forward(xp, a: Operand, x: Operand, h0: Operand | None, out: Operand | 
     shape = tuple(xa.shape)
     dtype = np.result_type(*(op.dtype_or_value for op in (a, x, h0) if op is not None))
     av = _broadcast(xp, a, shape, dtype, "a",
-                    f"a must broadcast to x's shape; for a decay constant in time give a a size-1 time "
-                    f"axis (e.g. a[..., None] when axis=-1)")
+                    "a must broadcast to x's shape; for a decay constant in time give a a size-1 time "
+                    "axis (e.g. a[..., None] when axis=-1)")
     h0v = None if h0 is None else _h0_view(xp, h0, shape, axis, dtype)
+    rv = _resets_view(xp, resets, shape, "x")
     if out is not None:
         check_out(out, shape, dtype, [xa, None if a.is_scalar else a.array,
-                                      None if h0 is None or h0.is_scalar else h0.array])
+                                      None if h0 is None or h0.is_scalar else h0.array,
+                                      None if resets is None else resets.array])
     if xa.size == 0:
         result = out.array if out is not None else xp.empty(shape, dtype)
         return None, result, lambda: result, lambda impl: None
-    inputs = [xa, av] + ([h0v] if h0v is not None else [])
+    inputs = [xa, av] + ([h0v] if h0v is not None else []) + ([rv] if rv is not None else [])
     user_out = None if out is None else out.array
     merge = inputs + ([user_out] if user_out is not None else [])
     canon, merged = _canonical(xp, shape, axis, reverse, merge)
@@ -288,6 +305,7 @@ def plan_forward(xp, a: Operand, x: Operand, h0: Operand | None, out: Operand | 
         out=canon.strided(target, writeable=True),
         dtype=np.dtype(dtype),
         acc_dtype=accumulation_dtype(dtype),
+        resets=canon.strided(views[-1]) if rv is not None else None,
     )
 
     def finish():
@@ -297,7 +315,21 @@ def plan_forward(xp, a: Operand, x: Operand, h0: Operand | None, out: Operand | 
         return target
 
     return problem, target, finish, lambda impl: capture_forward(xp, impl, a, x, h0, out, problem, views, target,
-                                                                None if copied_out else canon)
+                                                                None if copied_out else canon, resets)
+
+
+def run_forward(launcher, problem: ScanProblem, *args):
+    """Run ``problem`` once by a backend's ``launcher(problem, *args)`` (see the backends' interface)."""
+    launcher(problem, *args)(problem.a.buf, problem.x.buf, None if problem.h0 is None else problem.h0.buf,
+                             problem.out.buf, None if problem.resets is None else problem.resets.buf)
+
+
+def run_backward(launcher, problem: ScanBackwardProblem, *args):
+    """Run ``problem`` once by a backend's ``launcher(problem, *args)``."""
+    launcher(problem, *args)(problem.a.buf, problem.h.buf, problem.grad_h.buf,
+                             None if problem.h0 is None else problem.h0.buf, problem.grad_x.buf,
+                             problem.grad_a.buf, None if problem.grad_h0 is None else problem.grad_h0.buf,
+                             None if problem.resets is None else problem.resets.buf)
 
 
 def _reduce_to(xp, g, padded_shape, shape, dtype):
@@ -311,7 +343,8 @@ def _reduce_to(xp, g, padded_shape, shape, dtype):
     return g.astype(dtype, copy=False)
 
 
-def plan_backward(xp, a: Operand, h: Operand, grad_h: Operand, h0: Operand | None, axis, reverse):
+def plan_backward(xp, a: Operand, h: Operand, grad_h: Operand, h0: Operand | None, axis, reverse,
+                  resets: Operand | None = None):
     """Return ``(problem or None, finish, plan)``; ``finish()`` returns ``(grad_a, grad_x, grad_h0)``;
     ``plan(impl)`` is the :class:`BackwardPlan` that replays this call with ``impl`` (or None)."""
     ha, gha = h.array, grad_h.array
@@ -342,7 +375,8 @@ def plan_backward(xp, a: Operand, h: Operand, grad_h: Operand, h0: Operand | Non
         grad_h0 = None if h0 is None else xp.zeros(h0_shape, h0_dtype)
         return None, lambda: (grad_a, grad_x, grad_h0), lambda impl: None
 
-    inputs = [ha, gha, av] + ([h0v] if h0v is not None else [])
+    rv = _resets_view(xp, resets, shape, "h")
+    inputs = [ha, gha, av] + ([h0v] if h0v is not None else []) + ([rv] if rv is not None else [])
     canon, views = _canonical(xp, shape, axis, reverse, inputs)
     T = shape[axis]
     grad_x = canon.alloc(dtype)
@@ -357,6 +391,7 @@ def plan_backward(xp, a: Operand, h: Operand, grad_h: Operand, h0: Operand | Non
         h=canon.strided(views[0]),
         grad_h=canon.strided(views[1]),
         h0=canon.strided(views[3]) if h0v is not None else None,
+        resets=canon.strided(views[-1]) if rv is not None else None,
         grad_x=canon.strided(grad_x, writeable=True),
         grad_a=canon.strided(ga, writeable=True),
         grad_h0=None if gh0 is None else canon.strided(gh0, writeable=True),
@@ -372,13 +407,16 @@ def plan_backward(xp, a: Operand, h: Operand, grad_h: Operand, h0: Operand | Non
     def plan(impl):
         srcs = (_source(xp, a, views[2], problem.a), _source(xp, h, views[0], problem.h),
                 _source(xp, grad_h, views[1], problem.grad_h),
-                None if h0 is None else _source(xp, h0, views[3], problem.h0))
-        if None in srcs[:3] or (h0 is not None and srcs[3] is None) or len(views[0].shape) != len(shape):
+                None if h0 is None else _source(xp, h0, views[3], problem.h0),
+                None if resets is None else _source(xp, resets, views[-1], problem.resets))
+        if (None in srcs[:3] or (h0 is not None and srcs[3] is None) or (resets is not None and srcs[4] is None)
+                or len(views[0].shape) != len(shape)):
             return None
         p = BackwardPlan()
         p.xp, p.impl, p.shape, p.dtype, p.acc, p.srcs = xp, impl, problem.shape, dtype, acc, srcs
         p.geo = tuple(None if s is None else (s.off, s.strides) for s in (
-            problem.a, problem.h, problem.grad_h, problem.h0, problem.grad_x, problem.grad_a, problem.grad_h0))
+            problem.a, problem.h, problem.grad_h, problem.h0, problem.grad_x, problem.grad_a, problem.grad_h0,
+            problem.resets))
         p.allocs = (_alloc_recipe(canon), _alloc_recipe(canon, 1 if time_const else T),
                     None if gh0 is None else _alloc_recipe(canon, 1))
         p.ga_dtype = ga.dtype
@@ -493,13 +531,13 @@ class ForwardPlan:
     __slots__ = ("xp", "impl", "shape", "dtype", "acc", "srcs", "geo", "out_recipe", "out_src", "in_place",
                  "check_overlap", "launch")
 
-    def run(self, a, x, h0, out):
+    def run(self, a, x, h0, out, resets=None):
         xp, srcs = self.xp, self.srcs
         if out is None:
             target, obuf = _new(xp, self.out_recipe, self.dtype)
         else:
             if self.check_overlap:
-                for v in (x, a, h0):
+                for v in (x, a, h0, resets):
                     if v is not None and not isinstance(v, (int, float, complex, np.generic)) and v.size \
                             and overlaps(out, v) and not same_view(out, v):
                         raise ValueError("out overlaps an input without being exactly that input; pass a "
@@ -508,29 +546,33 @@ class ForwardPlan:
             obuf = _fetch(self.out_src, xp, out, True)
         ba, bx = _fetch(srcs[0], xp, a), _fetch(srcs[1], xp, x)
         bh = None if srcs[2] is None else _fetch(srcs[2], xp, h0)
+        br = None if srcs[3] is None else _fetch(srcs[3], xp, resets)
         if self.launch is not None:  # the backend's launcher prepared for this geometry
-            self.launch(ba, bx, bh, obuf)
+            self.launch(ba, bx, bh, obuf, br)
             return target
         geo = self.geo
         self.impl.forward(ScanProblem(self.shape, Strided(ba, *geo[0]), Strided(bx, *geo[1]),
                                       None if bh is None else Strided(bh, *geo[2]), Strided(obuf, *geo[3]),
-                                      self.dtype, self.acc))
+                                      self.dtype, self.acc, None if br is None else Strided(br, *geo[4])))
         return target
 
 
-def capture_forward(xp, impl, a, x, h0, out, problem, views, target, canon):
+def capture_forward(xp, impl, a, x, h0, out, problem, views, target, canon, resets=None):
     """The :class:`ForwardPlan` of a call just planned (None when it cannot be replayed)."""
     user_out = None if out is None else out.array
     if problem is None or canon is None:
         return None
     srcs = [_source(xp, a, views[1], problem.a), _source(xp, x, views[0], problem.x)]
     srcs.append(None if h0 is None else _source(xp, h0, views[2], problem.h0))
-    if srcs[0] is None or srcs[1] is None or (h0 is not None and srcs[2] is None):
+    srcs.append(None if resets is None else _source(xp, resets, views[-1], problem.resets))
+    if srcs[0] is None or srcs[1] is None or (h0 is not None and srcs[2] is None) or \
+            (resets is not None and srcs[3] is None):
         return None
     p = ForwardPlan()
     p.xp, p.impl, p.shape, p.dtype, p.acc = xp, impl, problem.shape, problem.dtype, problem.acc_dtype
     p.srcs = tuple(srcs)
-    p.geo = tuple((s.off, s.strides) if s is not None else None for s in (problem.a, problem.x, problem.h0, problem.out))
+    p.geo = tuple((s.off, s.strides) if s is not None else None
+                  for s in (problem.a, problem.x, problem.h0, problem.out, problem.resets))
     p.out_recipe, p.out_src, p.in_place, p.check_overlap = None, None, False, False
     launcher = getattr(impl, "forward_launcher", None)
     p.launch = None if launcher is None else launcher(problem)
@@ -553,20 +595,21 @@ class BackwardPlan:
     __slots__ = ("xp", "impl", "shape", "dtype", "acc", "srcs", "geo", "allocs", "ga_dtype", "reduce_a",
                  "reduce_h0", "launch")
 
-    def run(self, a, h, grad_h, h0):
+    def run(self, a, h, grad_h, h0, resets=None):
         xp, srcs = self.xp, self.srcs
         ins = (_fetch(srcs[0], xp, a), _fetch(srcs[1], xp, h), _fetch(srcs[2], xp, grad_h),
                None if srcs[3] is None else _fetch(srcs[3], xp, h0))
+        br = None if srcs[4] is None else _fetch(srcs[4], xp, resets)
         grad_x, bx = _new(xp, self.allocs[0], self.dtype)
         ga, ba = _new(xp, self.allocs[1], self.ga_dtype)
         gh0, b0 = (None, None) if self.allocs[2] is None else _new(xp, self.allocs[2], self.acc)
         if self.launch is not None:  # the backend's launcher prepared for this geometry
-            self.launch(*ins, bx, ba, b0)
+            self.launch(*ins, bx, ba, b0, br)
         else:
             geo = self.geo
             self.impl.backward(ScanBackwardProblem(
                 self.shape, *(None if b is None else Strided(b, *g) for b, g in zip(ins + (bx, ba, b0), geo)),
-                self.dtype, self.acc))
+                self.dtype, self.acc, None if br is None else Strided(br, *geo[7])))
         grad_a = _reduce_to(xp, ga, *self.reduce_a)
         grad_h0 = None if gh0 is None else _reduce_to(xp, gh0, *self.reduce_h0)
         return grad_a, grad_x, grad_h0

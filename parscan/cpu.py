@@ -32,6 +32,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._half import conj, host_view, load, load_as, store
+from ._problem import run_backward, run_forward
 
 MAX_BLOCK = 4096  # channels per channel-inner task (states live in a small local array)
 WHOLE_ROW = 2048  # channel-inner rows up to this many channels are never split between tasks
@@ -833,7 +834,7 @@ def forward_launcher(problem):
     shape = tuple(int(n) for n in problem.shape)
     zero, one = _scalars(problem)
     if _small(problem):
-        def run(a, x, h0, out):
+        def run(a, x, h0, out, resets=None):
             _forward_small(view(a), ao, as_, view(x), xo, xs, dummy if h0 is None else view(h0), ho, hs, has_h0,
                            view(out), oo, os_, shape, zero)
         return run
@@ -842,7 +843,7 @@ def forward_launcher(problem):
     nparts = max(1, min(math.prod(shape[:3]), 8 * nthreads))
     down = walk_down(shape, xs, False)
 
-    def run(a, x, h0, out):
+    def run(a, x, h0, out, resets=None):
         _forward(view(a), ao, as_, view(x), xo, xs, dummy if h0 is None else view(h0), ho, hs, has_h0,
                  view(out), oo, os_, shape, zero, one, bs, nch, nparts, down)
     return run
@@ -862,7 +863,7 @@ def backward_launcher(problem):
     shape = tuple(int(n) for n in problem.shape)
     zero, one = _scalars(problem)
     if _small(problem):
-        def run(a, h, grad_h, h0, grad_x, grad_a, grad_h0):
+        def run(a, h, grad_h, h0, grad_x, grad_a, grad_h0, resets=None):
             _backward_small(view(a), ao, as_, view(h), hO, hS, view(grad_h), go, gs,
                             dummy if h0 is None else view(h0), h0o, h0s, has_h0, view(grad_x), xo, xs,
                             view(grad_a), ao2, as2, wdummy if grad_h0 is None else view(grad_h0), g0o, g0s,
@@ -873,7 +874,7 @@ def backward_launcher(problem):
     nparts = max(1, min(math.prod(shape[:3]), 8 * nthreads))
     down = walk_down(shape, gs, True)
 
-    def run(a, h, grad_h, h0, grad_x, grad_a, grad_h0):
+    def run(a, h, grad_h, h0, grad_x, grad_a, grad_h0, resets=None):
         _backward(view(a), ao, as_, view(h), hO, hS, view(grad_h), go, gs, dummy if h0 is None else view(h0),
                   h0o, h0s, has_h0, view(grad_x), xo, xs, view(grad_a), ao2, as2,
                   wdummy if grad_h0 is None else view(grad_h0), g0o, g0s, shape, zero, one, bs, nch, nparts, down)
@@ -881,11 +882,8 @@ def backward_launcher(problem):
 
 
 def forward(problem):
-    forward_launcher(problem)(problem.a.buf, problem.x.buf, None if problem.h0 is None else problem.h0.buf,
-                              problem.out.buf)
+    run_forward(forward_launcher, problem)
 
 
 def backward(problem):
-    backward_launcher(problem)(problem.a.buf, problem.h.buf, problem.grad_h.buf,
-                               None if problem.h0 is None else problem.h0.buf, problem.grad_x.buf,
-                               problem.grad_a.buf, None if problem.grad_h0 is None else problem.grad_h0.buf)
+    run_backward(backward_launcher, problem)

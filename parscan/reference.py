@@ -15,6 +15,10 @@ and PyTorch's convention for complex numbers (gradients are conjugate Wirtinger 
     grad_a[t] = g[t] * conj(h[t-1])                   h[-1] = h0 (or 0)
     grad_h0   = conj(a[0]) * g[0]
 
+With ``resets`` (booleans broadcastable to x), the carried state is dropped where ``resets[t]`` is true:
+``h[t] = x[t]``, i.e. ``a[t]`` reads as 0, in the forward and in every formula of the backward (no
+gradient crosses a reset, ``grad_a[t] = 0`` there, and ``grad_h0 = 0`` when ``resets[0]``).
+
 ``grad_a`` and ``grad_h0`` are summed over the dimensions along which ``a`` and ``h0`` were broadcast;
 for a real ``a`` (or ``h0``) with complex data they are the real part, the gradient of a real parameter.
 
@@ -35,11 +39,17 @@ def _wide(*arrays):
     return np.complex128 if any(np.iscomplexobj(v) for v in arrays if v is not None) else np.float64
 
 
-def scan_last_axis(a, x, h0=None):
-    """The forward loop with time on the last axis; ``a`` broadcasts to x, ``h0`` to ``x.shape[:-1]``."""
+def _reset(a, resets):
+    """``a`` with the steps where ``resets`` is true read as 0 (the reference may materialise it)."""
+    return a if resets is None else np.where(np.broadcast_to(resets, a.shape), a.dtype.type(0), a)
+
+
+def scan_last_axis(a, x, h0=None, resets=None):
+    """The forward loop with time on the last axis; ``a`` and ``resets`` broadcast to x, ``h0`` to
+    ``x.shape[:-1]``."""
     wide = _wide(a, x, h0)
     x = np.asarray(x, dtype=wide)
-    a = np.broadcast_to(np.asarray(a, dtype=wide), x.shape)
+    a = _reset(np.broadcast_to(np.asarray(a, dtype=wide), x.shape), resets)
     h = np.zeros(x.shape[:-1], wide)
     if h0 is not None:
         h[...] = h0
@@ -50,12 +60,12 @@ def scan_last_axis(a, x, h0=None):
     return out
 
 
-def scan_backward_last_axis(a, h, grad_h, h0=None):
+def scan_backward_last_axis(a, h, grad_h, h0=None, resets=None):
     """The backward loop with time on the last axis: ``(grad_a, grad_x, grad_h0)`` at full shape."""
     wide = _wide(a, h, grad_h, h0)
     h = np.asarray(h, dtype=wide)
     grad_h = np.asarray(grad_h, dtype=wide)
-    a = np.broadcast_to(np.asarray(a, dtype=wide), h.shape)
+    a = _reset(np.broadcast_to(np.asarray(a, dtype=wide), h.shape), resets)
     h_init = np.zeros(h.shape[:-1], wide)
     if h0 is not None:
         h_init[...] = h0
@@ -68,6 +78,8 @@ def scan_backward_last_axis(a, h, grad_h, h0=None):
         grad_x[..., t] = g
         grad_a[..., t] = g * np.conj(h[..., t - 1] if t > 0 else h_init)
         coef = np.conj(a[..., t])
+    if resets is not None:  # a reads as 0 there: its gradient is 0
+        grad_a[np.broadcast_to(resets, grad_a.shape)] = 0
     return grad_a, grad_x, coef * g
 
 
@@ -83,20 +95,28 @@ def _sum_to(g, shape):
     return g.sum(axis=axes, keepdims=True) if axes else g
 
 
-def linear_scan(a, x, h0=None, *, axis=-1, reverse=False):
+def _time_last(r, shape, axis, reverse):
+    """``resets`` broadcast to ``shape`` with time moved last (and reversed), or None."""
+    if r is None:
+        return None
+    r = np.moveaxis(np.broadcast_to(np.asarray(r, dtype=bool), shape), axis, -1)
+    return r[..., ::-1] if reverse else r
+
+
+def linear_scan(a, x, h0=None, *, axis=-1, reverse=False, resets=None):
     """h with h[t] = a[t] * h[t-1] + x[t] along ``axis`` (see the module docstring), as float64/complex128."""
     x = np.asarray(x)
     a = np.broadcast_to(np.asarray(a), x.shape)
     xs, as_ = np.moveaxis(x, axis, -1), np.moveaxis(a, axis, -1)
     if reverse:
         xs, as_ = xs[..., ::-1], as_[..., ::-1]
-    h = scan_last_axis(as_, xs, h0)
+    h = scan_last_axis(as_, xs, h0, _time_last(resets, x.shape, axis, reverse))
     if reverse:
         h = h[..., ::-1]
     return np.ascontiguousarray(np.moveaxis(h, -1, axis))
 
 
-def linear_scan_backward(a, h, grad_h, h0=None, *, axis=-1, reverse=False):
+def linear_scan_backward(a, h, grad_h, h0=None, *, axis=-1, reverse=False, resets=None):
     """``(grad_a, grad_x, grad_h0)`` of ``linear_scan`` (see the module docstring)."""
     h = np.asarray(h)
     a_arr = np.asarray(a)
@@ -104,7 +124,7 @@ def linear_scan_backward(a, h, grad_h, h0=None, *, axis=-1, reverse=False):
     hs, gs, as_ = (np.moveaxis(v, axis, -1) for v in (h, np.asarray(grad_h), a_full))
     if reverse:
         hs, gs, as_ = hs[..., ::-1], gs[..., ::-1], as_[..., ::-1]
-    ga, gx, gh0 = scan_backward_last_axis(as_, hs, gs, h0)
+    ga, gx, gh0 = scan_backward_last_axis(as_, hs, gs, h0, _time_last(resets, h.shape, axis, reverse))
     if reverse:
         ga, gx = ga[..., ::-1], gx[..., ::-1]
     ga, gx = np.moveaxis(ga, -1, axis), np.moveaxis(gx, -1, axis)
@@ -121,6 +141,9 @@ def linear_scan_backward(a, h, grad_h, h0=None, *, axis=-1, reverse=False):
 
 # ---- the "reference" backend: the same loops, run on a planned problem (host arrays only) ----
 
+RESETS = True  # implements ``resets`` (see parscan.scan)
+
+
 def _view4(s, shape):
     """A NumPy view of a canonical operand over the index space ``shape``."""
     item = s.buf.itemsize
@@ -132,14 +155,16 @@ def forward(problem):
     shape = problem.shape
     a, x = _view4(problem.a, shape), _view4(problem.x, shape)
     h0 = None if problem.h0 is None else _view4(problem.h0, shape[:3] + (1,))[..., 0]
-    _view4(problem.out, shape)[...] = scan_last_axis(a, x, h0)
+    r = None if problem.resets is None else _view4(problem.resets, shape)
+    _view4(problem.out, shape)[...] = scan_last_axis(a, x, h0, r)
 
 
 def backward(problem):
     shape = problem.shape
     a, h, gh = (_view4(s, shape) for s in (problem.a, problem.h, problem.grad_h))
     h0 = None if problem.h0 is None else _view4(problem.h0, shape[:3] + (1,))[..., 0]
-    ga, gx, gh0 = scan_backward_last_axis(a, h, gh, h0)
+    r = None if problem.resets is None else _view4(problem.resets, shape)
+    ga, gx, gh0 = scan_backward_last_axis(a, h, gh, h0, r)
     _view4(problem.grad_x, shape)[...] = gx
     if problem.grad_a.strides[3] == 0:
         _view4(problem.grad_a, shape[:3] + (1,))[...] = ga.sum(axis=-1, keepdims=True)

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 from . import _backends, _plans
-from ._arrays import array_module, as_operand, check_same_place, give_back
+from ._arrays import array_module, as_flags, as_operand, check_same_place, give_back
 from ._problem import plan_backward, plan_forward
 
 
-def linear_scan(a, x, h0=None, *, axis=-1, reverse=False, out=None, backend=None):
+def _check_resets(impl, resets):
+    if resets is not None and not getattr(impl, "RESETS", False):
+        name = impl.__name__.rsplit(".", 1)[-1].removesuffix("_scan")
+        raise NotImplementedError(f"resets are not implemented by the {name!r} backend yet (issue #18: the "
+                                  f"reference backend has them); pass backend='reference', or fold the "
+                                  f"resets into a yourself: a * ~resets")
+
+
+def linear_scan(a, x, h0=None, *, axis=-1, reverse=False, out=None, backend=None, resets=None):
     """The linear recurrence ``h[t] = a[t] * h[t-1] + x[t]`` along ``axis``, computed in parallel.
 
     Parameters
@@ -30,6 +38,11 @@ def linear_scan(a, x, h0=None, *, axis=-1, reverse=False, out=None, backend=None
         ``out=x`` scans in place.
     backend : {None, "cupy", "numba", "cpu", "reference"}
         None picks "cupy" for CUDA arrays ("numba" for Numba CUDA simulator arrays) and "cpu" for host arrays.
+    resets : bool array, optional
+        Broadcastable to ``x.shape`` (typically shape (T,), or (B, 1, T) for a (B, C, T) x; never
+        materialised): where ``resets[t]`` is true the carried state is dropped, ``h[t] = x[t]``
+        (``reverse``: the state from t+1 is dropped).  Packed sequences: see
+        :func:`parscan.resets_from_offsets` and :func:`parscan.segment_ends`.
 
     Returns
     -------
@@ -42,22 +55,26 @@ def linear_scan(a, x, h0=None, *, axis=-1, reverse=False, out=None, backend=None
     >>> import numpy as np, parscan
     >>> parscan.linear_scan(0.5, np.ones(4, np.float32))
     array([1.   , 1.5  , 1.75 , 1.875], dtype=float32)
+    >>> parscan.linear_scan(0.5, np.ones(4), resets=np.array([False, False, True, False]), backend="reference")
+    array([1. , 1.5, 1. , 1.5])
     """
-    key = _plans.forward_key(a, x, h0, axis, reverse, out, backend)
+    key = _plans.forward_key(a, x, h0, axis, reverse, out, backend, resets)
     if key is not None:
         plan = _plans.FORWARD.get(key)
         if plan is not None:
-            return plan.run(a, x, h0, out)
+            return plan.run(a, x, h0, out, resets)
     xo = as_operand(x, "x")
     ao = as_operand(a, "a", allow_scalar=True)
     ho = None if h0 is None else as_operand(h0, "h0", allow_scalar=True)
     oo = None if out is None else as_operand(out, "out")
+    ro = None if resets is None else as_flags(resets, "resets")
     if oo is not None and oo.library in ("jax", "jaxlib"):
         raise ValueError("out cannot be a JAX array: JAX arrays are immutable and parscan never writes into "
                          "JAX-owned memory; drop out= and use the returned jax.Array")
-    check_same_place(xo, ao, ho, oo)
+    check_same_place(xo, ao, ho, oo, ro)
     impl = _backends.select(backend, xo.on_gpu)
-    problem, _, finish, replay = plan_forward(array_module(xo), ao, xo, ho, oo, axis, reverse)
+    _check_resets(impl, ro)
+    problem, _, finish, replay = plan_forward(array_module(xo), ao, xo, ho, oo, axis, reverse, ro)
     if problem is not None:
         impl.forward(problem)
     result = finish()
@@ -68,7 +85,7 @@ def linear_scan(a, x, h0=None, *, axis=-1, reverse=False, out=None, backend=None
     return out if out is not None else give_back(result, xo)
 
 
-def linear_scan_backward(a, h, grad_h, h0=None, *, axis=-1, reverse=False, backend=None):
+def linear_scan_backward(a, h, grad_h, h0=None, *, axis=-1, reverse=False, backend=None, resets=None):
     """Gradients of ``h = linear_scan(a, x, h0, axis=axis, reverse=reverse)``: ``(grad_a, grad_x, grad_h0)``.
 
     With ``g = grad_x`` and ``grad_h = dL/dh`` (forward direction; ``reverse=True`` mirrors time)::
@@ -76,6 +93,9 @@ def linear_scan_backward(a, h, grad_h, h0=None, *, axis=-1, reverse=False, backe
         g[t]      = grad_h[t] + conj(a[t+1]) * g[t+1]      (g[T] = 0)
         grad_a[t] = g[t] * conj(h[t-1])                    (h[-1] = h0, or 0)
         grad_h0   = conj(a[0]) * g[0]
+
+    With the forward's ``resets``, a reads as 0 where they are true: no gradient crosses a reset and
+    ``grad_a`` is 0 there.
 
     ``grad_a`` has a's shape (summed over the dimensions a was broadcast along) and dtype,
     ``grad_x`` has h's shape, ``grad_h0`` has h0's shape, or is None when ``h0`` is None.  Complex
@@ -90,18 +110,20 @@ def linear_scan_backward(a, h, grad_h, h0=None, *, axis=-1, reverse=False, backe
     >>> gx
     array([1.75, 1.5 , 1.  ])
     """
-    key = _plans.backward_key(a, h, grad_h, h0, axis, reverse, backend)
+    key = _plans.backward_key(a, h, grad_h, h0, axis, reverse, backend, resets)
     if key is not None:
         plan = _plans.BACKWARD.get(key)
         if plan is not None:
-            return plan.run(a, h, grad_h, h0)
+            return plan.run(a, h, grad_h, h0, resets)
     ho = as_operand(h, "h")
     ao = as_operand(a, "a", allow_scalar=True)
     go = as_operand(grad_h, "grad_h")
     h0o = None if h0 is None else as_operand(h0, "h0", allow_scalar=True)
-    check_same_place(ho, ao, go, h0o)
+    ro = None if resets is None else as_flags(resets, "resets")
+    check_same_place(ho, ao, go, h0o, ro)
     impl = _backends.select(backend, ho.on_gpu)
-    problem, finish, replay = plan_backward(array_module(ho), ao, ho, go, h0o, axis, reverse)
+    _check_resets(impl, ro)
+    problem, finish, replay = plan_backward(array_module(ho), ao, ho, go, h0o, axis, reverse, ro)
     if problem is not None:
         impl.backward(problem)
     grad_a, grad_x, grad_h0 = finish()

@@ -62,8 +62,8 @@ def test_a_corrupted_result_is_caught_and_exits_1(tmp_path, monkeypatch, capsys)
     def corrupt(problem):  # the cpu backend's forward (first and replayed calls alike), then one element off
         run = real(problem)
 
-        def bad(a, x, h0, out):
-            run(a, x, h0, out)
+        def bad(a, x, h0, out, resets=None):
+            run(a, x, h0, out, resets)
             out[problem.out.off] += 1
         return bad
 

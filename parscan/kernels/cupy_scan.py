@@ -15,6 +15,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from .._problem import run_backward, run_forward
 from .launch import Launch, items_for, plan_launch
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scan.cu")
@@ -160,7 +161,7 @@ def forward_launcher(problem, launch=None):
     grid, block = (launch.blocks,), (launch.threads,)
     sizes = _status_sizes(launch, acc)
 
-    def run(a, x, h0, out):
+    def run(a, x, h0, out, resets=None):
         with cupy.cuda.Device(dev):  # scratch, casts and the launch on the data's device
             fn(grid, block, (_as(a, sa), *ga, _as(x, d), *gx, none, *_ZERO_GEO,
                              none if h0 is None else _as(h0, d), *g0, has_h0, out, *go, none, *_ZERO_GEO,
@@ -193,7 +194,7 @@ def backward_launcher(problem, launch=None):
                                                    np.int64(launch.time_tiles))
     sizes = _status_sizes(launch, acc)
 
-    def run(a, h, grad_h, h0, grad_x, grad_a, grad_h0):
+    def run(a, h, grad_h, h0, grad_x, grad_a, grad_h0, resets=None):
         with cupy.cuda.Device(dev):
             parts = cupy.empty(nparts, real) if nparts else none_real
             fn(grid, block, (_as(a, sa), *ga, _as(grad_h, d), *gg, _as(h, d), *gh,
@@ -206,14 +207,11 @@ def backward_launcher(problem, launch=None):
 
 
 def forward(problem, launch=None):
-    forward_launcher(problem, launch)(problem.a.buf, problem.x.buf, None if problem.h0 is None else problem.h0.buf,
-                                      problem.out.buf)
+    run_forward(forward_launcher, problem, launch)
 
 
 def backward(problem, launch=None):
-    backward_launcher(problem, launch)(problem.a.buf, problem.h.buf, problem.grad_h.buf,
-                                       None if problem.h0 is None else problem.h0.buf, problem.grad_x.buf,
-                                       problem.grad_a.buf, None if problem.grad_h0 is None else problem.grad_h0.buf)
+    run_backward(backward_launcher, problem, launch)
 
 
 def matrix_pass(aggregate, A, conj, shift, x, h0, carry, out, L, nch, reverse):

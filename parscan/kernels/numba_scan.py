@@ -32,6 +32,7 @@ from functools import lru_cache
 import numpy as np
 from numba import cuda, types
 
+from .._problem import run_backward, run_forward
 from .launch import SIM_LAUNCH, THREADS, items_for, plan_launch, sim_sizes
 
 _EMPTY, _AGG, _INC = 0, 1, 2
@@ -470,7 +471,7 @@ def forward_launcher(problem, launch=None):
     sizes = (launch.chans, launch.lanes, launch.chan_fast, launch.time_tiles)
     sim = _sim_array
 
-    def run(a, x, h0, out):
+    def run(a, x, h0, out, resets=None):
         with _Launcher(x, xp) as go_:
             go_(scan, launch.blocks, launch.threads, sim(a), *ga, sim(x), *gx, none, *_ZERO_GEO,
                 none if h0 is None else sim(h0), *g0, has_h0, sim(out), *go, none, *_ZERO_GEO, none_acc,
@@ -499,7 +500,7 @@ def backward_launcher(problem, launch=None):
     sizes = (launch.chans, launch.lanes, launch.chan_fast, launch.time_tiles)
     sim = _sim_array
 
-    def run(a, h, grad_h, h0, grad_x, grad_a, grad_h0):
+    def run(a, h, grad_h, h0, grad_x, grad_a, grad_h0, resets=None):
         with _Launcher(grad_h, xp) as go_:
             parts = xp.empty(nparts, real) if nparts else none_real
             go_(scan, launch.blocks, launch.threads, sim(a), *ga, sim(grad_h), *gg, sim(h), *gh,
@@ -512,11 +513,8 @@ def backward_launcher(problem, launch=None):
 
 
 def forward(problem, launch=None):
-    forward_launcher(problem, launch)(problem.a.buf, problem.x.buf, None if problem.h0 is None else problem.h0.buf,
-                                      problem.out.buf)
+    run_forward(forward_launcher, problem, launch)
 
 
 def backward(problem, launch=None):
-    backward_launcher(problem, launch)(problem.a.buf, problem.h.buf, problem.grad_h.buf,
-                                       None if problem.h0 is None else problem.h0.buf, problem.grad_x.buf,
-                                       problem.grad_a.buf, None if problem.grad_h0 is None else problem.grad_h0.buf)
+    run_backward(backward_launcher, problem, launch)

@@ -9,6 +9,10 @@ broadcast against x's; ``h0`` (..., n) broadcasts too.  ``reverse=True`` runs
 
 (PyTorch's convention for complex numbers; grad_A is summed over what A was broadcast along).
 
+``resets`` (issue #18; bool, broadcastable to x's shape without its last axis): A_t reads as 0 where
+they are true, in the forward and in every formula of the adjoint (grad_A_t = 0 there).  The host
+backends take them (one byte per batch row and step at most, never times n); the CUDA kernels not yet.
+
 Backends:
 
 - ``reference``: a float64 / complex128 loop, the ground truth;
@@ -35,7 +39,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import _backends
-from ._arrays import array_module, as_operand, check_same_place, give_back
+from ._arrays import array_module, as_flags, as_operand, check_same_place, give_back
 from ._problem import _as_strided
 from .kernels import matrix_launch
 from .scan import linear_scan, linear_scan_backward
@@ -45,37 +49,46 @@ _CUDA = {"cupy": "parscan.kernels.cupy_scan", "numba": "parscan.kernels.numba_ma
 
 
 @njit(parallel=True, cache=True, fastmath={"contract"})
-def _forward_cpu(A, x, h0, out, reverse):
+def _forward_cpu(A, x, h0, out, reverse, R):
+    """``R`` (bool, (B or 1, T or 1)): the resets, where A reads as 0 (``h_t = x_t``); (1, 1) False for none."""
     B, T, n = x.shape
     shared = np.int64(0 if A.shape[0] > 1 else 1)  # one A for every batch row
+    r_shared = np.int64(0 if R.shape[0] > 1 else 1)
     for b in prange(B):
         ab = np.int64(b) * (1 - shared)
+        rb = np.int64(b) * (1 - r_shared)
         h = h0[b].copy()
         for s in range(T):
             t = T - 1 - s if reverse else s
             At = A[ab, t if A.shape[1] > 1 else 0]
+            reset = R[rb, t if R.shape[1] > 1 else 0]
             new = np.empty(n, x.dtype)
             for i in range(n):
                 acc = x[b, t, i]
-                for j in range(n):
-                    acc += At[i, j] * h[j]
+                if not reset:
+                    for j in range(n):
+                        acc += At[i, j] * h[j]
                 new[i] = acc
             h = new
             out[b, t] = h
 
 
 @njit(parallel=True, cache=True, fastmath={"contract"})
-def _backward_cpu(A, h, gh, h0, gx, gA, gh0, reverse):
-    """gA has shape (B, T or 1, n, n): per-step outer products, or their sum over time."""
+def _backward_cpu(A, h, gh, h0, gx, gA, gh0, reverse, R):
+    """gA has shape (B, T or 1, n, n): per-step outer products, or their sum over time.  ``R``: the
+    forward's resets (as in :func:`_forward_cpu`): A reads as 0 there, so no gradient crosses a reset
+    and grad_A gets nothing from a reset step."""
     B, T, n = h.shape
     shared = np.int64(0 if A.shape[0] > 1 else 1)
+    r_shared = np.int64(0 if R.shape[0] > 1 else 1)
     for b in prange(B):
         ab = np.int64(b) * (1 - shared)
+        rb = np.int64(b) * (1 - r_shared)
         g = np.zeros(n, h.dtype)
         for s in range(T):
             t = s if reverse else T - 1 - s      # walk against the forward's direction
             nxt = t - 1 if reverse else t + 1    # the step that read h_t
-            if 0 <= nxt < T:
+            if 0 <= nxt < T and not R[rb, nxt if R.shape[1] > 1 else 0]:
                 An = A[ab, nxt if A.shape[1] > 1 else 0]
                 new = np.empty(n, h.dtype)
                 for i in range(n):
@@ -87,6 +100,8 @@ def _backward_cpu(A, h, gh, h0, gx, gA, gh0, reverse):
             else:
                 g = gh[b, t].copy()
             gx[b, t] = g
+            if R[rb, t if R.shape[1] > 1 else 0]:
+                continue  # A_t reads as 0: grad_A_t = 0
             prev = t + 1 if reverse else t - 1
             hp = h[b, prev] if 0 <= prev < T else h0[b]
             k = t if gA.shape[1] > 1 else 0
@@ -95,10 +110,12 @@ def _backward_cpu(A, h, gh, h0, gx, gA, gh0, reverse):
                     gA[b, k, i, j] += g[i] * np.conj(hp[j])
         first = T - 1 if reverse else 0
         A0 = A[ab, first if A.shape[1] > 1 else 0]
+        first_reset = R[rb, first if R.shape[1] > 1 else 0]
         for i in range(n):
             gh0[b, i] = 0
-            for j in range(n):
-                gh0[b, i] += np.conj(A0[j, i]) * g[j]
+            if not first_reset:
+                for j in range(n):
+                    gh0[b, i] += np.conj(A0[j, i]) * g[j]
 
 
 # One batch row, or a small problem, runs on one thread: a parallel launch would cost more than the
@@ -112,7 +129,7 @@ def _serial(B, T, n):
     return B == 1 or B * T * n * n < SERIAL_BELOW
 
 
-def _reference_forward(A, x, h0, reverse):
+def _reference_forward(A, x, h0, reverse, R=None):
     acc = np.complex128 if np.iscomplexobj(A) or np.iscomplexobj(x) else np.float64
     A, x, h = A.astype(acc), x.astype(acc), h0.astype(acc).copy()
     A = np.broadcast_to(A, x.shape[:1] + A.shape[1:])  # a batch-shared A stays one copy
@@ -120,13 +137,22 @@ def _reference_forward(A, x, h0, reverse):
     T = x.shape[1]
     for s in range(T):
         t = T - 1 - s if reverse else s
-        At = A[:, t if A.shape[1] > 1 else 0]
+        At = _A_eff(A, R, t, x.shape[0])
         h = np.einsum("bij,bj->bi", At, h) + x[:, t]
         out[:, t] = h
     return out
 
 
-def _reference_backward(A, h, gh, h0, reverse):
+def _A_eff(A, R, t, B):
+    """A at step t with the steps where the resets ``R`` ((B or 1, T or 1) bool) are true read as 0."""
+    At = A[:, t if A.shape[1] > 1 else 0]
+    if R is None:
+        return At
+    r = np.broadcast_to(R[:, t if R.shape[1] > 1 else 0], (B,))
+    return np.where(r[:, None, None], At.dtype.type(0), At)
+
+
+def _reference_backward(A, h, gh, h0, reverse, R=None):
     acc = np.complex128 if np.iscomplexobj(A) or np.iscomplexobj(h) else np.float64
     A, h, gh, h0 = (v.astype(acc) for v in (A, h, gh, h0))
     B, T, n = h.shape
@@ -137,13 +163,14 @@ def _reference_backward(A, h, gh, h0, reverse):
     order = range(T) if reverse else range(T - 1, -1, -1)
     for t in order:
         nxt = t - 1 if reverse else t + 1
-        g = gh[:, t] + (np.einsum("bji,bj->bi", A[:, nxt if A.shape[1] > 1 else 0].conj(), g) if 0 <= nxt < T else 0)
+        g = gh[:, t] + (np.einsum("bji,bj->bi", _A_eff(A, R, nxt, B).conj(), g) if 0 <= nxt < T else 0)
         gx[:, t] = g
         prev = t + 1 if reverse else t - 1
         hp = h[:, prev] if 0 <= prev < T else h0
-        gA[:, t if A.shape[1] > 1 else 0] += g[:, :, None] * hp.conj()[:, None, :]
+        keep = 1 if R is None else ~np.broadcast_to(R[:, t if R.shape[1] > 1 else 0], (B,))[:, None, None]
+        gA[:, t if A.shape[1] > 1 else 0] += keep * (g[:, :, None] * hp.conj()[:, None, :])
     first = T - 1 if reverse else 0
-    gh0 = np.einsum("bji,bj->bi", A[:, first if A.shape[1] > 1 else 0].conj(), g)
+    gh0 = np.einsum("bji,bj->bi", _A_eff(A, R, first, B).conj(), g)
     return gx, gA, gh0
 
 
@@ -197,6 +224,35 @@ def _prepare(A, x, h0, lead_b, T, n, work):
     hb = (np.zeros((Bn, n), work) if h0 is None else
           np.ascontiguousarray(np.broadcast_to(h0, lead_b + (n,)).reshape(Bn, n), work))
     return Ab, xb, hb
+
+
+_NO_RESETS = np.zeros((1, 1), np.bool_)  # the kernels' "no resets": one False for every step
+
+
+def _resets_2d(r, lead_b, T, x_name):
+    """Host resets as a (B or 1, T or 1) bool array over the flat batch: a view when they are shared by
+    the whole batch, else one byte per (batch row, step) (never times n)."""
+    want = tuple(lead_b) + (T,)
+    try:
+        ok = np.broadcast_shapes(r.shape, want) == want
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"resets has shape {r.shape}, which does not broadcast to {x_name}'s shape without its last "
+                         f"(state) axis, {want}: e.g. shape (T,) = ({T},) for resets shared by the batch, or "
+                         f"{want} per batch row")
+    Tr = r.shape[-1] if r.ndim else 1
+    if r.ndim <= 1 or math.prod(r.shape[:-1]) == 1:
+        return r.reshape(1, Tr)
+    return np.ascontiguousarray(np.broadcast_to(r, tuple(lead_b) + (Tr,)).reshape(math.prod(lead_b), Tr))
+
+
+def _no_cuda_resets(ro):
+    if ro is not None:
+        raise NotImplementedError("resets are not implemented by the matrix scan's CUDA kernels yet (issue #18): "
+                                  "run the matrix scan on host arrays (backend='cpu' or 'reference'), or fold "
+                                  "the resets into A yourself: A * ~resets[..., None, None] (A with a full time "
+                                  "axis)")
 
 
 def _batched(xp, v, lead, tail, work):
@@ -270,8 +326,12 @@ def _cuda_backward(impl, xp, A, h, gh, h0, reverse, lead, T, n, work):
     return gx, gA, gh0
 
 
-def matrix_linear_scan(A, x, h0=None, *, reverse=False, backend=None):
+def matrix_linear_scan(A, x, h0=None, *, reverse=False, backend=None, resets=None):
     """``h_t = A_t h_{t-1} + x_t`` for x (..., T, n), A (..., T or 1, n, n), h0 (..., n) (see module doc).
+
+    ``resets`` (bool, broadcastable to x's shape without its last axis, ``(..., T)``; typically (T,)):
+    where true the carried state is dropped, ``h_t = x_t`` (A_t reads as 0; ``reverse``: the state from
+    t+1 is dropped).  Host backends only (the CUDA kernels raise NotImplementedError for now).
 
     Returns h (x's shape broadcast with the leading dims of A and h0) in the caller's library, dtype
     the result type of A, x and h0.  n = 1 runs as the elementwise :func:`parscan.linear_scan`.
@@ -280,14 +340,19 @@ def matrix_linear_scan(A, x, h0=None, *, reverse=False, backend=None):
     Ao, Aa = _host(A, "A")
     ho = None if h0 is None else as_operand(h0, "h0")
     ha = None if ho is None else ho.array
-    check_same_place(xo, Ao, ho)
+    ro = None if resets is None else as_flags(resets, "resets")
+    check_same_place(xo, Ao, ho, ro)
     kind, impl = _select(backend, xo.on_gpu)
     lead, T, n, dt, work = _check(Aa, xa, ha, ("A", "x"))
+    if ro is not None and kind != "cuda":
+        R = _resets_2d(ro.array, lead, T, "x")
     if n == 1 and impl != "reference" and xa.shape[:-2] == lead:
         h = linear_scan(_as_given(Ao, Aa[..., 0]), _as_given(xo, xa), _as_given(ho, ha),
-                        axis=-2, reverse=reverse, backend=backend)
+                        axis=-2, reverse=reverse, backend=backend,
+                        resets=None if ro is None else _as_given(ro, ro.array[..., None]))
         return give_back(h, xo)
     if kind == "cuda":
+        _no_cuda_resets(ro)
         with _device(xo):
             out = _cuda_forward(impl, array_module(xo), Aa, xa, ha, reverse, lead, T, n, work)
     else:
@@ -295,10 +360,11 @@ def matrix_linear_scan(A, x, h0=None, *, reverse=False, backend=None):
         if T == 0:
             out = np.empty_like(xb)
         elif impl == "reference":
-            out = _reference_forward(Ab, xb, hb, reverse)
+            out = _reference_forward(Ab, xb, hb, reverse, None if ro is None else R)
         else:
             out = np.empty_like(xb)
-            (_forward_cpu_serial if _serial(xb.shape[0], T, n) else _forward_cpu)(Ab, xb, hb, out, bool(reverse))
+            (_forward_cpu_serial if _serial(xb.shape[0], T, n) else _forward_cpu)(
+                Ab, xb, hb, out, bool(reverse), _NO_RESETS if ro is None else R)
     return give_back(out.reshape(lead + (T, n)).astype(dt, copy=False), xo)
 
 
@@ -310,28 +376,34 @@ def _reduce(g, shape):
     return g.sum(axis=axes, keepdims=True) if axes else g
 
 
-def matrix_linear_scan_backward(A, h, grad_h, h0=None, *, reverse=False, backend=None):
+def matrix_linear_scan_backward(A, h, grad_h, h0=None, *, reverse=False, backend=None, resets=None):
     """``(grad_A, grad_x, grad_h0)`` of :func:`matrix_linear_scan` (formulas in the module doc).
 
     grad_A has A's shape and dtype (summed over what A was broadcast along), grad_x h's shape,
-    grad_h0 h0's shape (None without h0)."""
+    grad_h0 h0's shape (None without h0).  ``resets``: the forward's; A reads as 0 there, so no
+    gradient crosses a reset and grad_A gets nothing from a reset step."""
     ho_, ha = _host(h, "h")
     Ao, Aa = _host(A, "A")
     go, ga = _host(grad_h, "grad_h")
     h0o = None if h0 is None else as_operand(h0, "h0")
     h0a = None if h0o is None else h0o.array
-    check_same_place(ho_, Ao, go, h0o)
+    ro = None if resets is None else as_flags(resets, "resets")
+    check_same_place(ho_, Ao, go, h0o, ro)
     kind, impl = _select(backend, ho_.on_gpu)
     if ga.shape != ha.shape:
         raise ValueError(f"grad_h must have h's shape {ha.shape}, got {ga.shape}")
     lead, T, n, dt, work = _check(Aa, ha, h0a, ("A", "h"))
+    if ro is not None and kind != "cuda":
+        R = _resets_2d(ro.array, lead, T, "h")
     back = lambda v: None if v is None else give_back(v, ho_)  # noqa: E731
     if n == 1 and impl != "reference" and ha.shape[:-2] == lead:
         g_a, gx, gh0 = linear_scan_backward(_as_given(Ao, Aa[..., 0]), _as_given(ho_, ha), _as_given(go, ga),
-                                            _as_given(h0o, h0a), axis=-2, reverse=reverse, backend=backend)
+                                            _as_given(h0o, h0a), axis=-2, reverse=reverse, backend=backend,
+                                            resets=None if ro is None else _as_given(ro, ro.array[..., None]))
         return back(g_a[..., None]), back(gx), back(gh0)
     xp = array_module(ho_)
     if kind == "cuda":
+        _no_cuda_resets(ro)
         with _device(ho_):
             gx, gA, gh0 = _cuda_backward(impl, xp, Aa, ha, ga, h0a, reverse, lead, T, n, work)
     else:
@@ -340,11 +412,11 @@ def matrix_linear_scan_backward(A, h, grad_h, h0=None, *, reverse=False, backend
         if T == 0:
             gx, gA, gh0 = np.empty_like(hb), np.zeros(hb.shape[:1] + Ab.shape[1:], work), np.zeros_like(h0b)
         elif impl == "reference":
-            gx, gA, gh0 = _reference_backward(Ab, hb, gb, h0b, reverse)
+            gx, gA, gh0 = _reference_backward(Ab, hb, gb, h0b, reverse, None if ro is None else R)
         else:
             gx, gA, gh0 = np.empty_like(hb), np.zeros(hb.shape[:1] + Ab.shape[1:], work), np.empty_like(h0b)
             kernel = _backward_cpu_serial if _serial(hb.shape[0], T, n) else _backward_cpu
-            kernel(Ab, hb, gb, h0b, gx, gA, gh0, bool(reverse))
+            kernel(Ab, hb, gb, h0b, gx, gA, gh0, bool(reverse), _NO_RESETS if ro is None else R)
     gA = _reduce(gA.reshape(lead + gA.shape[1:]), Aa.shape)
     if gA.dtype.kind == "c" and Aa.dtype.kind != "c":
         gA = gA.real  # a real A's gradient is the real part (PyTorch's convention)

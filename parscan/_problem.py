@@ -332,6 +332,11 @@ def run_backward(launcher, problem: ScanBackwardProblem, *args):
                              None if problem.resets is None else problem.resets.buf)
 
 
+def _copy_into(out, value):
+    out[...] = value
+    return out
+
+
 def _reduce_to(xp, g, padded_shape, shape, dtype):
     """Sum ``g`` over the dims where ``padded_shape`` is 1 (broadcast), reshape to ``shape``, cast."""
     axes = tuple(d for d, (n, m) in enumerate(zip(padded_shape, g.shape)) if n == 1 and m != 1)
@@ -343,10 +348,37 @@ def _reduce_to(xp, g, padded_shape, shape, dtype):
     return g.astype(dtype, copy=False)
 
 
+def _check_grad_outs(outs, shapes, dtypes, inputs, has_h0):
+    """The arrays of ``linear_scan_backward``'s ``out=(grad_a, grad_x, grad_h0)`` (Operands or None)."""
+    names = ("grad_a", "grad_x", "grad_h0")
+    if outs[2] is not None and not has_h0:
+        raise ValueError("out's grad_h0 is given but h0 is None (there is no grad_h0); pass None in its place")
+    for op, shape, dtype, name in zip(outs, shapes, dtypes, names):
+        if op is None:
+            continue
+        arr = op.array
+        if arr is None:
+            raise TypeError(f"out's {name} must be an array or None, not a scalar")
+        if tuple(arr.shape) != tuple(shape) or arr.dtype != dtype:
+            raise ValueError(f"out's {name} has shape {tuple(arr.shape)} and dtype {arr.dtype} but {name} has "
+                             f"shape {tuple(shape)} and dtype {np.dtype(dtype)}; allocate it so")
+        if isinstance(arr, np.ndarray) and not arr.flags.writeable:
+            raise ValueError(f"out's {name} is read-only; pass a writable array")
+        if not _distinct_elements(arr):
+            raise ValueError(f"out's {name} has elements that share memory (a zero stride, as in a broadcast "
+                             f"view); pass an array whose elements are distinct")
+        for v in [o.array for o in outs if o is not None and o is not op] + inputs:
+            if v is not None and v.size and arr.size and overlaps(arr, v):
+                raise ValueError(f"out's {name} overlaps an input or another output; pass separate arrays")
+
+
 def plan_backward(xp, a: Operand, h: Operand, grad_h: Operand, h0: Operand | None, axis, reverse,
-                  resets: Operand | None = None):
+                  resets: Operand | None = None, outs=(None, None, None)):
     """Return ``(problem or None, finish, plan)``; ``finish()`` returns ``(grad_a, grad_x, grad_h0)``;
-    ``plan(impl)`` is the :class:`BackwardPlan` that replays this call with ``impl`` (or None)."""
+    ``plan(impl)`` is the :class:`BackwardPlan` that replays this call with ``impl`` (or None).
+    ``outs``: Operands (or None) receiving grad_a, grad_x, grad_h0 (``linear_scan_backward``'s ``out=``):
+    grad_x, and a full-shape grad_a of the result dtype, are computed in place there; the others are
+    computed as usual and copied in (a reduction's result, or h0's size)."""
     ha, gha = h.array, grad_h.array
     if ha.ndim == 0:
         raise ValueError("h is 0-d; it needs at least one dimension, the time axis")
@@ -369,21 +401,38 @@ def plan_backward(xp, a: Operand, h: Operand, grad_h: Operand, h0: Operand | Non
     if h0_padded is not None:
         h0_padded = h0_padded[:axis] + (1,) + h0_padded[axis:]
 
+    user = [None if o is None else o.array for o in outs]
+    if any(o is not None for o in outs):
+        _check_grad_outs(outs, (a_shape, shape, h0_shape), (a_dtype, dtype, h0_dtype),
+                         [ha, gha, a.array, None if h0 is None else h0.array,
+                          None if resets is None else resets.array], h0 is not None)
+
+    def given(results):  # the results, copied into the outs given (where not computed there)
+        return tuple(r if u is None else (u if r is u else _copy_into(u, r)) for r, u in zip(results, user))
+
     if ha.size == 0:
         grad_x = xp.zeros(shape, dtype)
         grad_a = xp.zeros(a_shape, a_dtype)
         grad_h0 = None if h0 is None else xp.zeros(h0_shape, h0_dtype)
-        return None, lambda: (grad_a, grad_x, grad_h0), lambda impl: None
+        return None, lambda: given((grad_a, grad_x, grad_h0)), lambda impl: None
 
     rv = _resets_view(xp, resets, shape, "h")
-    inputs = [ha, gha, av] + ([h0v] if h0v is not None else []) + ([rv] if rv is not None else [])
-    canon, views = _canonical(xp, shape, axis, reverse, inputs)
     T = shape[axis]
-    grad_x = canon.alloc(dtype)
     time_const = a_padded[axis] == 1 and T > 1
     chan_bcast = any(a_padded[d] == 1 and shape[d] != 1 for d in range(len(shape)) if d != axis)
     direct = not chan_bcast and a_dtype == dtype
-    ga = canon.alloc(dtype if direct else acc, 1 if time_const else T)
+    inputs = [ha, gha, av] + ([h0v] if h0v is not None else []) + ([rv] if rv is not None else [])
+    # outs computed in place take part in the merge of dimensions, like the forward's out
+    ga_user = user[0] if direct and not time_const and user[0] is not None and user[0].ndim == len(shape) else None
+    targets = [v for v in (user[1], ga_user) if v is not None]
+    canon, merged = _canonical(xp, shape, axis, reverse, inputs + targets)
+    views = merged[:len(inputs)]
+    kept = [m is t for m, t in zip(merged[len(inputs):], targets)]  # False: the layout was copied
+    grad_x = user[1] if user[1] is not None and kept[0] else canon.alloc(dtype)
+    if ga_user is not None and kept[-1]:
+        ga = ga_user
+    else:
+        ga = canon.alloc(dtype if direct else acc, 1 if time_const else T)
     gh0 = None if h0v is None else canon.alloc(acc, 1)
     problem = ScanBackwardProblem(
         shape=canon.channel_shape + (T,),
@@ -400,11 +449,13 @@ def plan_backward(xp, a: Operand, h: Operand, grad_h: Operand, h0: Operand | Non
     )
 
     def finish():
-        grad_a = _reduce_to(xp, ga, a_padded, a_shape, a_dtype)
+        grad_a = ga if ga is ga_user else _reduce_to(xp, ga, a_padded, a_shape, a_dtype)
         grad_h0 = None if gh0 is None else _reduce_to(xp, gh0, h0_padded, h0_shape, h0_dtype)
-        return grad_a, grad_x, grad_h0
+        return given((grad_a, grad_x, grad_h0))
 
     def plan(impl):
+        if any(u is not None for u in user):
+            return None  # a replay would allocate its results: calls with out= are planned every time
         srcs = (_source(xp, a, views[2], problem.a), _source(xp, h, views[0], problem.h),
                 _source(xp, grad_h, views[1], problem.grad_h),
                 None if h0 is None else _source(xp, h0, views[3], problem.h0),

@@ -85,7 +85,20 @@ def linear_scan(a, x, h0=None, *, axis=-1, reverse=False, out=None, backend=None
     return out if out is not None else give_back(result, xo)
 
 
-def linear_scan_backward(a, h, grad_h, h0=None, *, axis=-1, reverse=False, backend=None, resets=None):
+def _grad_outs(out):
+    """``out=(grad_a, grad_x, grad_h0)`` as Operands (None where not given)."""
+    if out is None:
+        return (None, None, None)
+    if not isinstance(out, (tuple, list)) or len(out) != 3:
+        raise TypeError("out must be a tuple (grad_a, grad_x, grad_h0) of arrays or None, e.g. "
+                        "out=(None, grad_x, None) to receive only grad_x")
+    ops = tuple(None if v is None else as_operand(v, f"out's {n}") for v, n in zip(out, ("grad_a", "grad_x", "grad_h0")))
+    if any(op is not None and op.library in ("jax", "jaxlib") for op in ops):
+        raise ValueError("out cannot hold JAX arrays: JAX arrays are immutable (use parscan.jax under jit)")
+    return ops
+
+
+def linear_scan_backward(a, h, grad_h, h0=None, *, axis=-1, reverse=False, backend=None, resets=None, out=None):
     """Gradients of ``h = linear_scan(a, x, h0, axis=axis, reverse=reverse)``: ``(grad_a, grad_x, grad_h0)``.
 
     With ``g = grad_x`` and ``grad_h = dL/dh`` (forward direction; ``reverse=True`` mirrors time)::
@@ -98,7 +111,10 @@ def linear_scan_backward(a, h, grad_h, h0=None, *, axis=-1, reverse=False, backe
     ``grad_a`` is 0 there.
 
     ``grad_a`` has a's shape (summed over the dimensions a was broadcast along) and dtype,
-    ``grad_x`` has h's shape, ``grad_h0`` has h0's shape, or is None when ``h0`` is None.  Complex
+    ``grad_x`` has h's shape, ``grad_h0`` has h0's shape, or is None when ``h0`` is None.
+    ``out=(grad_a, grad_x, grad_h0)`` (each an array of that shape and dtype, or None) receives them:
+    grad_x, and grad_a when a is a full array of the result dtype, are computed in place there (the
+    others are copied in); the outputs must not overlap the inputs or each other.  Complex
     gradients follow PyTorch's convention (conjugates as above).  x is not needed: the gradient of a
     linear scan depends on x only through h.
 
@@ -110,7 +126,7 @@ def linear_scan_backward(a, h, grad_h, h0=None, *, axis=-1, reverse=False, backe
     >>> gx
     array([1.75, 1.5 , 1.  ])
     """
-    key = _plans.backward_key(a, h, grad_h, h0, axis, reverse, backend, resets)
+    key = None if out is not None else _plans.backward_key(a, h, grad_h, h0, axis, reverse, backend, resets)
     if key is not None:
         plan = _plans.BACKWARD.get(key)
         if plan is not None:
@@ -120,10 +136,11 @@ def linear_scan_backward(a, h, grad_h, h0=None, *, axis=-1, reverse=False, backe
     go = as_operand(grad_h, "grad_h")
     h0o = None if h0 is None else as_operand(h0, "h0", allow_scalar=True)
     ro = None if resets is None else as_flags(resets, "resets")
-    check_same_place(ho, ao, go, h0o, ro)
+    outs = _grad_outs(out)
+    check_same_place(ho, ao, go, h0o, ro, *outs)
     impl = _backends.select(backend, ho.on_gpu)
     _check_resets(impl, ro)
-    problem, finish, replay = plan_backward(array_module(ho), ao, ho, go, h0o, axis, reverse, ro)
+    problem, finish, replay = plan_backward(array_module(ho), ao, ho, go, h0o, axis, reverse, ro, outs)
     if problem is not None:
         impl.backward(problem)
     grad_a, grad_x, grad_h0 = finish()
@@ -132,4 +149,4 @@ def linear_scan_backward(a, h, grad_h, h0=None, *, axis=-1, reverse=False, backe
         if plan is not None:
             _plans.BACKWARD.put(key, plan)
     back = (lambda v: None if v is None else give_back(v, ho))
-    return back(grad_a), back(grad_x), back(grad_h0)
+    return tuple(o if o is not None else back(v) for o, v in zip(out or (None,) * 3, (grad_a, grad_x, grad_h0)))

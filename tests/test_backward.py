@@ -149,3 +149,51 @@ def test_reference_gradient_of_a_real_decay_with_complex_data_is_real(backend):
         assert g.dtype == w.dtype
         np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12)
     assert want[0].dtype == np.float64 and want[2].dtype == np.float64
+
+
+@pytest.mark.parametrize("dtype", ["float32", "complex128"])
+@pytest.mark.parametrize("how", ["C", "F", "strided"])
+@pytest.mark.parametrize("decay", ["full", "channel", "scalar"])
+def test_out_receives_the_gradients(backend, dtype, how, decay):
+    """linear_scan_backward(..., out=(grad_a, grad_x, grad_h0)): the same values as without out, in the
+    arrays given (grad_x of any layout, in place; a full grad_a in place; the others copied in)."""
+    rng = np.random.default_rng(3)
+    shape, axis = (4, 3, 40), 1
+    x, g, h0 = rand(rng, shape, dtype), rand(rng, shape, dtype), rand(rng, (4, 40), dtype)
+    a = {"full": rand(rng, shape, dtype, "a"), "channel": rand(rng, (4, 1, 40), dtype, "a"), "scalar": 0.8}[decay]
+    h = parscan.linear_scan(a, x, h0, axis=axis, backend=backend)
+    want = parscan.linear_scan_backward(a, h, g, h0, axis=axis, backend=backend)
+    outs = tuple(None if w is None else layout(np.zeros(w.shape, w.dtype), how) if np.ndim(w) else
+                 np.zeros((), w.dtype) for w in want)
+    inputs = [v.copy() for v in (a, h, g, h0) if isinstance(v, np.ndarray)]
+    got = parscan.linear_scan_backward(a, h, g, h0, axis=axis, backend=backend, out=outs)
+    for o, r, w in zip(outs, got, want):
+        assert r is o
+        assert np.array_equal(r, w)
+    assert all(np.array_equal(u, v) for u, v in zip(inputs, [v for v in (a, h, g, h0) if isinstance(v, np.ndarray)]))
+    only = np.empty(shape, np.result_type(x, a if isinstance(a, np.ndarray) else x), order="F")
+    ga, gx, gh0 = parscan.linear_scan_backward(a, h, g, h0, axis=axis, backend=backend, out=(None, only, None))
+    assert gx is only and np.array_equal(gx, want[1]) and np.array_equal(ga, want[0])
+
+
+def test_out_errors_name_the_output_and_the_fix():
+    x = np.ones((2, 6))
+    h = parscan.linear_scan(0.5, x, backend="reference")
+    with pytest.raises(TypeError, match=r"out must be a tuple \(grad_a, grad_x, grad_h0\)"):
+        parscan.linear_scan_backward(0.5, h, x, out=np.empty((2, 6)))
+    with pytest.raises(ValueError, match="out's grad_x has shape \\(6, 2\\).*allocate it so"):
+        parscan.linear_scan_backward(0.5, h, x, out=(None, np.empty((6, 2)), None))
+    with pytest.raises(ValueError, match="out's grad_x has shape \\(2, 6\\) and dtype float32"):
+        parscan.linear_scan_backward(0.5, h, x, out=(None, np.empty((2, 6), np.float32), None))
+    ro = np.empty((2, 6))
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="out's grad_x is read-only"):
+        parscan.linear_scan_backward(0.5, h, x, out=(None, ro, None))
+    g = x.copy()
+    with pytest.raises(ValueError, match="out's grad_x overlaps an input"):
+        parscan.linear_scan_backward(0.5, h, g, out=(None, g, None))
+    with pytest.raises(ValueError, match="grad_h0 is given but h0 is None"):
+        parscan.linear_scan_backward(0.5, h, x, out=(None, None, np.empty(2)))
+    with pytest.raises(ValueError, match="share memory"):
+        shared = np.lib.stride_tricks.as_strided(np.empty(6), (2, 6), (0, 8))  # writable, rows alias
+        parscan.linear_scan_backward(0.5, h, x, out=(None, shared, None))

@@ -393,7 +393,7 @@ def _gilr_callback(meta, ctx, outs, *ins):
     with _arrays(ctx, outs, ins) as (xp, outs, ins):
         params, (x, s0, c0) = ins[:7], ins[7:]
         h, (sT, cT), cache = _layer(meta, xp, params).forward(x, (s0, c0))
-        _, _, _, g, j, s, _, f, i, o, z, c = cache
+        _, _, _, g, j, s, _, f, i, o, z, c, _ = cache
         for dst, src in zip(outs, (h, sT, cT, g, j, s, f, i, o, z, c)):
             dst[...] = src  # copies: the layer allocates its results
 
@@ -403,7 +403,7 @@ def _gilr_backward_callback(meta, ctx, outs, *ins):
         params, (x, s0, c0), saved, (gh, gs, gc) = ins[:7], ins[7:10], ins[10:18], ins[18:]
         g, j, s, f, i, o, z, c = saved
         sp = xp.concatenate([s0[None], s[:-1]], axis=0) if len(s) else s
-        cache = (x, s0, c0, g, j, s, sp, f, i, o, z, c)
+        cache = (x, s0, c0, g, j, s, sp, f, i, o, z, c, None)  # no resets
         dx, grads, (ds0, dc0) = _layer(meta, xp, params).backward(gh, cache, (gs, gc))
         for dst, src in zip(outs, [grads[k] for k in _PARAMS] + [dx, ds0, dc0]):
             dst[...] = src

@@ -156,3 +156,181 @@ def test_matrix_resets_errors(monkeypatch):
                  lambda: parscan.matrix_linear_scan_backward(A, x, x, resets=np.zeros(4, bool))):
         with pytest.raises(NotImplementedError, match="resets are not implemented by the matrix scan's CUDA kernels"):
             call()
+
+
+# ------------------------------------------------------------------------------------ layers
+
+
+@pytest.fixture
+def layer_scans(monkeypatch):
+    """The layers' scans on the default host backend once it implements resets (``cpu.RESETS``); until
+    then on the reference backend, so that the layers' own handling of resets is tested either way."""
+    if not getattr(importlib.import_module("parscan.cpu"), "RESETS", False):
+        for name in ("linear_scan", "linear_scan_backward"):
+            real = getattr(layers, name)
+            monkeypatch.setattr(layers, name, lambda *a, _real=real, **k: _real(*a, **{**k, "backend": "reference"}))
+
+
+def _segments(resets_row, T):
+    cuts = sorted(set(np.flatnonzero(resets_row).tolist()) | {0, T})
+    return list(zip(cuts[:-1], cuts[1:]))
+
+
+LAYERS = {
+    "GILR": lambda m, n: layers.GILR(m, n, dtype="float64", seed=0, gate_bias=0.3),
+    "GILRLSTM": lambda m, n: layers.GILRLSTM(m, n, dtype="float64", seed=0),
+    "SRU": lambda m, n: layers.SRU(m, n, dtype="float64", seed=0),
+    "QRNN": lambda m, n: layers.QRNN(m, n, k=3, dtype="float64", seed=0),
+}
+
+
+@pytest.mark.parametrize("name", LAYERS)
+def test_layer_with_resets_equals_the_sequences_run_one_by_one(layer_scans, name):
+    """Packed rows (resets of shape (T, B)): outputs, final state, and every gradient (params, x, the
+    initial state) equal the segments run separately, summed; a row without a reset at step 0 starts
+    from the given state, one with a reset ignores it (zero gradient)."""
+    rng = np.random.default_rng(8)
+    T, B, m, n = 14, 2, 3, 4
+    layer = LAYERS[name](m, n)
+    x = rng.standard_normal((T, B, m))
+    resets = np.zeros((T, B), bool)
+    resets[[0, 1, 4, 5, 13], 1] = True  # row 1: lengths 1, 3, 1, 8, 1 (restarts at 0: its state is ignored)
+    resets[[3, 12], 0] = True  # row 0: the given state, then lengths 3, 9, 2 (a reset on the last but one step)
+    _, final0, _ = layer.forward(x[:2])
+    state = tuple(rng.standard_normal(np.shape(v)) for v in final0)
+    h, final, cache = layer.forward(x, state, resets)
+    w = rng.standard_normal(h.shape)
+    ws = tuple(rng.standard_normal(np.shape(v)) for v in final)
+    dx, grads, dstate = layer.backward(w, cache, ws)
+    want_grads = {k: np.zeros_like(v) for k, v in layer.params.items()}
+    for b in range(B):
+        segs = _segments(resets[:, b], T)
+        for lo, hi in segs:
+            st = tuple(v[..., b:b + 1, :] for v in state) if lo == 0 and not resets[0, b] else None
+            hs, fs, cs = layer.forward(x[lo:hi, b:b + 1], st)
+            np.testing.assert_allclose(h[lo:hi, b:b + 1], hs, rtol=1e-12, atol=1e-12)
+            last = hi == T
+            gs = tuple(v[..., b:b + 1, :] for v in ws) if last else None
+            dxs, gr, dst = layer.backward(w[lo:hi, b:b + 1], cs, gs)
+            np.testing.assert_allclose(dx[lo:hi, b:b + 1], dxs, rtol=1e-10, atol=1e-12)
+            for k in want_grads:
+                want_grads[k] += gr[k]
+            if last:
+                for u, v in zip(final, fs):
+                    np.testing.assert_allclose(u[..., b:b + 1, :], v, rtol=1e-12, atol=1e-12)
+            if st is not None:
+                for u, v in zip(dstate, dst):
+                    np.testing.assert_allclose(u[..., b:b + 1, :], v, rtol=1e-10, atol=1e-12)
+        if resets[0, b]:
+            assert all(np.all(u[..., b, :] == 0) for u in dstate)
+    for k, v in grads.items():
+        np.testing.assert_allclose(v, want_grads[k], rtol=1e-10, atol=1e-12, err_msg=k)
+
+
+@pytest.mark.parametrize("name", LAYERS)
+def test_layer_with_resets_in_two_chunks_equals_the_whole(layer_scans, name):
+    """The final state carries what the next chunk needs: a reset at the chunk's last step (QRNN: the
+    window must not reach back across it from the next chunk)."""
+    rng = np.random.default_rng(9)
+    layer = LAYERS[name](3, 4)
+    x = rng.standard_normal((11, 2, 3))
+    resets = np.zeros(11, bool)
+    resets[[2, 3, 6]] = True
+    h, final, _ = layer.forward(x, resets=resets)
+    h1, st, _ = layer.forward(x[:4], resets=resets[:4])
+    h2, final2, _ = layer.forward(x[4:], st, resets=resets[4:])
+    np.testing.assert_allclose(np.concatenate([h1, h2]), h, rtol=1e-12, atol=1e-12)
+    for a, b in zip(final, final2):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    # and the resets do something: without them the outputs differ
+    assert not np.allclose(layer.forward(x)[0], h)
+
+
+def _sign_model(m, n):
+    return [layers.GILRLSTM(m, n, dtype="float64", seed=1, forget_bias=2.0),
+            layers.GILRLSTM(n, n, dtype="float64", seed=2, forget_bias=2.0)]
+
+
+def _sign_loss_grads(stack, W_out, x, labels, ends, w, resets):
+    """Two GILR-LSTM layers, each sequence's final h read out (softmax cross-entropy against its sign
+    label) plus a per-step term ``sum(w * h)``: ``(loss, grads of every param, grad x)``.  ``ends``:
+    (step, row) of each sequence's last step, in the order of ``labels``."""
+    caches, h = [], x
+    for layer in stack:
+        h, _, cache = layer.forward(h, resets=resets)
+        caches.append(cache)
+    last = h[ends[:, 0], ends[:, 1]]
+    logits = last @ W_out
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    loss = -np.log(p[np.arange(len(labels)), labels]).sum() + np.sum(w * h)
+    dlogits = p.copy()
+    dlogits[np.arange(len(labels)), labels] -= 1
+    gh = w.copy()
+    np.add.at(gh, (ends[:, 0], ends[:, 1]), dlogits @ W_out.T)
+    grads = {"out.W": last.T @ dlogits}
+    for k in range(len(stack) - 1, -1, -1):
+        gh, g, _ = stack[k].backward(gh, caches[k])
+        grads.update({f"layer{k}.{name}": v for name, v in g.items()})
+    return loss, grads, gh
+
+
+def test_gilrlstm_packed_sign_task_sequences_get_the_padded_gradients(layer_scans):
+    """Issue #18: a GILR-LSTM on packed variable-length sign-task sequences gets the same loss and
+    gradients (every parameter, and x) as the same sequences padded and run as a batch."""
+    rng = np.random.default_rng(10)
+    lengths = [5, 1, 9, 2, 7, 3]
+    dim, n = 6, 5
+    seqs, labels = zip(*(tasks.sign_batch(rng, L, 1, dim=dim, dtype="float64") for L in lengths))
+    labels = np.concatenate(labels)
+    ws = [rng.standard_normal((L, n)) * 0.1 for L in lengths]
+    W_out = rng.standard_normal((n, 2))
+    S, Lmax = len(lengths), max(lengths)
+    # padded: (Lmax, S, dim), zeros after each sequence's end (they reach no loss term)
+    xp_ = np.zeros((Lmax, S, dim))
+    wp = np.zeros((Lmax, S, n))
+    for k, (sq, wk) in enumerate(zip(seqs, ws)):
+        xp_[:len(sq), k] = sq[:, 0]
+        wp[:len(sq), k] = wk
+    ends_p = np.array([[L - 1, k] for k, L in enumerate(lengths)])
+    loss_p, grads_p, dx_p = _sign_loss_grads(_sign_model(dim, n), W_out, xp_, labels, ends_p, wp, None)
+    # packed into one row with resets of shape (T,), and into two rows with resets of shape (T, 2)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    T = int(offsets[-1])
+    x1 = np.concatenate(seqs)
+    w1 = np.concatenate(ws)[:, None]
+    ends_1 = np.stack([offsets[1:] - 1, np.zeros(S, int)], 1)
+    loss_1, grads_1, dx_1 = _sign_loss_grads(_sign_model(dim, n), W_out, x1, labels, ends_1, w1,
+                                             parscan.resets_from_offsets(offsets, T))
+    half = 3  # rows: sequences 0-2 and 3-5, the shorter row padded at its end
+    T2 = max(sum(lengths[:half]), sum(lengths[half:]))
+    x2, w2, r2, ends_2 = np.zeros((T2, 2, dim)), np.zeros((T2, 2, n)), np.zeros((T2, 2), bool), []
+    for row, idx in enumerate((range(half), range(half, S))):
+        t = 0
+        for k in idx:
+            L = lengths[k]
+            x2[t:t + L, row], w2[t:t + L, row], r2[t, row] = seqs[k][:, 0], ws[k], True
+            ends_2.append([t + L - 1, row])
+            t += L
+    loss_2, grads_2, dx_2 = _sign_loss_grads(_sign_model(dim, n), W_out, x2, labels, np.array(ends_2), w2, r2)
+    for loss, grads, dx, unpack in (
+            (loss_1, grads_1, dx_1, lambda d, k: d[offsets[k]:offsets[k + 1], 0]),
+            (loss_2, grads_2, dx_2, lambda d, k: d[ends_2[k][0] - lengths[k] + 1:ends_2[k][0] + 1, ends_2[k][1]])):
+        np.testing.assert_allclose(loss, loss_p, rtol=1e-12)
+        assert set(grads) == set(grads_p) and len(grads) == 15
+        for name, g in grads.items():
+            np.testing.assert_allclose(g, grads_p[name], rtol=1e-10, atol=1e-12, err_msg=name)
+        for k, L in enumerate(lengths):
+            np.testing.assert_allclose(unpack(dx, k), dx_p[:L, k], rtol=1e-10, atol=1e-12)
+    # without the resets the packed run is a different computation
+    _, grads_0, _ = _sign_loss_grads(_sign_model(dim, n), W_out, x1, labels, ends_1, w1, None)
+    assert not np.allclose(grads_0["layer0.U"], grads_p["layer0.U"])
+
+
+def test_layer_resets_errors(layer_scans):
+    layer = layers.GILR(2, 3, dtype="float64")
+    x = np.zeros((4, 2, 2))
+    with pytest.raises(ValueError, match=r"resets must have shape \(T,\) = \(4,\) or \(T, B\) = \(4, 2\)"):
+        layer.forward(x, resets=np.zeros((2, 4), bool))
+    with pytest.raises(TypeError, match="resets has dtype int64; it must be a boolean array"):
+        layer.forward(x, resets=np.zeros(4, np.int64))

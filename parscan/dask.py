@@ -29,6 +29,10 @@ float32 and the second pass scans from the float32 carry and rounds the result t
 
 The backward is the same construction in reversed time (see :func:`linear_scan_backward`).
 
+``resets`` (issue #18; a Dask or in-memory bool array broadcastable to x, cut to x's chunks like
+``a``) go to every chunk call, and a chunk with a reset has ``A_k = 0``: the product of its effective
+decays, which are 0 at reset steps (the matrix scan: ``P_k = 0`` for the batch rows with a reset).
+
 Chunks must line up: a dimension of ``a`` or ``h0`` that is not broadcast must be chunked like x's
 (a Dask array with other chunks raises ``ValueError`` with the ``rechunk`` that fixes it: parscan
 never moves data behind your back).  In-memory operands are cut to x's chunks; an in-memory x takes
@@ -243,6 +247,23 @@ def _decay_product(a, length, axis, ndim, acc):
     return a.prod(axis=axis, dtype=acc)
 
 
+def _reset_any(r, axis, ndim):
+    """Whether a block of ``resets`` has a reset anywhere along time, without its time axis (None: no
+    resets)."""
+    if r is None:
+        return None
+    r = r.reshape((1,) * (ndim - r.ndim) + r.shape)
+    return r.any(axis=axis)
+
+
+def _cut(A, any_reset):
+    """A block's decay product with a reset in the block: 0 (the state before the block never reaches
+    past the reset)."""
+    if any_reset is None:
+        return A
+    return np.where(any_reset, 0, A).astype(A.dtype, copy=False)  # CuPy blocks: cupy.where, by dispatch
+
+
 def _compose(first, second):
     """The pair of a span followed by another: ``(A2 A1, A2 H1 + H2)``; ``A1`` None for a span that
     starts at the sequence's beginning (its A is never needed)."""
@@ -262,40 +283,42 @@ def _start(state):
     return None, state
 
 
-def _fwd_first(a, x, h0, *, axis, reverse, acc, backend):
+def _fwd_first(a, x, h0, r, *, axis, reverse, acc, backend):
     """The first chunk scanned from h0 in the carry type (float16 data: float32)."""
     h0 = acc.type(0) if h0 is None else (h0.astype(acc) if hasattr(h0, "astype") else acc.type(h0))
-    return _scan(a, x, h0, axis=axis, reverse=reverse, backend=backend)
+    return _scan(a, x, h0, axis=axis, reverse=reverse, backend=backend, resets=r)
 
 
-def _fwd_pair(a, x, *, axis, reverse, acc, backend):
-    """A chunk scanned from zero, reduced to its pair ``(A, H)``."""
-    h = _scan(a, x, acc.type(0), axis=axis, reverse=reverse, backend=backend)
-    return _decay_product(a, x.shape[axis], axis, x.ndim, acc), _tail(h, axis, 0 if reverse else -1)
+def _fwd_pair(a, x, r, *, axis, reverse, acc, backend):
+    """A chunk scanned from zero, reduced to its pair ``(A, H)`` (A = 0 when the chunk has a reset)."""
+    h = _scan(a, x, acc.type(0), axis=axis, reverse=reverse, backend=backend, resets=r)
+    A = _cut(_decay_product(a, x.shape[axis], axis, x.ndim, acc), _reset_any(r, axis, x.ndim))
+    return A, _tail(h, axis, 0 if reverse else -1)
 
 
-def _fwd_second(a, x, pair, *, axis, reverse, dtype, backend):
+def _fwd_second(a, x, pair, r, *, axis, reverse, dtype, backend):
     """A chunk scanned from its incoming carry (the state of the pair before it)."""
-    return _cast(_scan(a, x, pair[1], axis=axis, reverse=reverse, backend=backend), dtype)
+    return _cast(_scan(a, x, pair[1], axis=axis, reverse=reverse, backend=backend, resets=r), dtype)
 
 
-def _fwd_only(a, x, h0, *, axis, reverse, backend):
-    return _scan(a, x, h0, axis=axis, reverse=reverse, backend=backend)
+def _fwd_only(a, x, h0, r, *, axis, reverse, backend):
+    return _scan(a, x, h0, axis=axis, reverse=reverse, backend=backend, resets=r)
 
 
-def _bwd_pair(a, g, *, axis, reverse, acc, backend):
+def _bwd_pair(a, g, r, *, axis, reverse, acc, backend):
     """The backward's pair of a chunk: ``(conj(A), conj(a[s]) g[s])`` with ``g`` from zero incoming
-    gradient (grad_h0 of a call with a per-channel h0; h is not read: it only feeds grad_a)."""
+    gradient (grad_h0 of a call with a per-channel h0; h is not read: it only feeds grad_a); with
+    resets, a reads as 0 at reset steps (A = 0 when the chunk has one)."""
     xp_zero = np.zeros_like(g, shape=(), dtype=acc)
     h = np.broadcast_to(xp_zero, g.shape)
     chan = g.shape[:axis] + g.shape[axis + 1:]
     h0 = np.zeros_like(g, shape=chan, dtype=acc)
-    _, _, d = _scan_backward(a, h, g, h0, axis=axis, reverse=reverse, backend=backend)
-    A = _decay_product(a, g.shape[axis], axis, g.ndim, acc)
+    _, _, d = _scan_backward(a, h, g, h0, axis=axis, reverse=reverse, backend=backend, resets=r)
+    A = _cut(_decay_product(a, g.shape[axis], axis, g.ndim, acc), _reset_any(r, axis, g.ndim))
     return (A.conj() if A.dtype.kind == "c" else A), d
 
 
-def _bwd_call(a, h, g, h0, carry, *, axis, reverse, acc, widen_a, widen_h0, backend):
+def _bwd_call(a, h, g, h0, carry, r, *, axis, reverse, acc, widen_a, widen_h0, backend):
     """``linear_scan_backward`` of a chunk whose gradient receives ``carry`` (the conj(a) g flowing in
     from the chunk after it, added to grad_h at the chunk's last step; None for the last chunk)."""
     if carry is not None:
@@ -305,7 +328,7 @@ def _bwd_call(a, h, g, h0, carry, *, axis, reverse, acc, widen_a, widen_h0, back
         a = a.astype(widen_a) if hasattr(a, "astype") else widen_a.type(a)
     if widen_h0 is not None and h0 is not None:
         h0 = h0.astype(widen_h0) if hasattr(h0, "astype") else widen_h0.type(h0)
-    return _scan_backward(a, h, g, h0, axis=axis, reverse=reverse, backend=backend)
+    return _scan_backward(a, h, g, h0, axis=axis, reverse=reverse, backend=backend, resets=r)
 
 
 def _item(t, i, dtype=None):
@@ -335,23 +358,26 @@ def _matrix_product(A, length, reverse, acc):
     return A[..., 0, :, :]
 
 
-def _mat_first(A, x, h0, *, reverse, acc, backend):
+def _mat_first(A, x, h0, r, *, reverse, acc, backend):
     if h0 is None:
         h0 = np.zeros_like(x, shape=x.shape[-1:], dtype=acc)
-    return _matrix_scan(A, x, h0.astype(acc, copy=False), reverse=reverse, backend=backend)
+    return _matrix_scan(A, x, h0.astype(acc, copy=False), reverse=reverse, backend=backend, resets=r)
 
 
-def _mat_pair(A, x, *, reverse, acc, backend):
-    h = _matrix_scan(A, x, np.zeros_like(x, shape=x.shape[-1:], dtype=acc), reverse=reverse, backend=backend)
-    return _matrix_product(A, x.shape[-2], reverse, acc), _tail(h, -2, 0 if reverse else -1)
+def _mat_pair(A, x, r, *, reverse, acc, backend):
+    h = _matrix_scan(A, x, np.zeros_like(x, shape=x.shape[-1:], dtype=acc), reverse=reverse, backend=backend,
+                     resets=r)
+    P = _matrix_product(A, x.shape[-2], reverse, acc)
+    any_r = _reset_any(r, -1, x.ndim - 1)
+    return _cut(P, None if any_r is None else any_r[..., None, None]), _tail(h, -2, 0 if reverse else -1)
 
 
-def _mat_second(A, x, pair, *, reverse, dtype, backend):
-    return _cast(_matrix_scan(A, x, pair[1], reverse=reverse, backend=backend), dtype)
+def _mat_second(A, x, pair, r, *, reverse, dtype, backend):
+    return _cast(_matrix_scan(A, x, pair[1], reverse=reverse, backend=backend, resets=r), dtype)
 
 
-def _mat_only(A, x, h0, *, reverse, backend):
-    return _matrix_scan(A, x, h0, reverse=reverse, backend=backend)
+def _mat_only(A, x, h0, r, *, reverse, backend):
+    return _matrix_scan(A, x, h0, reverse=reverse, backend=backend, resets=r)
 
 
 # ---- graphs ---------------------------------------------------------------------------------------
@@ -425,8 +451,9 @@ def _method(method):
     return method
 
 
-def _forward_graph(name, x, core_nd, axis, reverse, a, h0, method, tasks):
-    """The forward scan's tasks (see the module doc); output keys ``(name, *block index)``."""
+def _forward_graph(name, x, core_nd, axis, reverse, a, h0, r, method, tasks):
+    """The forward scan's tasks (see the module doc); output keys ``(name, *block index)``.  ``r``: the
+    placed resets (value None for none)."""
     only, first, pair, second, compose, dtype, acc = tasks
     nb = x.numblocks[:core_nd]
     nt = nb[axis]
@@ -439,22 +466,22 @@ def _forward_graph(name, x, core_nd, axis, reverse, a, h0, method, tasks):
         idx = [_at(cidx, axis, k) for k in order]  # in scan order
         xk = [(x.name,) + i + ev for i in idx]
         if nt == 1:
-            dsk[(name,) + idx[0] + ev] = (only, a.arg(idx[0]), xk[0], h0.arg(cidx))
+            dsk[(name,) + idx[0] + ev] = (only, a.arg(idx[0]), xk[0], h0.arg(cidx), r.arg(idx[0]))
             continue
         head = (name,) + idx[0] + ev
         if dtype != acc:  # float16: the first chunk in float32, rounded once; the carry stays float32
             head = new("first")
             dsk[(name,) + idx[0] + ev] = (_cast, head, dtype)
-        dsk[head] = (first, a.arg(idx[0]), xk[0], h0.arg(cidx))
+        dsk[head] = (first, a.arg(idx[0]), xk[0], h0.arg(cidx), r.arg(idx[0]))
         items = [new("start")]
         dsk[items[0]] = (_start, (_tail, head, axis, tail_at))
         for p in range(1, nt - 1):
             k = new("pair")
-            dsk[k] = (pair, a.arg(idx[p]), xk[p])
+            dsk[k] = (pair, a.arg(idx[p]), xk[p], r.arg(idx[p]))
             items.append(k)
         carries = _prefix(dsk, items, compose, method, new)
         for p in range(1, nt):
-            dsk[(name,) + idx[p] + ev] = (second, a.arg(idx[p]), xk[p], carries[p - 1])
+            dsk[(name,) + idx[p] + ev] = (second, a.arg(idx[p]), xk[p], carries[p - 1], r.arg(idx[p]))
     return dsk
 
 
@@ -473,7 +500,7 @@ def _meta(like, dtype, ndim):
 
 # ---- public API -----------------------------------------------------------------------------------
 
-def linear_scan(a, x, h0=None, *, axis=-1, reverse=False, method=None, backend=None):
+def linear_scan(a, x, h0=None, *, axis=-1, reverse=False, method=None, backend=None, resets=None):
     """The linear recurrence ``h[t] = a[t] * h[t-1] + x[t]`` along ``axis`` of Dask arrays, lazily.
 
     The semantics of :func:`parscan.linear_scan` (``h[-1] = h0``, or 0; ``reverse=True`` runs
@@ -502,6 +529,11 @@ def linear_scan(a, x, h0=None, *, axis=-1, reverse=False, method=None, backend=N
     backend : str, optional
         Passed to :func:`parscan.linear_scan` for every chunk (None: "cpu" for NumPy chunks, "cupy"
         for CuPy chunks).
+    resets : dask array or bool array, optional
+        Broadcastable to x's shape (typically (T,)): where true the carried state is dropped,
+        ``h[t] = x[t]`` (``reverse``: the state from t+1 is dropped), as :func:`parscan.linear_scan`.
+        Chunked like x along the axes they share (in-memory resets are cut to x's chunks).  A chunk
+        with a reset passes on no state from before it: its decay product is 0.
 
     Returns
     -------
@@ -516,11 +548,12 @@ def linear_scan(a, x, h0=None, *, axis=-1, reverse=False, method=None, backend=N
     array([1.     , 1.5    , 2.75   , 4.375  , 6.1875 , 8.09375])
     """
     _dask()
-    x, a, h0 = _arrayish(x), _arrayish(a), _arrayish(h0)
-    for v, n in ((a, "a"), (x, "x"), (h0, "h0")):
+    x, a, h0, resets = _arrayish(x), _arrayish(a), _arrayish(h0), _arrayish(resets)
+    for v, n in ((a, "a"), (x, "x"), (h0, "h0"), (resets, "resets")):
         _check_known(v, n)
     # the in-memory API checks the arguments and gives the result dtype, on empty stand-ins
-    dtype = _scan(_stub(a), _stub(x, (0,) * np.ndim(x)), _stub(h0), axis=axis, reverse=reverse, backend=backend).dtype
+    dtype = _scan(_stub(a), _stub(x, (0,) * np.ndim(x)), _stub(h0), axis=axis, reverse=reverse, backend=backend,
+                  resets=_stub(resets)).dtype
     method = _method(method)
     axis = axis % x.ndim
     shape = tuple(x.shape)
@@ -530,21 +563,35 @@ def linear_scan(a, x, h0=None, *, axis=-1, reverse=False, method=None, backend=N
     a_dims = None if _is_value(a) else _check_shape(a, "a", shape, _targets(shape, axis, "a"), 0, fix_a)
     h0_dims = None if h0 is None or _is_value(h0) else _check_shape(
         h0, "h0", shape, _targets(shape, axis, "h0"), 0, fix_h0)
-    x = _as_dask_x(x, "x", shape, 0, [(a, a_dims), (h0, h0_dims)])
+    r_dims = _resets_dims(resets, shape, axis)
+    x = _as_dask_x(x, "x", shape, 0, [(a, a_dims), (h0, h0_dims), (resets, r_dims)])
     pa = _place(a, "a", x, a_dims, 0)
     ph0 = _place(h0, "h0", x, h0_dims, 0)
+    pr = _place(resets, "resets", x, r_dims, 0)
     acc = _acc(dtype)
     kw = dict(axis=axis, reverse=bool(reverse), backend=backend)
     tasks = (partial(_fwd_only, **kw), partial(_fwd_first, acc=acc, **kw), partial(_fwd_pair, acc=acc, **kw),
              partial(_fwd_second, dtype=dtype, **kw), _compose, dtype, acc)
     from dask.base import tokenize  # noqa: PLC0415
 
-    name = "parscan-linear-scan-" + tokenize(pa.value, x, ph0.value, axis, reverse, method, backend, dtype)
-    dsk = _forward_graph(name, x, x.ndim, axis, reverse, pa, ph0, method, tasks)
-    return _array(dsk, name, [x, pa.value, ph0.value], x.chunks, dtype, _meta(x, dtype, x.ndim))
+    name = "parscan-linear-scan-" + tokenize(pa.value, x, ph0.value, axis, reverse, method, backend, dtype,
+                                             pr.value)
+    dsk = _forward_graph(name, x, x.ndim, axis, reverse, pa, ph0, pr, method, tasks)
+    return _array(dsk, name, [x, pa.value, ph0.value, pr.value], x.chunks, dtype, _meta(x, dtype, x.ndim))
 
 
-def linear_scan_backward(a, h, grad_h, h0=None, *, axis=-1, reverse=False, method=None, backend=None):
+def _resets_dims(resets, core_shape, axis):
+    """x's axes that ``resets``' axes map onto (right-aligned broadcasting, as ``a``), or None for no
+    resets or a 0-d array (every task takes it whole)."""
+    if resets is None or _is_value(resets):
+        return None
+    return _check_shape(resets, "resets", core_shape, _targets(core_shape, axis, "a"), 0,
+                        "resets must broadcast to x's shape (without the matrix scan's state axis): e.g. shape "
+                        "(T,) for resets shared by every channel")
+
+
+def linear_scan_backward(a, h, grad_h, h0=None, *, axis=-1, reverse=False, method=None, backend=None,
+                         resets=None):
     """Gradients ``(grad_a, grad_x, grad_h0)`` of ``h = linear_scan(a, x, h0, axis=axis, reverse=reverse)``.
 
     As :func:`parscan.linear_scan_backward` (forward direction; ``reverse=True`` mirrors time)::
@@ -560,6 +607,9 @@ def linear_scan_backward(a, h, grad_h, h0=None, *, axis=-1, reverse=False, metho
     previous chunk's last state, is the chunk's h0.  grad_a and grad_h0 are summed over what a and h0
     were broadcast along (a tree of sums across chunks, in the accumulation type).
 
+    ``resets``: the forward's (as in :func:`linear_scan`): a reads as 0 at reset steps, so a chunk with
+    a reset passes no gradient on to the chunks before it (its ``A`` is 0), and grad_a is 0 there.
+
     Returns lazy Dask arrays: grad_x with h's shape and chunks; grad_a with a's shape (a Dask array
     also for an in-memory or scalar a) and dtype; grad_h0 with h0's shape and dtype, or None.  h and
     grad_h must have the same shape and chunks.
@@ -573,17 +623,17 @@ def linear_scan_backward(a, h, grad_h, h0=None, *, axis=-1, reverse=False, metho
     array([1.75, 1.5 , 1.  ])
     """
     _dask()
-    h, grad_h, a, h0 = _arrayish(h), _arrayish(grad_h), _arrayish(a), _arrayish(h0)
+    h, grad_h, a, h0, resets = _arrayish(h), _arrayish(grad_h), _arrayish(a), _arrayish(h0), _arrayish(resets)
     for v, n in ((h, "h"), (grad_h, "grad_h")):
         if not hasattr(v, "ndim"):
             raise TypeError(f"{n} must be an array (a Dask array, or NumPy/CuPy), got {type(v).__name__}")
-    for v, n in ((a, "a"), (h, "h"), (grad_h, "grad_h"), (h0, "h0")):
+    for v, n in ((a, "a"), (h, "h"), (grad_h, "grad_h"), (h0, "h0"), (resets, "resets")):
         _check_known(v, n)
     if tuple(grad_h.shape) != tuple(h.shape):
         raise ValueError(f"grad_h has shape {tuple(grad_h.shape)} but h has shape {tuple(h.shape)}; "
                          f"they must match (grad_h = dL/dh)")
     sa, sx, sh0 = _scan_backward(_stub(a), _stub(h, (0,) * h.ndim), _stub(grad_h, (0,) * h.ndim), _stub(h0),
-                                 axis=axis, reverse=reverse, backend=backend)
+                                 axis=axis, reverse=reverse, backend=backend, resets=_stub(resets))
     dtype = np.dtype(sx.dtype)
     ga_dtype, gh0_dtype = np.dtype(sa.dtype), None if sh0 is None else np.dtype(sh0.dtype)
     method = _method(method)
@@ -596,18 +646,20 @@ def linear_scan_backward(a, h, grad_h, h0=None, *, axis=-1, reverse=False, metho
     if _is_dask(h) and _is_dask(grad_h) and tuple(h.chunks) != tuple(grad_h.chunks):
         raise ValueError(f"grad_h is chunked {grad_h.chunks} but h is chunked {h.chunks}; they must match: pass "
                          f"grad_h.rechunk(h.chunks)")
-    others = [(a, a_dims), (h0, h0_dims)]
+    r_dims = _resets_dims(resets, shape, axis)
+    others = [(a, a_dims), (h0, h0_dims), (resets, r_dims)]
     if _is_dask(grad_h) and not _is_dask(h):
         h = _as_dask_x(h, "h", shape, 0, [(grad_h, tuple(range(h.ndim)))])
     h = _as_dask_x(h, "h", shape, 0, others)
     grad_h = grad_h if _is_dask(grad_h) else _dask().from_array(grad_h, chunks=h.chunks)
     pa = _place(a, "a", h, a_dims, 0)
     ph0 = _place(h0, "h0", h, h0_dims, 0)
+    pr = _place(resets, "resets", h, r_dims, 0)
     acc = _acc(dtype)
     from dask.base import tokenize  # noqa: PLC0415
 
     name = "parscan-linear-scan-backward-" + tokenize(pa.value, h, grad_h, ph0.value, axis, reverse, method,
-                                                     backend, dtype)
+                                                     backend, dtype, pr.value)
     nb = h.numblocks
     nt = nb[axis]
     order = list(range(nt))[::-1] if reverse else list(range(nt))
@@ -644,11 +696,11 @@ def linear_scan_backward(a, h, grad_h, h0=None, *, axis=-1, reverse=False, metho
             dsk[items[0]] = (_start, (_item, calls[nt - 1], 2))
             for p in range(nt - 2, 0, -1):
                 items.append(new("pair"))
-                dsk[items[-1]] = (pair, pa.arg(idx[p]), gk[p])
+                dsk[items[-1]] = (pair, pa.arg(idx[p]), gk[p], pr.arg(idx[p]))
             for j, k in enumerate(_prefix(dsk, items, _compose, method, new)):
                 carries[nt - 2 - j] = k  # the prefix through chunk nt-1-j flows into chunk nt-2-j
         for p in range(nt):
-            dsk[calls[p]] = (call, pa.arg(idx[p]), hk[p], gk[p], h0s[p], carries[p])
+            dsk[calls[p]] = (call, pa.arg(idx[p]), hk[p], gk[p], h0s[p], carries[p], pr.arg(idx[p]))
             dsk[(gx_name,) + idx[p]] = (_item, calls[p], 1, dtype)
             ga_parts.setdefault(_part_index(pa, idx[p]), []).append(calls[p])
         if h0 is not None:
@@ -657,7 +709,7 @@ def linear_scan_backward(a, h, grad_h, h0=None, *, axis=-1, reverse=False, metho
     _reduce_parts(dsk, ga_name, ga_parts, 0, ga_dtype, new)
     if h0 is not None:
         _reduce_parts(dsk, gh0_name, gh0_parts, 2, gh0_dtype, new)
-    deps = [h, grad_h, pa.value, ph0.value]
+    deps = [h, grad_h, pa.value, ph0.value, pr.value]
     grad_x = _array(dsk, gx_name, deps, h.chunks, dtype, _meta(h, dtype, h.ndim))
     grad_a = _array(dsk, ga_name, deps, pa.value.chunks if pa.is_array else (), ga_dtype,
                     _meta(h, ga_dtype, pa.value.ndim if pa.is_array else 0))
@@ -688,7 +740,7 @@ def _reduce_parts(dsk, name, parts, which, dtype, new):
         dsk[(name,) + bidx] = (_cast, _tree_sum(dsk, keys, new), dtype)
 
 
-def matrix_linear_scan(A, x, h0=None, *, reverse=False, method=None, backend=None):
+def matrix_linear_scan(A, x, h0=None, *, reverse=False, method=None, backend=None, resets=None):
     """``h_t = A_t h_{t-1} + x_t`` for Dask arrays: x (..., T, n), A (..., T or 1, n, n), h0 (..., n).
 
     The semantics and dtypes of :func:`parscan.matrix_linear_scan`, chunk by chunk along time
@@ -697,6 +749,8 @@ def matrix_linear_scan(A, x, h0=None, *, reverse=False, method=None, backend=Non
     carries are ``c_{k+1} = P_k c_k + H_k``.  The n axis (and A's two) must be one chunk; leading
     axes and time may be chunked any way, A's and h0's leading axes like x's where not broadcast.
     x must carry the result's leading shape (broadcast x first if A or h0 add batch axes).
+    ``resets`` (broadcastable to x's shape without n, ``(..., T)``; chunked like x there): as
+    :func:`parscan.matrix_linear_scan`; a chunk with a reset has ``P_k = 0``.
 
     Examples
     --------
@@ -710,8 +764,8 @@ def matrix_linear_scan(A, x, h0=None, *, reverse=False, method=None, backend=Non
            [2., 2.]])
     """
     _dask()
-    x, A, h0 = _arrayish(x), _arrayish(A), _arrayish(h0)
-    for v, n in ((A, "A"), (x, "x"), (h0, "h0")):
+    x, A, h0, resets = _arrayish(x), _arrayish(A), _arrayish(h0), _arrayish(resets)
+    for v, n in ((A, "A"), (x, "x"), (h0, "h0"), (resets, "resets")):
         if v is not None and not hasattr(v, "ndim"):
             raise TypeError(f"{n} must be an array (a Dask array, or NumPy/CuPy), got {type(v).__name__}")
         _check_known(v, n)
@@ -721,7 +775,8 @@ def matrix_linear_scan(A, x, h0=None, *, reverse=False, method=None, backend=Non
     # argument checks and the result dtype by the in-memory API on empty stand-ins (T = 0, no batch)
     A_stub = _stub(A, (0,) + tuple(A.shape[-2:])) if A.ndim >= 3 else A
     dtype = np.dtype(_matrix_scan(A_stub, _stub(x, (0, n)), None if h0 is None else _stub(h0, tuple(h0.shape[-1:])),
-                                  reverse=reverse, backend=backend).dtype)
+                                  reverse=reverse, backend=backend,
+                                  resets=None if resets is None else _stub(resets, (0,))).dtype)
     method = _method(method)
     T = x.shape[-2]
     if A.shape[-3] not in (1, T):
@@ -740,15 +795,18 @@ def matrix_linear_scan(A, x, h0=None, *, reverse=False, method=None, backend=Non
     A_dims = _check_shape(A, "A", core, _targets(core, axis, "a"), 2, "A's leading dims must broadcast to x's")
     h0_dims = None if h0 is None else _check_shape(h0, "h0", core, _targets(core, axis, "h0"), 1,
                                                    "h0 must broadcast to x's shape without T")
-    x = _as_dask_x(x, "x", core, 1, [(A, A_dims), (h0, h0_dims)])
+    r_dims = _resets_dims(resets, core, axis)
+    x = _as_dask_x(x, "x", core, 1, [(A, A_dims), (h0, h0_dims), (resets, r_dims)])
     pA = _place(A, "A", x, A_dims, 2)
     ph0 = _place(h0, "h0", x, h0_dims, 1)
+    pr = _place(resets, "resets", x, r_dims, 0)
     acc = _acc(dtype)
     kw = dict(reverse=bool(reverse), backend=backend)
     tasks = (partial(_mat_only, **kw), partial(_mat_first, acc=acc, **kw), partial(_mat_pair, acc=acc, **kw),
              partial(_mat_second, dtype=dtype, **kw), _compose_matrix, dtype, acc)
     from dask.base import tokenize  # noqa: PLC0415
 
-    name = "parscan-matrix-linear-scan-" + tokenize(pA.value, x, ph0.value, reverse, method, backend, dtype)
-    dsk = _forward_graph(name, x, len(core), axis, reverse, pA, ph0, method, tasks)
-    return _array(dsk, name, [x, pA.value, ph0.value], x.chunks, dtype, _meta(x, dtype, x.ndim))
+    name = "parscan-matrix-linear-scan-" + tokenize(pA.value, x, ph0.value, reverse, method, backend, dtype,
+                                                    pr.value)
+    dsk = _forward_graph(name, x, len(core), axis, reverse, pA, ph0, pr, method, tasks)
+    return _array(dsk, name, [x, pA.value, ph0.value, pr.value], x.chunks, dtype, _meta(x, dtype, x.ndim))

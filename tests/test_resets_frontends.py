@@ -334,3 +334,102 @@ def test_layer_resets_errors(layer_scans):
         layer.forward(x, resets=np.zeros((2, 4), bool))
     with pytest.raises(TypeError, match="resets has dtype int64; it must be a boolean array"):
         layer.forward(x, resets=np.zeros(4, np.int64))
+
+
+# ------------------------------------------------------------------------------------ parscan.dask
+
+# (C, T) chunkings of a (3, 24) array; RESET_STEPS put resets at chunk starts (8, 12), chunk ends
+# (7, 11, 23), inside chunks, and the first step
+DASK_CHUNKINGS = {"one": ((3,), (24,)), "time": ((3,), (8, 4, 1, 11)), "steps": ((3,), (1,) * 24),
+                  "both": ((1, 2), (5, 7, 12))}
+RESET_STEPS = [0, 7, 8, 11, 12, 16, 23]
+
+
+def _dask_backend():
+    """Chunks on the default host backend once it implements resets, else the reference backend."""
+    return None if getattr(importlib.import_module("parscan.cpu"), "RESETS", False) else "reference"
+
+
+@pytest.mark.parametrize("chunking", list(DASK_CHUNKINGS))
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("dtype", ["float32", "complex128"])
+def test_dask_scan_and_backward_with_resets_equal_the_reference(chunking, reverse, dtype):
+    da = pytest.importorskip("dask.array")
+    import dask
+
+    import parscan.dask as pdask
+
+    rng = np.random.default_rng(12)
+    C, T = 3, 24
+    chunks = DASK_CHUNKINGS[chunking]
+    cplx = np.dtype(dtype).kind == "c"
+    rnd = lambda *s: (rng.standard_normal(s) + (1j * rng.standard_normal(s) if cplx else 0)).astype(dtype)  # noqa
+    x, gh, h0 = rnd(C, T), rnd(C, T), rnd(C)
+    a = (rng.uniform(0.5, 0.95, (C, T)) * (np.exp(1j * rng.uniform(-3, 3, (C, T))) if cplx else 1)).astype(dtype)
+    shared = np.zeros(T, bool)
+    shared[RESET_STEPS] = True
+    rows = rng.random((C, T)) < 0.25  # per channel, chunked like x
+    rows[:, 12] = True
+    cases = [(a, h0, shared, shared),  # in-memory (T,) resets
+             (a[:, :1], 0.5, da.from_array(rows, chunks=chunks), rows),  # Dask (C, T) resets, per-channel decay
+             (0.9, h0, shared & (np.arange(T) > 0), shared & (np.arange(T) > 0))]  # h0 reaches the first chunk
+    backend = _dask_backend()
+    lazy, wants = [], []
+    for am, hm, rd, rm in cases:
+        xd = da.from_array(x, chunks=chunks)
+        ad = da.from_array(am, chunks=chunks) if np.shape(am) == x.shape else am
+        h_ref = reference.linear_scan(am, x, hm, reverse=reverse, resets=rm)
+        h = pdask.linear_scan(ad, xd, hm, reverse=reverse, resets=rd, backend=backend)
+        hd, ghd = da.from_array(h_ref.astype(dtype), chunks=chunks), da.from_array(gh, chunks=chunks)
+        lazy.append((h, *pdask.linear_scan_backward(ad, hd, ghd, hm, reverse=reverse, resets=rd, backend=backend)))
+        wants.append((h_ref, *reference.linear_scan_backward(am, h_ref.astype(dtype), gh, hm, reverse=reverse,
+                                                             resets=rm)))
+    with dask.config.set(scheduler="synchronous"):
+        got = dask.compute(*lazy)
+    for g, w in zip(got, wants):
+        assert g[0].dtype == np.dtype(dtype) and g[0].shape == x.shape
+        for u, v in zip(g, w):
+            if v is None:
+                assert u is None
+                continue
+            # summed gradients (a per-channel or scalar decay) add up to T terms: scale the tolerance
+            assert_close(np.asarray(u), v, dtype) if np.size(v) == x.size or np.ndim(v) == 1 else \
+                np.testing.assert_allclose(u, v, rtol=50 * TOL[dtype], atol=50 * TOL[dtype])
+
+
+def test_dask_matrix_scan_with_resets_equals_in_memory():
+    da = pytest.importorskip("dask.array")
+    import dask
+
+    import parscan.dask as pdask
+
+    rng = np.random.default_rng(13)
+    B, T, n = 2, 20, 3
+    A, x = 0.5 * rng.standard_normal((B, T, n, n)) / np.sqrt(n), rng.standard_normal((B, T, n))
+    h0 = rng.standard_normal((B, n))
+    rows = rng.random((B, T)) < 0.2
+    rows[:, [6, 13]] = True  # chunk starts and ends below
+    rows[0, 5] = True
+    for reverse in (False, True):
+        for rd, rm in ((rows, rows), (da.from_array(rows, chunks=((1, 1), (6, 7, 7))), rows),
+                       (rows[0], rows[0])):
+            want = _mloop(A, x, h0, reverse, rm)
+            h = pdask.matrix_linear_scan(da.from_array(A, chunks=((1, 1), (6, 7, 7), (n,), (n,))),
+                                         da.from_array(x, chunks=((1, 1), (6, 7, 7), (n,))), h0, reverse=reverse,
+                                         resets=rd, backend="cpu")
+            with dask.config.set(scheduler="synchronous"):
+                assert_close(h.compute(), want, "float64")
+
+
+def test_dask_resets_errors():
+    da = pytest.importorskip("dask.array")
+    import parscan.dask as pdask
+
+    x = da.ones((2, 10), chunks=(2, 5))
+    with pytest.raises(ValueError, match=r"resets is chunked \(2, 8\) along its axis 0 but x is chunked "
+                                         r"\(5, 5\).*resets.rechunk"):
+        pdask.linear_scan(0.5, x, resets=da.zeros(10, dtype=bool, chunks=(2, 8)), backend="reference")
+    with pytest.raises(ValueError, match=r"resets has shape \(3,\), which does not broadcast to \(2, 10\)"):
+        pdask.linear_scan(0.5, x, resets=np.zeros(3, bool), backend="reference")
+    with pytest.raises(TypeError, match="resets has dtype float64; it must be a boolean array"):
+        pdask.linear_scan(0.5, x, resets=da.zeros(10, chunks=5), backend="reference")

@@ -345,3 +345,133 @@ def test_device_scalars_are_cached_by_value_sign_and_dtype(cp):
         assert a is not b and len(_problem._DEVICE_SCALARS) == _problem.DEVICE_SCALARS
     finally:
         _problem.DEVICE_SCALARS = old
+
+
+# ---- resets (issue #18) ---------------------------------------------------------------------------
+
+RESET_CASES = [  # (x shape, axis, resets shape): many tiles per sequence unless noted
+    ((2, 5000), -1, (5000,)),            # time-contiguous, (T,) broadcast over the channels
+    ((5000, 3), 0, (5000, 1)),           # channel-contiguous, broadcast: one row of flags per block
+    ((2, 3, 2500), -1, (2, 1, 2500)),    # per batch row (B, 1, T)
+    ((700, 3, 20), 0, (700, 3, 1)),      # time-major, per batch row: channel-fast tiles of 128 steps
+    ((6, 2100), -1, (6, 2100)),          # a flag per element, time-contiguous
+    ((40, 300), -1, (40, 300)),          # a flag per element, several channels a block (one tile)
+    ((300, 40), 0, (300, 40)),           # a flag per element, channel-contiguous: a row per channel
+]
+
+
+def _resets(rng, T, rshape, axis):
+    """About 2% random resets, and (each with probability 1/2, so carries still cross some edges) the
+    steps that tiles and threads make special in either direction: the first and the last, both sides
+    of every multiple of 4, 8, 64, 128, 1024 and 2048 steps counted from either end."""
+    axis %= len(rshape)
+    r = rng.random(rshape) < 0.02
+    special = {0, T - 1}
+    for b in (4, 8, 64, 128, 1024, 2048):
+        for m in range(b, T, b):
+            special |= {m - 1, m, T - m, T - 1 - m}
+    pick = np.array(sorted(t for t in special if 0 <= t < T))
+    on = np.zeros(T, bool)
+    on[pick[rng.random(len(pick)) < 0.5]] = True
+    shape = [1] * len(rshape)
+    shape[axis] = T
+    return r | on.reshape(shape)
+
+
+def _check_resets(cp, rng, dtype, shape, axis, rshape, a_kind, with_h0, reverse):
+    x, a = _inputs(rng, shape, axis, dtype, a_kind)
+    r = _resets(rng, shape[axis], rshape, axis)
+    h0 = rand(rng, np.delete(shape, axis % len(shape)), dtype) if with_h0 else None
+    xd, ad, h0d, rd = cp.asarray(x), _dev(cp, a), None if h0 is None else cp.asarray(h0), cp.asarray(r)
+    h = parscan.linear_scan(ad, xd, h0d, axis=axis, reverse=reverse, resets=rd, backend="cupy")
+    want = reference.linear_scan(a, x, h0, axis=axis, reverse=reverse, resets=r)
+    assert_close(np.asarray(h), want, dtype)
+    hs = want.astype(dtype)
+    gh = rand(rng, shape, dtype)
+    got = parscan.linear_scan_backward(ad, cp.asarray(hs), cp.asarray(gh), h0d, axis=axis, reverse=reverse,
+                                       resets=rd, backend="cupy")
+    exp = reference.linear_scan_backward(a, hs, gh, h0, axis=axis, reverse=reverse, resets=r)
+    for g, w, name in zip(got, exp, ("grad_a", "grad_x", "grad_h0")):
+        if w is None:
+            assert g is None
+            continue
+        assert np.shape(g) == np.shape(w), name
+        assert_close(np.asarray(g), np.asarray(w), dtype)
+    return r
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,axis,rshape", RESET_CASES)
+def test_resets_match_the_reference(cp, dtype, shape, axis, rshape):
+    """scan.cu's flags against the reference's resets, forward and backward: both tile orders, flags
+    broadcast over channels (one row a block) or one per element, resets on tile and thread edges in
+    both directions, h0, and a full, per-channel (constant in time: a_eff still varies) or scalar a."""
+    rng = np.random.default_rng(shape[axis] + 7 * len(dtype))
+    for a_kind, with_h0, reverse in (("full", True, False), ("channel", False, True), ("scalar", True, True)):
+        cuda_cpu.launches().clear()
+        _check_resets(cp, rng, dtype, shape, axis, rshape, a_kind, with_h0, reverse)
+        launched = [launch for launch in cuda_cpu.launches() if launch.name.startswith("scan_kernel")]
+        # has_r: after four operands (a pointer, an offset, four strides), has_h0 and the resets operand
+        assert len(launched) == 2 and all(launch.args[4 * 6 + 1 + 6] == 1 for launch in launched)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "complex64"])
+def test_resets_under_the_shuffled_schedule(cp, dtype):
+    """Resets with the look-back waiting and walking over aggregates (some of them zero): the
+    reference's results, bit for bit the in-order run's."""
+    rng = np.random.default_rng(11)
+    for shape, axis, rshape in (((2, 9000), -1, (9000,)), ((2000, 3), 0, (2000, 1))):
+        x, a, gh = rand(rng, shape, dtype), rand(rng, shape, dtype, "a"), rand(rng, shape, dtype)
+        r = _resets(rng, shape[axis], rshape, axis)
+        rd = cp.asarray(r)
+        ordered = parscan.linear_scan(cp.asarray(a), cp.asarray(x), axis=axis, resets=rd, backend="cupy")
+        ordered_b = parscan.linear_scan_backward(cp.asarray(a), ordered, cp.asarray(gh), axis=axis, resets=rd,
+                                                 backend="cupy")
+        cuda_cpu.launches().clear()
+        with cuda_cpu.scheduled(**SHUFFLED):
+            h = parscan.linear_scan(cp.asarray(a), cp.asarray(x), axis=axis, resets=rd, backend="cupy")
+            gb = parscan.linear_scan_backward(cp.asarray(a), h, cp.asarray(gh), axis=axis, resets=rd, backend="cupy")
+        polls = np.sum([launch.polls for launch in cuda_cpu.launches()], axis=0)
+        assert polls[0] > 0 and polls[1] > 0, polls
+        assert_close(np.asarray(h), reference.linear_scan(a, x, axis=axis, resets=r), dtype)
+        assert np.array_equal(np.asarray(h), np.asarray(ordered), equal_nan=True)
+        for g, w in zip(gb[:2], ordered_b[:2]):
+            assert np.array_equal(np.asarray(g), np.asarray(w), equal_nan=True)
+
+
+def test_replayed_plans_take_new_reset_patterns(cp):
+    """A cached plan replays with the next call's resets buffer (same signature, other flags)."""
+    rng = np.random.default_rng(12)
+    x, a, gh = rand(rng, (3, 2500), "float32"), rand(rng, (3, 2500), "float32", "a"), rand(rng, (3, 2500), "float32")
+    for _ in range(3):
+        r = _resets(rng, 2500, (2500,), -1)
+        h = parscan.linear_scan(cp.asarray(a), cp.asarray(x), resets=cp.asarray(r), backend="cupy")
+        assert_close(np.asarray(h), reference.linear_scan(a, x, resets=r), "float32")
+        got = parscan.linear_scan_backward(cp.asarray(a), h, cp.asarray(gh), resets=cp.asarray(r), backend="cupy")
+        exp = reference.linear_scan_backward(a, np.asarray(h), gh, resets=r)
+        for g, w in zip(got[:2], exp[:2]):
+            assert_close(np.asarray(g), w, "float32")
+
+
+@pytest.mark.parametrize("bad", [
+    ("bits |= (unsigned)f;", "bits |= 0u;"),                   # the backward's flag of the step before
+    ("r_s2 == 0 ? 1 : chans", "1"),                             # one row of flags for every channel
+])
+def test_the_resets_tests_can_fail(cp, monkeypatch, bad):
+    """Two subtle breakages of the flags' code fail the resets checks above (each costs a build)."""
+    from parscan import _plans
+    from parscan.kernels import cupy_scan
+
+    src = cupy_scan.source()
+    assert bad[0] in src
+    monkeypatch.setattr(cupy_scan, "source", lambda: src.replace(bad[0], bad[1]))
+    cupy_scan._module.cache_clear()
+    _plans.clear()  # cached plans hold the launchers of the unbroken module
+    try:
+        rng = np.random.default_rng(13)
+        with pytest.raises(AssertionError):
+            for shape, axis, rshape in RESET_CASES:
+                _check_resets(cp, rng, "float64", shape, axis, rshape, "full", True, False)
+    finally:
+        cupy_scan._module.cache_clear()
+        _plans.clear()

@@ -6,6 +6,7 @@ and four element strides each), so every layout the planner produces runs withou
 instantiations cover x, h, h0 and the result in one dtype with ``a`` in that dtype or, for complex
 data, its real type; an operand in any other dtype (a mixed-precision call) is cast once to the
 result dtype, the only copy this backend makes.  Work is launched on CuPy's current stream.
+``resets`` are read by the kernel (one byte a step, broadcast over channels by zero strides).
 """
 
 from __future__ import annotations
@@ -86,11 +87,13 @@ def _geo(s):
 _ZERO_GEO = (np.int64(0),) * 5
 _DUMMIES: dict = {}
 
+RESETS = True  # implements ``resets`` (see parscan.scan): scan.cu reads the flags itself
+
 
 def _dummy(cupy, dtype):
     """A one-element array on the current device for an operand slot the launch leaves unused (the
     kernels never read or write those: the forward's hh, ga, gh0 and parts, the backward's gh0
-    without h0), made once per device and dtype."""
+    without h0, the resets without resets), made once per device and dtype."""
     key = (cupy.cuda.Device().id, np.dtype(dtype).str)
     arr = _DUMMIES.get(key)
     if arr is None:
@@ -136,6 +139,12 @@ def _plan(problem, lead, launch):
     return acc, launch, problem.dtype, _a_dtype(problem)
 
 
+def _resets(problem):
+    """The resets' geometry and has_r, as the kernel's arguments after the buffer."""
+    r = problem.resets
+    return (*(_ZERO_GEO if r is None else _geo(r)), np.int32(r is not None))
+
+
 def _as(buf, dtype):
     """``buf`` in the kernel's dtype: itself, or (a mixed-precision call) a cast copy."""
     return buf if buf.dtype == dtype else buf.astype(dtype)
@@ -153,8 +162,10 @@ def forward_launcher(problem, launch=None):
     dev = problem.x.buf.device.id
     with cupy.cuda.Device(dev):
         fn = _function(("scan", d.name, sa.name, d.name, False))
-        none, none_acc, none_real = (_dummy(cupy, t) for t in (d, acc, _REAL.get(acc.name, acc.name)))
+        none, none_acc, none_real, none_r = (_dummy(cupy, t) for t in (d, acc, _REAL.get(acc.name, acc.name),
+                                                                       np.bool_))
     ga, gx, go = _geo(problem.a), _geo(problem.x), _geo(problem.out)
+    gr = _resets(problem)
     g0 = _geo(problem.h0) if problem.h0 is not None else _ZERO_GEO
     has_h0 = np.int32(problem.h0 is not None)
     geometry = _geometry(problem, launch)
@@ -164,7 +175,8 @@ def forward_launcher(problem, launch=None):
     def run(a, x, h0, out, resets=None):
         with cupy.cuda.Device(dev):  # scratch, casts and the launch on the data's device
             fn(grid, block, (_as(a, sa), *ga, _as(x, d), *gx, none, *_ZERO_GEO,
-                             none if h0 is None else _as(h0, d), *g0, has_h0, out, *go, none, *_ZERO_GEO,
+                             none if h0 is None else _as(h0, d), *g0, has_h0,
+                             none_r if resets is None else resets, *gr, out, *go, none, *_ZERO_GEO,
                              none_acc, *_ZERO_GEO, none_real, *geometry, *_status(cupy, sizes)))
     return run
 
@@ -183,8 +195,9 @@ def backward_launcher(problem, launch=None):
     with cupy.cuda.Device(dev):
         fn = _function(("scan", d.name, sa.name, sg.name, True))
         total = _function(("sum", sg.name, acc.name)) if summed and nchan else None
-        none, none_acc, none_real = (_dummy(cupy, t) for t in (d, acc, real))
+        none, none_acc, none_real, none_r = (_dummy(cupy, t) for t in (d, acc, real, np.bool_))
     ga, gg, gh, gx, gq = (_geo(s) for s in (problem.a, problem.grad_h, problem.h, problem.grad_x, problem.grad_a))
+    gr = _resets(problem)
     g0 = _geo(problem.h0) if problem.h0 is not None else _ZERO_GEO
     gq0 = _geo(problem.grad_h0) if problem.grad_h0 is not None else _ZERO_GEO
     has_h0 = np.int32(problem.h0 is not None)
@@ -198,7 +211,8 @@ def backward_launcher(problem, launch=None):
         with cupy.cuda.Device(dev):
             parts = cupy.empty(nparts, real) if nparts else none_real
             fn(grid, block, (_as(a, sa), *ga, _as(grad_h, d), *gg, _as(h, d), *gh,
-                             none if h0 is None else _as(h0, d), *g0, has_h0, grad_x, *gx, grad_a, *gq,
+                             none if h0 is None else _as(h0, d), *g0, has_h0,
+                             none_r if resets is None else resets, *gr, grad_x, *gx, grad_a, *gq,
                              none_acc if grad_h0 is None else grad_h0, *gq0, parts, *geometry,
                              *_status(cupy, sizes)))
             if total is not None:

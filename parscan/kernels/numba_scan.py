@@ -18,6 +18,10 @@ factory specialises it per (accumulator dtype, direction) at compile time.  The 
    ``grad_x``, ``grad_a`` and ``grad_h0`` (backward).  Where ``a`` is constant in time the backward
    writes per-tile partial sums of ``grad_a``, summed over tiles by a second small kernel.
 
+``resets`` (a bool per step, optional) are read by the kernel: where set, ``a[t]`` reads as 0 in the
+forward and in every formula of the backward (``grad_a[t] = 0`` there); the flags of a tile are read
+once per block into shared memory (one row for the block when broadcast over channels).
+
 Status flags are read and set with atomics, values are published before a ``threadfence`` and read
 with atomics (L1 is not coherent between blocks): adding -0.0, the exact identity of IEEE addition,
 so a read never changes a published value, not even the sign of a zero.  There are no warp shuffles: the CUDA simulator
@@ -37,6 +41,8 @@ from .launch import SIM_LAUNCH, THREADS, items_for, plan_launch, sim_sizes
 
 _EMPTY, _AGG, _INC = 0, 1, 2
 
+RESETS = True  # implements ``resets`` (see parscan.scan): the kernel reads the flags itself
+
 
 def _numba_type(dtype):
     return {np.dtype(np.float32): types.float32, np.dtype(np.float64): types.float64,
@@ -55,6 +61,7 @@ def _kernels(acc_name: str, backward: bool, items: int):
     ncomp = 2 if cplx else 1
     ITEMS = items
     SLOTS = THREADS * items + THREADS * items // 32  # the coalescing transpose
+    FLAGS = THREADS * items  # the tile's reset flags
     one_ = acc_dtype.type(1)
     zero_ = acc_dtype.type(0)
 
@@ -130,6 +137,48 @@ def _kernels(acc_name: str, backward: bool, items: int):
         return acc(a[at(ao, as_, i, j, k, T - 1 - w if backward else w)])
 
     @cuda.jit(device=True, inline=True)
+    def reset_bits(r, ro, rs, sF, i, j, k_first, C2, T, chans, lanes, chan_fast, tid, cl, lane, live, base):
+        """This thread's reset flags as a bit mask: bit m + 1 is step t0 + m, bit 0 step t0 - 1 (the
+        backward's a[t + 1]).  The tile's flags are read once per block in coalesced order into
+        shared memory (one row for the block when broadcast over channels, ``rs[2] == 0``); steps
+        outside [0, T) and dead channels read 0.  Every thread of the block calls it (a barrier)."""
+        tile = lanes * ITEMS
+        rows = 1 if rs[2] == 0 else chans
+        s = tid
+        while s < rows * tile:  # neighbouring threads, neighbouring bytes
+            if chan_fast:
+                c = s % rows
+                q = s // rows
+            else:
+                c = s // tile
+                q = s % tile
+            kc = k_first + c
+            w = base + q
+            f = 0
+            if kc < C2 and w < T:
+                if r[at(ro, rs, i, j, kc, T - 1 - w if backward else w)]:
+                    f = 1
+            sF[c * tile + q] = f
+            s += chans * lanes
+        cuda.syncthreads()
+        if not live:
+            return 0
+        row = (0 if rows == 1 else cl) * tile + lane * ITEMS
+        bits = 0
+        for m in range(ITEMS):
+            bits |= int(sF[row + m]) << (m + 1)
+        if backward:  # step t0 - 1: the row's previous byte, or (a tile's first lane) read here
+            w = base + lane * ITEMS - 1
+            f = 0
+            if lane > 0:
+                f = int(sF[row - 1])
+            elif w >= 0:
+                if r[at(ro, rs, i, j, k_first + cl, T - 1 - w)]:
+                    f = 1
+            bits |= f
+        return bits
+
+    @cuda.jit(device=True, inline=True)
     def prev_h(hh, hho, hhs, h0, h0o, h0s, has_h0, i, j, k, T, w, live):
         """The backward's h[t - 1] for reversed step w - 1 (t = T - w): h[T - 1 - w], h0 at w = T."""
         if not (live and w <= T):
@@ -141,16 +190,18 @@ def _kernels(acc_name: str, backward: bool, items: int):
         return zero_
 
     @cuda.jit
-    def scan(a, ao, as_, x, xo, xs, hh, hho, hhs, h0, h0o, h0s, has_h0, o, oo, os_, ga, gao, gas,
-             gh0, g0o, g0s, parts, shape, chans, lanes, chan_fast, time_tiles, counter, flags,
+    def scan(a, ao, as_, x, xo, xs, hh, hho, hhs, h0, h0o, h0s, has_h0, r, ro, rs, has_r, o, oo, os_, ga, gao,
+             gas, gh0, g0o, g0s, parts, shape, chans, lanes, chan_fast, time_tiles, counter, flags,
              st_a, st_h, st_i):
         """Forward: (a, x, h0) -> o = h.  Backward: (a, x = grad_h, hh = h, h0) -> o = grad_x,
-        ga = grad_a (or per-tile sums into ``parts`` when a is constant in time), gh0."""
+        ga = grad_a (or per-tile sums into ``parts`` when a is constant in time), gh0.  r: the resets
+        (bools), read only when has_r."""
         sA = cuda.shared.array(THREADS, acc)
         sH = cuda.shared.array(THREADS, acc)
         sC = cuda.shared.array(THREADS, acc)
         sR = cuda.shared.array(THREADS, acc)
         sT = cuda.shared.array(SLOTS, acc)
+        sF = cuda.shared.array(FLAGS, types.uint8)
         sV = cuda.shared.array(1, types.int64)
         la = cuda.local.array(ITEMS, acc)
         lx = cuda.local.array(ITEMS, acc)
@@ -184,6 +235,11 @@ def _kernels(acc_name: str, backward: bool, items: int):
         tile = lanes * ITEMS
         one = acc(1)
         zero = acc(0)
+        # 0. the resets' flags of this thread's steps (see reset_bits): bit m + 1 step t0 + m, bit 0 step t0 - 1
+        rb = 0
+        if has_r:
+            rb = reset_bits(r, ro, rs, sF, i, j, (cgrp % nkb) * chans, C2, T, chans, lanes, chan_fast, tid, cl,
+                            lane, live, base)
         a_const = as_[3] == 0        # a constant in time: read once
         a0 = one
         if live and a_const:
@@ -230,10 +286,12 @@ def _kernels(acc_name: str, backward: bool, items: int):
                 u = t0 + m
                 if not (live and u < T):
                     la[m] = one
-                elif u == 0:
+                elif u == 0 or (rb >> m) & 1:
                     la[m] = zero
                 else:
                     la[m] = conj(la[m])
+            elif (rb >> (m + 1)) & 1:  # a reads as 0 at a reset (its flag is 0 outside the sequence)
+                la[m] = zero
             A = A * la[m]
             H = la[m] * H + lx[m]
         # 2. inclusive scan of the lanes' pairs of each channel, in a fixed order
@@ -301,13 +359,18 @@ def _kernels(acc_name: str, backward: bool, items: int):
                 h = la[m] * h + lx[m]
                 lx[m] = h
                 if backward:
-                    gv = h * conj(lh[m])
+                    reset = (rb >> (m + 1)) & 1  # at t = T - 1 - u: a[t] reads as 0, grad_a[t] = 0
+                    gv = zero
+                    if not reset:
+                        gv = h * conj(lh[m])
                     if summed:
                         total += gv
                     else:
                         lh[m] = gv
                     if u == T - 1 and has_h0:
-                        a_first = a0 if a_const else acc(a[at(ao, as_, i, j, k, 0)])
+                        a_first = zero
+                        if not reset:
+                            a_first = a0 if a_const else acc(a[at(ao, as_, i, j, k, 0)])
                         gh0[at(g0o, g0s, i, j, k, 0)] = conj(a_first) * h
         for r in range(2 if backward else 1):  # r = 0: h / grad_x, r = 1: grad_a (unless summed)
             if r == 1 and summed:
@@ -439,7 +502,8 @@ _DUMMIES: dict = {}
 
 def _dummy(xp, dtype):
     """A one-element array for an operand slot the launch leaves unused (never read or written: the
-    forward's hh, ga, gh0 and parts, the backward's gh0 without h0), made once per device and dtype."""
+    forward's hh, ga, gh0 and parts, the backward's gh0 without h0, the resets without resets), made once per
+    device and dtype."""
     key = (None if xp is np else xp.cuda.Device().id, np.dtype(dtype).str)
     arr = _DUMMIES.get(key)
     if arr is None:
@@ -449,6 +513,11 @@ def _dummy(xp, dtype):
 
 def _geo(s):
     return s.off, tuple(int(v) for v in s.strides)
+
+
+def _resets(problem):
+    """The resets' geometry and has_r, as the kernel's arguments after the buffer."""
+    return (_ZERO_GEO if problem.resets is None else _geo(problem.resets)), problem.resets is not None
 
 
 # ``forward_launcher(problem)`` / ``backward_launcher(problem)``: every decision that depends only on the
@@ -463,8 +532,9 @@ def forward_launcher(problem, launch=None):
     buf = problem.x.buf
     xp = _xp(buf)
     with _Launcher(buf, xp):
-        none, none_acc, none_real = (_dummy(xp, t) for t in (problem.dtype, acc, real))
+        none, none_acc, none_real, none_r = (_dummy(xp, t) for t in (problem.dtype, acc, real, np.bool_))
     ga, gx, go = _geo(problem.a), _geo(problem.x), _geo(problem.out)
+    gr, has_r = _resets(problem)
     g0 = _geo(problem.h0) if problem.h0 is not None else _ZERO_GEO
     has_h0 = problem.h0 is not None
     shape = tuple(int(n) for n in problem.shape)
@@ -474,7 +544,8 @@ def forward_launcher(problem, launch=None):
     def run(a, x, h0, out, resets=None):
         with _Launcher(x, xp) as go_:
             go_(scan, launch.blocks, launch.threads, sim(a), *ga, sim(x), *gx, none, *_ZERO_GEO,
-                none if h0 is None else sim(h0), *g0, has_h0, sim(out), *go, none, *_ZERO_GEO, none_acc,
+                none if h0 is None else sim(h0), *g0, has_h0, none_r if resets is None else sim(resets), *gr,
+                has_r, sim(out), *go, none, *_ZERO_GEO, none_acc,
                 *_ZERO_GEO, none_real, shape, *sizes, *_status(launch, real, ncomp, xp))
     return run
 
@@ -491,8 +562,9 @@ def backward_launcher(problem, launch=None):
     buf = problem.grad_h.buf
     xp = _xp(buf)
     with _Launcher(buf, xp):
-        none, none_acc, none_real = (_dummy(xp, t) for t in (problem.dtype, acc, real))
+        none, none_acc, none_real, none_r = (_dummy(xp, t) for t in (problem.dtype, acc, real, np.bool_))
     ga, gg, gh, gx, gq = (_geo(s) for s in (problem.a, problem.grad_h, problem.h, problem.grad_x, problem.grad_a))
+    gr, has_r = _resets(problem)
     g0 = _geo(problem.h0) if problem.h0 is not None else _ZERO_GEO
     gq0 = _geo(problem.grad_h0) if problem.grad_h0 is not None else _ZERO_GEO
     has_h0 = problem.h0 is not None
@@ -504,7 +576,8 @@ def backward_launcher(problem, launch=None):
         with _Launcher(grad_h, xp) as go_:
             parts = xp.empty(nparts, real) if nparts else none_real
             go_(scan, launch.blocks, launch.threads, sim(a), *ga, sim(grad_h), *gg, sim(h), *gh,
-                none if h0 is None else sim(h0), *g0, has_h0, sim(grad_x), *gx, sim(grad_a), *gq,
+                none if h0 is None else sim(h0), *g0, has_h0, none_r if resets is None else sim(resets), *gr,
+                has_r, sim(grad_x), *gx, sim(grad_a), *gq,
                 none_acc if grad_h0 is None else sim(grad_h0), *gq0, parts, shape, *sizes,
                 *_status(launch, real, ncomp, xp))
             if nparts and nchan:

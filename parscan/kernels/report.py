@@ -97,7 +97,8 @@ def _numba_signatures():
         op = (arr(nt[store]), T.int64, st)
         gop = (arr(nt[acc]), T.int64, st)
         for backward in (False, True):
-            sig = (*op, *op, *op, *op, T.boolean, *op, *op, *gop, arr(real), st, T.int64, T.int64,
+            sig = (*op, *op, *op, *op, T.boolean, arr(T.boolean), T.int64, st, T.boolean, *op, *op, *gop, arr(real),
+                   st, T.int64, T.int64,
                    T.boolean, T.int64, arr(T.int64), arr(T.int32), arr(real), arr(real), arr(real))
             yield f"scan[{store}, {'backward' if backward else 'forward'}]", acc, backward, sig
     for acc in ("float32", "float64", "complex64", "complex128"):

@@ -13,6 +13,8 @@
 //   4. every thread rescans its steps from its incoming state and writes h, or grad_x / grad_a /
 //      grad_h0 (grad_a, when a is constant in time, as one partial sum per (channel, tile), summed
 //      over the tile's lanes in the block and over tiles by sum_parts, both in a fixed order).
+// Resets (r, one byte a step, optional): where r[t] is set a[t] reads as 0 (the carried state is
+// dropped), in the forward and in every formula of the backward (grad_a[t] = 0 there).
 // Tiles take virtual ids from an atomic counter (time tiles fastest), so a tile's predecessors have
 // always started.  64-bit indexing throughout.  float16 is stored as its bit pattern and accumulated
 // in float32; complex values are (re, im) pairs as NumPy stores them.
@@ -174,14 +176,47 @@ __device__ __forceinline__ void tile_store(const A (&v)[ITEMS], A* sT, bool coal
     __syncthreads();
 }
 
+// ---- resets: a thread's flags as a bit mask --------------------------------------------------
+// The flags of the tile's steps are read once per block, in coalesced order, into shared memory (one
+// byte a step and channel; one row for the whole block when they are broadcast over channels, r_s2 ==
+// 0, as resets of shape (T,) or (B, 1, T) are), and each thread gathers its own: bit m + 1 is step
+// t0 + m, bit 0 step t0 - 1 (the backward's a[t + 1]).  Steps outside [0, T) and dead channels read 0.
+// `has_r` is the same for the whole block, so the barrier is never divergent.
+template <int ITEMS, bool BACKWARD>
+__device__ __forceinline__ unsigned reset_bits(OPERAND(const unsigned char*, r), unsigned char* sF, i64 i, i64 j,
+                                               i64 k_first, i64 C2, i64 T, int chans, int lanes, int chan_fast,
+                                               int tid, int cl, int lane, bool live, i64 base) {
+    const int tile = lanes * ITEMS;
+    const int rows = r_s2 == 0 ? 1 : chans;
+    for (int s = tid; s < rows * tile; s += chans * lanes) {  // neighbouring threads, neighbouring bytes
+        const int c = chan_fast ? s % rows : s / tile, q = chan_fast ? s / rows : s % tile;
+        const i64 kc = k_first + c, w = base + q;
+        sF[c * tile + q] = kc < C2 && w < T && r[AT(r, i, j, kc, BACKWARD ? T - 1 - w : w)] != 0;
+    }
+    __syncthreads();
+    if (!live) return 0u;
+    const int row = (rows == 1 ? 0 : cl) * tile + lane * ITEMS;
+    unsigned bits = 0;
+#pragma unroll
+    for (int m = 0; m < ITEMS; ++m) bits |= (unsigned)sF[row + m] << (m + 1);
+    if (BACKWARD) {  // step t0 - 1: the row's previous byte, or (a tile's first lane) read here
+        const i64 w = base + (i64)lane * ITEMS - 1;
+        const bool f = lane > 0 ? sF[row - 1] != 0 : w >= 0 && r[AT(r, i, j, k_first + cl, T - 1 - w)] != 0;
+        bits |= (unsigned)f;
+    }
+    return bits;
+}
+
 // S: storage of x, h, h0, out / grad_x; SA: storage of a (S, or the real type of a complex
 // S); SG: storage of grad_a (S or A); A: accumulator, also grad_h0's storage.  Forward: x is x, out
 // is h (hh, ga, gh0 unused).
 // Backward: x is grad_h, hh is the forward's h, out is grad_x, ga is grad_a (or parts), gh0 is grad_h0.
+// r: the resets (bool bytes), read only when has_r.
 template <class S, class SA, class SG, class A, int ITEMS, bool BACKWARD>
 __global__ void __launch_bounds__(THREADS, 1)  // registers over occupancy: no spills (tune on a device)
 scan_kernel(OPERAND(const SA*, a), OPERAND(const S*, x), OPERAND(const S*, hh), OPERAND(const S*, h0),
-            int has_h0, OPERAND(S*, o), OPERAND(SG*, ga), OPERAND(A*, gh0),
+            int has_h0, OPERAND(const unsigned char*, r), int has_r, OPERAND(S*, o), OPERAND(SG*, ga),
+            OPERAND(A*, gh0),
             typename Acc<A>::real* parts, i64 C0, i64 C1, i64 C2, i64 T, int chans, int lanes,
             int chan_fast, i64 time_tiles, unsigned long long* counter, int* flags,
             typename Acc<A>::real* st_a, typename Acc<A>::real* st_h, typename Acc<A>::real* st_i) {
@@ -190,6 +225,7 @@ scan_kernel(OPERAND(const SA*, a), OPERAND(const S*, x), OPERAND(const S*, hh), 
     __shared__ A sH[THREADS];
     __shared__ A sC[THREADS];
     __shared__ A sT[THREADS * ITEMS + THREADS * ITEMS / 32];  // the coalescing transpose
+    __shared__ unsigned char sF[THREADS * ITEMS];             // the tile's reset flags
     __shared__ i64 sV;
     A la[ITEMS], lx[ITEMS], lh[ITEMS];
     const int tid = threadIdx.x;
@@ -211,6 +247,11 @@ scan_kernel(OPERAND(const SA*, a), OPERAND(const S*, x), OPERAND(const S*, hh), 
     const i64 t0 = base + (i64)lane * ITEMS;   // this thread's first step
     const bool coalesce = !chan_fast;          // time-fast order: load and store through shared memory
     const A one = Ops::one(), zero = Ops::zero();
+    // 0. the resets' flags of this thread's steps (see reset_bits): bit m + 1 step t0 + m, bit 0 step t0 - 1
+    const unsigned rb = has_r ? reset_bits<ITEMS, BACKWARD>(r, r_o, r_s0, r_s1, r_s2, r_st, sF, i, j,
+                                                            (cgrp % nkb) * chans, C2, T, chans, lanes, chan_fast,
+                                                            tid, cl, lane, live, base)
+                              : 0u;
 
     // 1. load (identity past the end and in dead channels) and fold.  An a constant in time (stride 0)
     // is read once.  The backward runs reversed time, step u is t = T - 1 - u: (conj(a[t + 1]), grad_h[t]),
@@ -224,7 +265,7 @@ scan_kernel(OPERAND(const SA*, a), OPERAND(const S*, x), OPERAND(const S*, hh), 
 #pragma unroll
         for (int m = 0; m < ITEMS; ++m) {  // conj, and the identities of steps outside the sequence
             const i64 u = t0 + m;
-            la[m] = !(live && u < T) ? one : u == 0 ? zero : Ops::conj(la[m]);
+            la[m] = !(live && u < T) ? one : u == 0 || (rb >> m & 1u) ? zero : Ops::conj(la[m]);
         }
         tile_load(lx, sT, coalesce, cl, lane, lanes, base,
                   [&](i64 u) { return live && u < T ? load<A>(x, AT(x, i, j, kk, T - 1 - u)) : zero; });
@@ -233,6 +274,9 @@ scan_kernel(OPERAND(const SA*, a), OPERAND(const S*, x), OPERAND(const S*, hh), 
                   [&](i64 u) { return !(live && u < T) ? one : a_const ? a0 : load<A>(a, AT(a, i, j, kk, u)); });
         tile_load(lx, sT, coalesce, cl, lane, lanes, base,
                   [&](i64 u) { return live && u < T ? load<A>(x, AT(x, i, j, kk, u)) : zero; });
+#pragma unroll
+        for (int m = 0; m < ITEMS; ++m)  // a reads as 0 at a reset (its flag is 0 outside the sequence)
+            if (rb >> (m + 1) & 1u) la[m] = zero;
     }
     A fa = one, fh = zero;
 #pragma unroll
@@ -292,11 +336,13 @@ scan_kernel(OPERAND(const SA*, a), OPERAND(const S*, x), OPERAND(const S*, hh), 
             h = la[m] * h + lx[m];
             lx[m] = h;
             if (BACKWARD) {
-                const A gv = h * Ops::conj(lh[m]);
+                const bool reset = rb >> (m + 1) & 1u;  // at t = T - 1 - u: a[t] reads as 0, grad_a[t] = 0
+                const A gv = reset ? zero : h * Ops::conj(lh[m]);
                 if (summed) total = total + gv;
                 else lh[m] = gv;
                 if (u == T - 1 && has_h0)
-                    store(gh0, AT(gh0, i, j, k, 0), Ops::conj(a_const ? a0 : load<A>(a, AT(a, i, j, k, 0))) * h);
+                    store(gh0, AT(gh0, i, j, k, 0),
+                          Ops::conj(reset ? zero : a_const ? a0 : load<A>(a, AT(a, i, j, k, 0))) * h);
             }
         }
     }

@@ -10,7 +10,10 @@ it fetches the distinct 32-byte sectors it touches.  Per launch set and case:
 - sector B/el: 32 x the sectors fetched, summed over warp accesses (the L1/L2 transaction volume;
   equal to the requested bytes when every access is coalesced);
 - efficiency: distinct bytes used / sector bytes fetched, per instruction site (source line); the
-  worst operand load and store site is the figure the target is about (>= 90%).
+  worst operand load and store site is the figure the target is about (>= 90%);
+- resets B/el: the reset flags' bytes in sectors (one byte a step; read once per block and step when
+  broadcast over channels), reported apart from the operands and the status (their sites count in the
+  worst load site).
 
 Run ``python -m tests.cuda_cpu.traffic --out benchmarks/results`` from the repository root to write
 ``traffic.json`` and ``traffic.md``.
@@ -34,10 +37,11 @@ SECTOR = 32
 WARP = 32
 
 # scan_kernel's and sum_parts' pointer parameters, in order (see scan.cu)
-_SCAN_PTRS = ("a", "x", "hh", "h0", "o", "ga", "gh0", "parts", "counter", "flags", "st_a", "st_h", "st_i")
+_SCAN_PTRS = ("a", "x", "hh", "h0", "r", "o", "ga", "gh0", "parts", "counter", "flags", "st_a", "st_h", "st_i")
 _SUM_PTRS = ("parts", "ga")
 _STATUS = {"counter", "flags", "st_a", "st_h", "st_i", "parts"}
-_ROLE = {False: {"x": "x", "o": "h"}, True: {"x": "grad_h", "hh": "h", "o": "grad_x", "ga": "grad_a"}}
+_ROLE = {False: {"x": "x", "o": "h", "r": "resets"},
+         True: {"x": "grad_h", "hh": "h", "o": "grad_x", "ga": "grad_a", "r": "resets"}}
 
 
 @dataclass
@@ -52,10 +56,12 @@ class Row:
     requested: float              # operand B/el the kernels asked for
     sector: float                 # operand B/el in 32-byte sectors, per warp access
     status_sector: float          # look-back status (and grad_a parts) B/el in sectors
-    total: float                  # sector + status_sector
-    load_efficiency: float        # worst operand load site
+    total: float                  # sector + status_sector + resets_sector
+    load_efficiency: float        # worst operand load site (the resets' included)
     store_efficiency: float       # worst operand store site
     sites: list                   # per source line: (line, operand, load/store, efficiency, share of bytes)
+    resets: str = ""              # "", "time" (shape (T,): broadcast over channels) or "full"
+    resets_sector: float = 0.0    # the reset flags' B/el in sectors
 
 
 def _ids(*cols, sorted_=False):
@@ -132,8 +138,8 @@ def _source_lines(path, pcs):
 def _measure(launch_list, library_path, backward):
     """(operand stats, status stats, per-site rows) over the recorded launches."""
     used_by, fetched_by = {}, {}
-    req = {"operand": 0, "status": 0}
-    sec = {"operand": 0, "status": 0}
+    req = {"operand": 0, "status": 0, "resets": 0}
+    sec = {"operand": 0, "status": 0, "resets": 0}
     for launch in launch_list:
         r = launch.records
         if r is None or not len(r):
@@ -169,7 +175,7 @@ def _measure(launch_list, library_path, backward):
         lines = _source_lines(library_path, [int(p) for p in g_pc])
         for k in range(len(g_first)):
             pname = names[g_label[k]]
-            kind = "status" if pname in _STATUS else "operand"
+            kind = "status" if pname in _STATUS else "resets" if pname == "r" else "operand"
             role = pname if kind == "status" else _ROLE[backward].get(pname, pname)
             used = min(g_used[k], g_fetch[k])  # requested beyond fetched: a broadcast, 100% used
             req[kind] += used
@@ -182,7 +188,7 @@ def _measure(launch_list, library_path, backward):
     return req, sec, sites
 
 
-CASES = [  # name, direction, layout, dtype, shape, axis, a: "full" | "channel"
+CASES = [  # name, direction, layout, dtype, shape, axis, a: "full" | "channel"[, resets: "time" | "full"]
     ("forward", False, "time-contiguous", "float32", (2, 32, 4096), -1, "full"),
     ("backward", True, "time-contiguous", "float32", (2, 32, 4096), -1, "full"),
     ("forward", False, "channel-contiguous", "float32", (4096, 64), 0, "full"),
@@ -194,6 +200,8 @@ CASES = [  # name, direction, layout, dtype, shape, axis, a: "full" | "channel"
     ("forward", False, "time-contiguous", "complex64", (2, 32, 4096), -1, "full"),
     ("forward", False, "time-contiguous", "complex128", (2, 32, 4096), -1, "full"),
     ("backward", True, "channel-contiguous", "complex128", (4096, 64), 0, "full"),
+    ("forward, resets (T,)", False, "time-contiguous", "float32", (2, 32, 4096), -1, "full", "time"),
+    ("backward, resets (T,)", True, "channel-contiguous", "float32", (4096, 64), 0, "full", "time"),
 ]
 
 
@@ -201,7 +209,8 @@ def measure(case, cp) -> Row:
     import parscan
     from parscan.kernels import cupy_scan
 
-    name, backward, layout, dtype, shape, axis, a_kind = case
+    name, backward, layout, dtype, shape, axis, a_kind = case[:7]
+    resets = case[7] if len(case) > 7 else ""
     rng = np.random.default_rng(0)
     x = rng.standard_normal(shape).astype(dtype)
     ashape = list(shape)
@@ -209,30 +218,34 @@ def measure(case, cp) -> Row:
         ashape[axis] = 1
     a = rng.uniform(0.5, 0.95, ashape).astype(dtype)
     xd, ad = cp.asarray(x), cp.asarray(a)
+    # resets "time": shape (T,) broadcast over every channel dimension; "full": x's shape
+    rshape = shape if resets == "full" else tuple(n if d == axis % len(shape) else 1 for d, n in enumerate(shape))
+    rd = cp.asarray(rng.random(rshape) < 0.01) if resets else None
     item = np.dtype(dtype).itemsize
     if backward:
-        h = parscan.linear_scan(ad, xd, axis=axis, backend="cupy")
+        h = parscan.linear_scan(ad, xd, axis=axis, backend="cupy", resets=rd)
         gh = cp.asarray(rng.standard_normal(shape).astype(dtype))
         launches().clear()
         with scheduled(record=True):
-            parscan.linear_scan_backward(ad, h, gh, axis=axis, backend="cupy")
+            parscan.linear_scan_backward(ad, h, gh, axis=axis, backend="cupy", resets=rd)
         # read a, grad_h, h; write grad_x, grad_a (a and grad_a once per channel when a is constant)
         minimum = (5 if a_kind == "full" else 3) * item
     else:
         launches().clear()
         with scheduled(record=True):
-            parscan.linear_scan(ad, xd, axis=axis, backend="cupy")
+            parscan.linear_scan(ad, xd, axis=axis, backend="cupy", resets=rd)
         minimum = (3 if a_kind == "full" else 2) * item
     lib = cupy_scan._module().library.path
     req, sec, sites = _measure(list(launches()), lib, backward)
     n = int(np.prod(shape))
-    op_sites = [s for s in sites if s[3] == "operand"]
+    op_sites = [s for s in sites if s[3] in ("operand", "resets")]
     worst = lambda op: min([s[4] for s in op_sites if s[2] == op], default=1.0)  # noqa: E731
     total_fetch = sum(s[5] for s in sites)
     return Row(name, "backward" if backward else "forward", layout, dtype, tuple(shape), n, float(minimum),
-               req["operand"] / n, sec["operand"] / n, sec["status"] / n, (sec["operand"] + sec["status"]) / n,
-               worst("load"), worst("store"),
-               [(s[0], s[1], s[2], round(s[4], 4), round(s[5] / total_fetch, 4)) for s in sites])
+               req["operand"] / n, sec["operand"] / n, sec["status"] / n,
+               (sec["operand"] + sec["status"] + sec["resets"]) / n, worst("load"), worst("store"),
+               [(s[0], s[1], s[2], round(s[4], 4), round(s[5] / total_fetch, 4)) for s in sites],
+               resets, sec["resets"] / n)
 
 
 def run(cases=CASES) -> list[Row]:
@@ -242,12 +255,12 @@ def run(cases=CASES) -> list[Row]:
 
 def markdown(rows) -> str:
     out = ["| case | layout | dtype | minimum B/el | requested B/el | sector B/el (operands) | status B/el "
-           "| total / minimum | worst load site | worst store site |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+           "| resets B/el | total / minimum | worst load site | worst store site |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         out.append(f"| {r.case} | {r.layout} | {r.dtype} | {r.minimum:g} | {r.requested:.2f} | {r.sector:.2f} "
-                   f"| {r.status_sector:.2f} | {r.total / r.minimum:.3f} | {100 * r.load_efficiency:.1f}% "
-                   f"| {100 * r.store_efficiency:.1f}% |")
+                   f"| {r.status_sector:.2f} | {r.resets_sector:.3f} | {r.total / r.minimum:.3f} "
+                   f"| {100 * r.load_efficiency:.1f}% | {100 * r.store_efficiency:.1f}% |")
     return "\n".join(out)
 
 

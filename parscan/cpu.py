@@ -21,6 +21,14 @@ The backward is the same machinery run backwards in time on
 (the last chunk is the one scanned in phase 1) and ``grad_a`` / ``grad_h0`` computed in the same pass.
 float16 accumulates in float32 (see ``_half``).  Results depend only on the problem and the thread
 count (no atomics): they are bitwise repeatable.
+
+Resets (issue #18) are read in the kernels, one byte a step (``r[rb + t * rs]``, broadcast by zero
+strides, never materialised): where set, a is never read (it counts as 0: inf or nan in a there cannot
+leak), h = x, a folded chunk's A is 0 after a reset in it, nothing flows back across it, and grad_a is
+0 there.  Time-inner runs are cut at their resets into segments that the blocked loops scan unchanged;
+channel-inner rows take one flag a row when the resets are shared by the block's channels, and go
+channel by channel otherwise.  Without resets a one-byte zero with zero strides stands in: one compiled
+signature per dtype, and one flag load a run.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ import math
 import numba
 import numpy as np
 from numba import njit, prange
+from numba.extending import overload
 
 from ._half import conj, host_view, load, load_as, store
 from ._problem import run_backward, run_forward
@@ -64,6 +73,16 @@ def _load4(arr, b, s, t, like):
     run in a narrower input type)."""
     return (load_as(arr[_u(b + t * s)], like), load_as(arr[_u(b + (t + 1) * s)], like),
             load_as(arr[_u(b + (t + 2) * s)], like), load_as(arr[_u(b + (t + 3) * s)], like))
+
+
+def _zero(v):
+    """0 of v's type."""
+
+
+@overload(_zero)
+def _zero_impl(v):
+    ty = v
+    return lambda v: ty(0)
 
 
 @njit
@@ -108,8 +127,8 @@ def task_plan(shape, x_strides, nthreads):
 # the offsets are shared), so the layouts the planner makes go through ``_bwd_scan_shared``.  The
 # forward scan and both folds (three and two operands) run as fast with a stride per operand.
 
-@njit(fastmath=_FM)
-def _fwd_fold_run(a, ab, sa, x, xb, sx, t0, t1, A, H):
+@njit(fastmath=_FM, inline="always")
+def _fwd_fold_seg(a, ab, sa, x, xb, sx, t0, t1, A, H):
     """Fold steps t0..t1-1 into the transfer pair (A, H): h_out = A * h_in + H.
 
     Four steps at a time: their own pair is built off the critical path, so the loop-carried chain is
@@ -132,11 +151,11 @@ def _fwd_fold_run(a, ab, sa, x, xb, sx, t0, t1, A, H):
     return A, H
 
 
-@njit(fastmath=_FM)
-def _fwd_scan_run(a, ab, sa, x, xb, sx, o, ob, so, t0, t1, h):
+@njit(fastmath=_FM, inline="always")
+def _fwd_scan_seg(a, ab, sa, x, xb, sx, o, ob, so, t0, t1, h):
     """Scan steps t0..t1-1 from state h, writing every state; returns the last.
 
-    Blocked by four like ``_fwd_fold_run``: h[t+m] = P_m h + S_m with (P_m, S_m) the block's own
+    Blocked by four like ``_fwd_fold_seg``: h[t+m] = P_m h + S_m with (P_m, S_m) the block's own
     prefix pairs, so only ``h = P_3 h + S_3`` sits on the loop-carried chain."""
     t = t0
     while t + 4 <= t1:
@@ -161,8 +180,8 @@ def _fwd_scan_run(a, ab, sa, x, xb, sx, o, ob, so, t0, t1, h):
     return h
 
 
-@njit(fastmath=_FM)
-def _bwd_fold_run(a, ab, sa, gh, gb, sg, t0, t1, A, H):
+@njit(fastmath=_FM, inline="always")
+def _bwd_fold_seg(a, ab, sa, gh, gb, sg, t0, t1, A, H):
     """Fold steps t1-1 .. t0, right to left, into (A, H): cg_out = A * cg_in + H, where cg is
     ``conj(a[t]) g[t]`` flowing out of the run's left end.  Blocked by four (see the forward)."""
     t = t1 - 1
@@ -183,7 +202,7 @@ def _bwd_fold_run(a, ab, sa, gh, gb, sg, t0, t1, A, H):
     return A, H
 
 
-@njit(fastmath=_FM)
+@njit(fastmath=_FM, inline="always")
 def _bwd_scan_run(a, ab, sa, h, hb, sh, gh, gb, sg, gx, xb, sx, ga, qb, sq, t0, t1, cg, hprev0, zero):
     """Steps t1-1 .. t0 from the incoming ``cg``: writes grad_x and grad_a (or sums grad_a when a is
     constant in time, ``sq == 0``); returns (conj(a[t0]) g[t0], the grad_a sum).  ``hprev0`` is h[-1].
@@ -235,7 +254,7 @@ def _bwd_scan_run(a, ab, sa, h, hb, sh, gh, gb, sg, gx, xb, sx, ga, qb, sq, t0, 
     return cg, total
 
 
-@njit(fastmath=_FM)
+@njit(fastmath=_FM, inline="always")
 def _bwd_scan_shared(a, ab, h, hb, gh, gb, gx, xb, ga, qb, s, sa, t0, t1, cg, hprev0, zero):
     """``_bwd_scan_run`` when h, grad_h and grad_x share the time stride ``s`` and a, grad_a share ``sa``
     (every layout the planner makes: contiguous, reversed, channel-contiguous rows, a constant in time):
@@ -302,25 +321,152 @@ def _bwd_scan_shared(a, ab, h, hb, gh, gb, gx, xb, ga, qb, s, sa, t0, t1, cg, hp
     return cg, total
 
 
+# Resets in time-inner runs: a run is cut at its reset steps into segments that the loops above scan as
+# they are (a select of a inside their blocks costs more than the blocks themselves: masked loads fed
+# by the flags; x3 on the plain scan), and each reset step is one step of its own.  The segment loops
+# are inlined (Numba IR) into their one caller each: a call per segment passes some thirty arguments.  The next reset is found by a byte scan,
+# 256 steps a test, then by halves from 128 (vector loads where the flags are contiguous);
+# with a time stride of 0 (no resets: the one-byte stand-in, or a flag constant in time) it is one load
+# a run.
+
+@njit
+def _or_run(r, lo, n):
+    """The or of the n contiguous flags from r[lo] (unsigned indices and a byte accumulator: vectorised)."""
+    acc = np.uint8(0)
+    for m in range(n):
+        acc |= r[_u(lo + m)]
+    return acc
+
+
+@njit
+def _none_set(r, p, rs, n):
+    """Whether no flag of the n steps from the one at ``p`` (step stride ``rs`` != 0) is set."""
+    if rs == 1:
+        return _or_run(r, p, n) == 0
+    if rs == -1:
+        return _or_run(r, p - (n - 1), n) == 0
+    for m in range(n):
+        if r[_u(p + m * rs)] != 0:
+            return False
+    return True
+
+
+@njit
+def _next_reset(r, rb, rs, t, t1):
+    """The first step in t..t1-1 whose reset flag ``r[rb + t * rs]`` is set, or t1."""
+    if rs == 0:
+        return t if r[_u(rb)] != 0 else t1
+    while t + 256 <= t1 and _none_set(r, rb + t * rs, rs, 256):
+        t += 256
+    n = 128  # then a binary descent: the first set flag is within 256 steps (or t1 is)
+    while n >= 1:
+        if t + n <= t1 and _none_set(r, rb + t * rs, rs, n):
+            t += n
+        n //= 2
+    return t
+
+
+@njit
+def _prev_reset(r, rb, rs, t0, t):
+    """The last step in t0..t-1 whose reset flag is set, or t0 - 1."""
+    if rs == 0:
+        return t - 1 if r[_u(rb)] != 0 and t > t0 else t0 - 1
+    while t - 256 >= t0 and _none_set(r, rb + (t - 256) * rs, rs, 256):
+        t -= 256
+    n = 128
+    while n >= 1:
+        if t - n >= t0 and _none_set(r, rb + (t - n) * rs, rs, n):
+            t -= n
+        n //= 2
+    return t - 1
+
+
 @njit(fastmath=_FM)
-def _bwd_scan_chan(a, ab, sa, h, hb, sh, gh, gb, sg, gx, xb, sx, ga, qb, sq, t0, t1, cg, hprev0, zero):
+def _fwd_fold_run(a, ab, sa, x, xb, sx, r, rb, rs, t0, t1, A, H):
+    """``_fwd_fold_seg`` over steps t0..t1-1 with resets: at a reset step a reads as 0, (A, H) = (0, x)."""
+    t = t0
+    while True:
+        e = _next_reset(r, rb, rs, t, t1)
+        A, H = _fwd_fold_seg(a, ab, sa, x, xb, sx, t, e, A, H)
+        if e >= t1:
+            return A, H
+        A = _zero(A)
+        H = load_as(x[_u(xb + e * sx)], H)
+        t = e + 1
+
+
+@njit(fastmath=_FM)
+def _fwd_scan_run(a, ab, sa, x, xb, sx, o, ob, so, r, rb, rs, t0, t1, h):
+    """``_fwd_scan_seg`` over steps t0..t1-1 with resets: at a reset step h = x."""
+    t = t0
+    while True:
+        e = _next_reset(r, rb, rs, t, t1)
+        h = _fwd_scan_seg(a, ab, sa, x, xb, sx, o, ob, so, t, e, h)
+        if e >= t1:
+            return h
+        h = load_as(x[_u(xb + e * sx)], h)
+        o[_u(ob + e * so)] = store(h, o)
+        t = e + 1
+
+
+@njit(fastmath=_FM)
+def _bwd_fold_run(a, ab, sa, gh, gb, sg, r, rb, rs, t0, t1, A, H):
+    """``_bwd_fold_seg`` over steps t1-1 .. t0 with resets: at a reset step conj(a) reads as 0, so
+    (A, H) = (0, 0) there."""
+    t = t1
+    while True:
+        e = _prev_reset(r, rb, rs, t0, t)
+        A, H = _bwd_fold_seg(a, ab, sa, gh, gb, sg, e + 1, t, A, H)
+        if e < t0:
+            return A, H
+        A, H = _zero(A), _zero(H)
+        t = e
+
+
+@njit(fastmath=_FM)
+def _bwd_scan_chan(a, ab, sa, h, hb, sh, gh, gb, sg, gx, xb, sx, ga, qb, sq, r, rb, rs, t0, t1, cg, hprev0, zero):
     """The backward of one channel's run: ``_bwd_scan_shared`` where the strides allow, else the
-    general ``_bwd_scan_run``."""
-    if sg == sh and sx == sh and sq == sa:
-        return _bwd_scan_shared(a, ab, h, hb, gh, gb, gx, xb, ga, qb, sh, sa, t0, t1, cg, hprev0, zero)
-    return _bwd_scan_run(a, ab, sa, h, hb, sh, gh, gb, sg, gx, xb, sx, ga, qb, sq, t0, t1, cg, hprev0, zero)
+    general ``_bwd_scan_run``, segment by segment between resets; at a reset step g = grad_h + cg is
+    written, grad_a is 0 and nothing flows on (cg = 0)."""
+    total = zero
+    t = t1
+    while True:
+        e = _prev_reset(r, rb, rs, t0, t)
+        if sg == sh and sx == sh and sq == sa:
+            cg, v = _bwd_scan_shared(a, ab, h, hb, gh, gb, gx, xb, ga, qb, sh, sa, e + 1, t, cg, hprev0, zero)
+        else:
+            cg, v = _bwd_scan_run(a, ab, sa, h, hb, sh, gh, gb, sg, gx, xb, sx, ga, qb, sq, e + 1, t, cg, hprev0,
+                                  zero)
+        total += v
+        if e < t0:
+            return cg, total
+        g = load_as(gh[_u(gb + e * sg)], cg) + cg
+        gx[_u(xb + e * sx)] = store(g, gx)
+        if sq != 0:
+            ga[_u(qb + e * sq)] = store(zero, ga)
+        cg = zero
+        t = e
 
 
 # ------------------------------------------------------------------------------ channel-inner rows
 #
 # A block of neighbouring channels k0..k1-1 over a run of steps, row by row: channel k of row t is at
 # ``base + k * sk + t * st``.  The channel strides are passed as literals for the common layouts (1,
-# and 0 for a shared by the channels), so that the row loops vectorise.
+# and 0 for a shared by the channels), so that the row loops vectorise.  Resets reach the rows only
+# when they are shared by the block's channels (channel stride 0: shape (T,), (B, 1, T), ...): one flag
+# a row, ``r[rb + t * rt]``, and a reset row takes its own short loop (the state dropped), so the row
+# loops themselves are unchanged.  Resets that vary across a block's channels go channel by channel
+# (``_fwd_narrow`` / ``_bwd_narrow``).
 
 @njit(fastmath=_FM)
-def _fwd_fold_rows(a, ab, sak, sat, x, xb, sxk, sxt, n, t0, t1, Av, Hv):
+def _fwd_fold_rows(a, ab, sak, sat, x, xb, sxk, sxt, r, rb, rt, n, t0, t1, Av, Hv):
     for t in range(t0, t1):
         pa, px = ab + t * sat, xb + t * sxt
+        if r[_u(rb + t * rt)]:  # a reads as 0: A = 0, H = x
+            for k in range(n):
+                Av[k] = 0
+                Hv[k] = load(x[_u(px + k * sxk)])
+            continue
         for k in range(n):
             av = load(a[_u(pa + k * sak)])
             Av[k] = Av[k] * av
@@ -328,9 +474,15 @@ def _fwd_fold_rows(a, ab, sak, sat, x, xb, sxk, sxt, n, t0, t1, Av, Hv):
 
 
 @njit(fastmath=_FM)
-def _fwd_scan_rows(a, ab, sak, sat, x, xb, sxk, sxt, o, ob, sok, sot, n, t0, t1, hv):
+def _fwd_scan_rows(a, ab, sak, sat, x, xb, sxk, sxt, o, ob, sok, sot, r, rb, rt, n, t0, t1, hv):
     for t in range(t0, t1):
         pa, px, po = ab + t * sat, xb + t * sxt, ob + t * sot
+        if r[_u(rb + t * rt)]:  # a reads as 0: h = x
+            for k in range(n):
+                v = load(x[_u(px + k * sxk)])
+                hv[k] = v
+                o[_u(po + k * sok)] = store(v, o)
+            continue
         for k in range(n):
             v = load(a[_u(pa + k * sak)]) * hv[k] + load(x[_u(px + k * sxk)])
             hv[k] = v
@@ -347,7 +499,7 @@ def _fwd_scan_rows(a, ab, sak, sat, x, xb, sxk, sxt, o, ob, sok, sot, n, t0, t1,
 # local arrays are indexed unsigned (no wraparound test, which would stop the vectoriser).
 
 @njit(fastmath=_FM)
-def _bwd_fold_rows_run(a, ab, sak, sat, gh, gb, sgk, sgt, n, t0, t1, Av, Hv):
+def _bwd_fold_rows_run(a, ab, sak, sat, gh, gb, sgk, sgt, r, rb, rt, n, t0, t1, Av, Hv):
     nxt = np.empty(1, np.int64)
     nxt[0] = t1 - 1
     while True:
@@ -356,6 +508,11 @@ def _bwd_fold_rows_run(a, ab, sak, sat, gh, gb, sgk, sgt, n, t0, t1, Av, Hv):
             break
         nxt[0] = t - 1
         pa, pg = ab + t * sat, gb + t * sgt
+        if r[_u(rb + t * rt)]:  # conj(a) reads as 0: nothing flows out of this row
+            for k in range(n):
+                Av[k] = 0
+                Hv[k] = 0
+            continue
         for m in range(n):
             k = n - 1 - m
             ca = conj(load(a[_u(pa + k * sak)]))
@@ -365,7 +522,7 @@ def _bwd_fold_rows_run(a, ab, sak, sat, gh, gb, sgk, sgt, n, t0, t1, Av, Hv):
 
 @njit(fastmath=_FM)
 def _bwd_scan_rows_run(a, ab, sak, sat, h, hb, shk, sht, gh, gb, sgk, sgt, gx, xb, sxk, sxt, ga, qb, sqk, sqt,
-                       n, t0, t1, cg, tot):
+                       r, rb, rt, n, t0, t1, cg, tot):
     """Rows t1-1 .. t0 (t0 >= 1: h[t-1] is in h); grad_a summed into ``tot`` when a is constant in time."""
     summed = sqt == 0
     nxt = np.empty(1, np.int64)
@@ -376,6 +533,9 @@ def _bwd_scan_rows_run(a, ab, sak, sat, h, hb, shk, sht, gh, gb, sgk, sgt, gx, x
             break
         nxt[0] = t - 1
         pa, ph, pg, px, pq = ab + t * sat, hb + (t - 1) * sht, gb + t * sgt, xb + t * sxt, qb + t * sqt
+        if r[_u(rb + t * rt)]:
+            _bwd_reset_row(gh, pg, sgk, gx, px, sxk, ga, pq, sqk, summed, n, cg)
+            continue
         if summed:
             for m in range(n):
                 k = n - 1 - m
@@ -393,36 +553,53 @@ def _bwd_scan_rows_run(a, ab, sak, sat, h, hb, shk, sht, gh, gb, sgk, sgt, gx, x
 
 
 @njit(fastmath=_FM)
-def _bwd_fold_rows(a, ab, sak, sat, gh, gb, sgk, sgt, n, t0, t1, Av, Hv):
+def _bwd_fold_rows(a, ab, sak, sat, gh, gb, sgk, sgt, r, rb, rt, n, t0, t1, Av, Hv):
     """Channel-inner fold of n channels over steps t1-1 .. t0 into the pairs Av, Hv."""
     if sgk == 1 and sak == 1:
-        _bwd_fold_rows_run(a, ab, 1, sat, gh, gb, 1, sgt, n, t0, t1, Av, Hv)
+        _bwd_fold_rows_run(a, ab, 1, sat, gh, gb, 1, sgt, r, rb, rt, n, t0, t1, Av, Hv)
     elif sgk == 1 and sak == 0:
-        _bwd_fold_rows_run(a, ab, 0, sat, gh, gb, 1, sgt, n, t0, t1, Av, Hv)
+        _bwd_fold_rows_run(a, ab, 0, sat, gh, gb, 1, sgt, r, rb, rt, n, t0, t1, Av, Hv)
     else:
-        _bwd_fold_rows_run(a, ab, sak, sat, gh, gb, sgk, sgt, n, t0, t1, Av, Hv)
+        _bwd_fold_rows_run(a, ab, sak, sat, gh, gb, sgk, sgt, r, rb, rt, n, t0, t1, Av, Hv)
+
+
+@njit(fastmath=_FM)
+def _bwd_reset_row(gh, pg, sgk, gx, px, sxk, ga, pq, sqk, summed, n, cg):
+    """A reset row of the backward rows: g = grad_h + cg is written, grad_a is 0, and nothing flows on
+    (conj(a) reads as 0)."""
+    for k in range(n):
+        g = load(gh[_u(pg + k * sgk)]) + cg[k]
+        gx[_u(px + k * sxk)] = store(g, gx)
+        if not summed:
+            ga[_u(pq + k * sqk)] = store(_zero(g), ga)
+        cg[k] = 0
 
 
 @njit(fastmath=_FM)
 def _bwd_scan_rows(a, ab, sak, sat, h, hb, shk, sht, gh, gb, sgk, sgt, gx, xb, sxk, sxt, ga, qb, sqk, sqt,
-                   n, t0, t1, cg, tot):
+                   r, rb, rt, n, t0, t1, cg, tot):
     """Channel-inner backward of n channels over steps t1-1 .. t0 (t0 >= 1) from ``cg`` (updated)."""
     if shk == 1 and sgk == 1 and sxk == 1 and sqk == 1:
         if sak == 1:
             _bwd_scan_rows_run(a, ab, 1, sat, h, hb, 1, sht, gh, gb, 1, sgt, gx, xb, 1, sxt, ga, qb, 1, sqt,
-                               n, t0, t1, cg, tot)
+                               r, rb, rt, n, t0, t1, cg, tot)
             return
         if sak == 0:
             _bwd_scan_rows_run(a, ab, 0, sat, h, hb, 1, sht, gh, gb, 1, sgt, gx, xb, 1, sxt, ga, qb, 1, sqt,
-                               n, t0, t1, cg, tot)
+                               r, rb, rt, n, t0, t1, cg, tot)
             return
     _bwd_scan_rows_run(a, ab, sak, sat, h, hb, shk, sht, gh, gb, sgk, sgt, gx, xb, sxk, sxt, ga, qb, sqk, sqt,
-                       n, t0, t1, cg, tot)
+                       r, rb, rt, n, t0, t1, cg, tot)
 
 
 @njit(fastmath=_FM)
-def _bwd_row0(a, ab, sak, h0, h0b, h0k, has_h0, gh, gb, sgk, gx, xb, sxk, ga, qb, sqk, summed, n, cg, tot, zero):
-    """Row t = 0 of a channel-inner block: h[-1] is h0 (at h0b + k * h0k) or zero."""
+def _bwd_row0(a, ab, sak, h0, h0b, h0k, has_h0, gh, gb, sgk, gx, xb, sxk, ga, qb, sqk, summed, n, cg, tot, zero,
+              reset):
+    """Row t = 0 of a channel-inner block: h[-1] is h0 (at h0b + k * h0k) or zero; ``reset``: the row's
+    flag (grad_a 0, nothing flows to h0)."""
+    if reset:
+        _bwd_reset_row(gh, gb, sgk, gx, xb, sxk, ga, qb, sqk, summed, n, cg)
+        return
     for k in range(n):
         g = load(gh[_u(gb + k * sgk)]) + cg[k]
         gx[_u(xb + k * sxk)] = store(g, gx)
@@ -448,12 +625,14 @@ def _touch(arr, base, sk, st, n, t0, t1, zero):
 
 
 @njit(fastmath=_FM)
-def _fwd_narrow(a, ab, sak, sat, x, xb, sxk, sxt, o, ob, sok, sot, n, t0, t1, hin, A, H, b, col, scan):
+def _fwd_narrow(a, ab, sak, sat, x, xb, sxk, sxt, o, ob, sok, sot, r, rb, rk, rt, n, t0, t1, hin, A, H, b, col,
+                scan):
     """A narrow channel-inner block (n <= NARROW channels of table rows b..b+n-1) over steps t0..t1-1,
     channel by channel as time-inner runs: a row of a few channels would put each state through memory
     once a row (store, reload: a chain of ~10 cycles for a few elements), a run keeps it in a register
     and blocks four steps.  Tile by tile of TILE // n steps, so that the block's channels after the
-    first find the tile's cache lines loaded."""
+    first find the tile's cache lines loaded.  Also the path of blocks whose resets vary across their
+    channels (any ``rk``)."""
     L = max(4, TILE // n)
     for s0 in range(t0, t1, L):
         s1 = min(t1, s0 + L)
@@ -462,15 +641,15 @@ def _fwd_narrow(a, ab, sak, sat, x, xb, sxk, sxt, o, ob, sok, sot, n, t0, t1, hi
             if scan:
                 h = hin[c, col] if s0 == t0 else H[c, col]
                 H[c, col] = _fwd_scan_run(a, ab + k * sak, sat, x, xb + k * sxk, sxt, o, ob + k * sok, sot,
-                                          s0, s1, h)
+                                          r, rb + k * rk, rt, s0, s1, h)
             else:
-                A[c, col], H[c, col] = _fwd_fold_run(a, ab + k * sak, sat, x, xb + k * sxk, sxt, s0, s1,
-                                                     A[c, col], H[c, col])
+                A[c, col], H[c, col] = _fwd_fold_run(a, ab + k * sak, sat, x, xb + k * sxk, sxt, r, rb + k * rk,
+                                                     rt, s0, s1, A[c, col], H[c, col])
 
 
 @njit(fastmath=_FM)
 def _bwd_narrow(a, ab, sak, sat, h, hb, shk, sht, gh, gb, sgk, sgt, gx, xb, sxk, sxt, ga, qb, sqk, sqt,
-                h0, h0b, h0k, has_h0, n, t0, t1, cin, A, H, parts, b, col, scan, zero):
+                r, rb, rk, rt, h0, h0b, h0k, has_h0, n, t0, t1, cin, A, H, parts, b, col, scan, zero):
     """The backward of a narrow channel-inner block over steps t1-1 .. t0, as ``_fwd_narrow``: tiles
     from the right, channel by channel; a scan adds its grad_a sums into parts[:, col]."""
     L = max(4, TILE // n)
@@ -483,12 +662,12 @@ def _bwd_narrow(a, ab, sak, sat, h, hb, shk, sht, gh, gb, sgk, sgt, gx, xb, sxk,
                 cg = cin[c, col] if s1 == t1 else H[c, col]
                 hp0 = load_as(h0[_u(h0b + k * h0k)], zero) if has_h0 else zero
                 H[c, col], v = _bwd_scan_chan(a, ab + k * sak, sat, h, hb + k * shk, sht, gh, gb + k * sgk,
-                                                sgt, gx, xb + k * sxk, sxt, ga, qb + k * sqk, sqt, s0, s1, cg,
-                                                hp0, zero)
+                                                sgt, gx, xb + k * sxk, sxt, ga, qb + k * sqk, sqt, r, rb + k * rk,
+                                                rt, s0, s1, cg, hp0, zero)
                 parts[c, col] += v
             else:
-                A[c, col], H[c, col] = _bwd_fold_run(a, ab + k * sak, sat, gh, gb + k * sgk, sgt, s0, s1,
-                                                     A[c, col], H[c, col])
+                A[c, col], H[c, col] = _bwd_fold_run(a, ab + k * sak, sat, gh, gb + k * sgk, sgt, r, rb + k * rk,
+                                                     rt, s0, s1, A[c, col], H[c, col])
         s1 = s0
 
 
@@ -532,7 +711,7 @@ def _step(i, j, k, C1, C2, down):
 
 
 @njit(fastmath=_FM)
-def _fwd_channels_time(a, ao, as_, x, xo, xs, o, oo, os_, C1, C2, T, c0, c1, hin, down):
+def _fwd_channels_time(a, ao, as_, x, xo, xs, o, oo, os_, r, ro, rs_, C1, C2, T, c0, c1, hin, down):
     """Time-inner scans of whole channels c0..c1-1 (flat index), walking (i, j, k) without divisions
     (with many short channels the per-task index arithmetic would otherwise cost as much as the scan),
     upwards or ``down`` so that consecutive channels continue one memory stream per operand."""
@@ -544,42 +723,46 @@ def _fwd_channels_time(a, ao, as_, x, xo, xs, o, oo, os_, C1, C2, T, c0, c1, hin
         ab, sa = _base(ao, as_, i, j, k)
         xb, sx = _base(xo, xs, i, j, k)
         ob, so = _base(oo, os_, i, j, k)
-        _fwd_scan_run(a, ab, sa, x, xb, sx, o, ob, so, 0, T, hin[c, 0])
+        rb, rs = _base(ro, rs_, i, j, k)
+        _fwd_scan_run(a, ab, sa, x, xb, sx, o, ob, so, r, rb, rs, 0, T, hin[c, 0])
         i, j, k = _step(i, j, k, C1, C2, down)
         c += -1 if down else 1
 
 
 @njit(fastmath=_FM)
-def _fwd_task(a, ao, as_, x, xo, xs, o, oo, os_, C1, C2, nb, bs, blk, t0, t1, hin, col, scan, A, H):
+def _fwd_task(a, ao, as_, x, xo, xs, o, oo, os_, r, ro, rs_, C1, C2, nb, bs, blk, t0, t1, hin, col, scan, A, H):
     """One task: block ``blk`` over steps t0..t1-1; scans from hin[:, col] into H[:, col] when ``scan``,
     else folds into (A, H)[:, col]."""
     i, j, k0, k1 = _block(blk, C1, C2, nb, bs)
     ab, sa = _base(ao, as_, i, j, k0)
     xb, sx = _base(xo, xs, i, j, k0)
     ob, so = _base(oo, os_, i, j, k0)
+    rb, rs = _base(ro, rs_, i, j, k0)
     b = (i * C1 + j) * C2 + k0
     if bs == 1:
         if scan:
-            H[b, col] = _fwd_scan_run(a, ab, sa, x, xb, sx, o, ob, so, t0, t1, hin[b, col])
+            H[b, col] = _fwd_scan_run(a, ab, sa, x, xb, sx, o, ob, so, r, rb, rs, t0, t1, hin[b, col])
         else:
-            A[b, col], H[b, col] = _fwd_fold_run(a, ab, sa, x, xb, sx, t0, t1, A[b, col], H[b, col])
+            A[b, col], H[b, col] = _fwd_fold_run(a, ab, sa, x, xb, sx, r, rb, rs, t0, t1, A[b, col], H[b, col])
         return
     n = k1 - k0
-    if n <= NARROW:
-        _fwd_narrow(a, ab, as_[2], sa, x, xb, xs[2], sx, o, ob, os_[2], so, n, t0, t1, hin, A, H, b, col, scan)
+    if n <= NARROW or rs_[2] != 0:  # rows take one reset flag a row
+        _fwd_narrow(a, ab, as_[2], sa, x, xb, xs[2], sx, o, ob, os_[2], so, r, rb, rs_[2], rs, n, t0, t1, hin, A, H,
+                    b, col, scan)
     elif scan:
         hv = _take(hin, b, n, col)
-        _fwd_scan_rows(a, ab, as_[2], sa, x, xb, xs[2], sx, o, ob, os_[2], so, n, t0, t1, hv)
+        _fwd_scan_rows(a, ab, as_[2], sa, x, xb, xs[2], sx, o, ob, os_[2], so, r, rb, rs, n, t0, t1, hv)
         _put(H, b, col, hv)
     else:
         Av, Hv = _take(A, b, n, col), _take(H, b, n, col)
-        _fwd_fold_rows(a, ab, as_[2], sa, x, xb, xs[2], sx, n, t0, t1, Av, Hv)
+        _fwd_fold_rows(a, ab, as_[2], sa, x, xb, xs[2], sx, r, rb, rs, n, t0, t1, Av, Hv)
         _put(A, b, col, Av)
         _put(H, b, col, Hv)
 
 
 @njit(parallel=True, cache=True, fastmath=_FM)
-def _forward(a, ao, as_, x, xo, xs, h0, ho, hs, has_h0, o, oo, os_, shape, zero, one, bs, nch, nparts, down):
+def _forward(a, ao, as_, x, xo, xs, h0, ho, hs, has_h0, o, oo, os_, r, ro, rs_, shape, zero, one, bs, nch, nparts,
+             down):
     C0, C1, C2, T = shape
     nb = (C2 + bs - 1) // bs
     nblk = C0 * C1 * nb
@@ -593,7 +776,7 @@ def _forward(a, ao, as_, x, xo, xs, h0, ho, hs, has_h0, o, oo, os_, shape, zero,
             hin[c, 0] = load(h0[_at(ho, hs, i, j, c % C2, 0)])
     if bs == 1 and nch == 1:  # many time-inner channels: contiguous runs of whole channels per task
         for p in prange(nparts):
-            _fwd_channels_time(a, ao, as_, x, xo, xs, o, oo, os_, C1, C2, T, p * nchan // nparts,
+            _fwd_channels_time(a, ao, as_, x, xo, xs, o, oo, os_, r, ro, rs_, C1, C2, T, p * nchan // nparts,
                                (p + 1) * nchan // nparts, hin, down)
         return
     A = np.full((nchan, nch), one)      # chunk transfer pairs; H[:, 0] is chunk 0's final state
@@ -604,7 +787,7 @@ def _forward(a, ao, as_, x, xo, xs, h0, ho, hs, has_h0, o, oo, os_, shape, zero,
         for task in prange(nblk * (nch - 1)):
             blk = task // (nch - 1)
             ck = task - blk * (nch - 1)
-            _fwd_task(a, ao, as_, x, xo, xs, o, oo, os_, C1, C2, nb, bs, blk, ck * L,
+            _fwd_task(a, ao, as_, x, xo, xs, o, oo, os_, r, ro, rs_, C1, C2, nb, bs, blk, ck * L,
                       min(T, ck * L + L), hin, ck, ck == 0, A, H)
         # phase 2: chain the pairs into each chunk's incoming state
         for c in prange(nchan):
@@ -616,13 +799,13 @@ def _forward(a, ao, as_, x, xo, xs, h0, ho, hs, has_h0, o, oo, os_, shape, zero,
     for task in prange(nblk * (nch - first)):
         blk = task // (nch - first)
         ck = first + task - blk * (nch - first)
-        _fwd_task(a, ao, as_, x, xo, xs, o, oo, os_, C1, C2, nb, bs, blk, ck * L,
+        _fwd_task(a, ao, as_, x, xo, xs, o, oo, os_, r, ro, rs_, C1, C2, nb, bs, blk, ck * L,
                   min(T, ck * L + L), hin, ck, True, A, H)
 
 
 @njit(fastmath=_FM)
 def _bwd_channels_time(a, ao, as_, h, hO, hS, gh, go, gs, h0, h0o, h0s, has_h0, gx, xo, xs, ga, ao2, as2,
-                       gh0, g0o, g0s, C1, C2, T, c0, c1, zero, down):
+                       gh0, g0o, g0s, r, ro, rs_, C1, C2, T, c0, c1, zero, down):
     """Time-inner backward of whole channels c0..c1-1, walked like ``_fwd_channels_time``; writes
     grad_h0 and the grad_a sums (a constant in time) directly."""
     summed = as2[3] == 0
@@ -636,8 +819,10 @@ def _bwd_channels_time(a, ao, as_, h, hO, hS, gh, go, gs, h0, h0o, h0s, has_h0, 
         gb, sg = _base(go, gs, i, j, k)
         xb, sx = _base(xo, xs, i, j, k)
         qb, sq = _base(ao2, as2, i, j, k)
+        rb, rs = _base(ro, rs_, i, j, k)
         hp0 = load_as(h0[_at(h0o, h0s, i, j, k, 0)], zero) if has_h0 else zero
-        cg, tot = _bwd_scan_chan(a, ab, sa, h, hb, sh, gh, gb, sg, gx, xb, sx, ga, qb, sq, 0, T, zero, hp0, zero)
+        cg, tot = _bwd_scan_chan(a, ab, sa, h, hb, sh, gh, gb, sg, gx, xb, sx, ga, qb, sq, r, rb, rs, 0, T, zero, hp0,
+                                 zero)
         if has_h0:
             gh0[_at(g0o, g0s, i, j, k, 0)] = store(cg, gh0)
         if summed:
@@ -646,7 +831,7 @@ def _bwd_channels_time(a, ao, as_, h, hO, hS, gh, go, gs, h0, h0o, h0s, has_h0, 
 
 
 @njit(fastmath=_FM)
-def _bwd_task(a, ao, as_, h, hO, hS, gh, go, gs, h0, h0o, h0s, has_h0, gx, xo, xs, ga, ao2, as2,
+def _bwd_task(a, ao, as_, h, hO, hS, gh, go, gs, h0, h0o, h0s, has_h0, gx, xo, xs, ga, ao2, as2, r, ro, rs_,
               C1, C2, nb, bs, blk, t0, t1, cin, col, scan, A, H, parts, zero):
     """One backward task: block ``blk`` over steps t1-1 .. t0.  ``scan``: from cin[:, col], writing
     grad_x / grad_a, the outgoing cg into H[:, col] and the grad_a sums into parts[:, col]; else a fold
@@ -654,6 +839,7 @@ def _bwd_task(a, ao, as_, h, hO, hS, gh, go, gs, h0, h0o, h0s, has_h0, gx, xo, x
     i, j, k0, k1 = _block(blk, C1, C2, nb, bs)
     ab, sa = _base(ao, as_, i, j, k0)
     gb, sg = _base(go, gs, i, j, k0)
+    rb, rs = _base(ro, rs_, i, j, k0)
     b = (i * C1 + j) * C2 + k0
     n = k1 - k0
     if not scan:
@@ -667,20 +853,20 @@ def _bwd_task(a, ao, as_, h, hO, hS, gh, go, gs, h0, h0o, h0s, has_h0, gx, xo, x
         _touch(gx, xb, xs[2], sx, n, lo, t1, zero)
         if sq != 0:
             _touch(ga, qb, as2[2], sq, n, lo, t1, zero)
-    if bs > 1 and n <= NARROW:
+    if bs > 1 and (n <= NARROW or rs_[2] != 0):  # rows take one reset flag a row
         hb, sh = _base(hO, hS, i, j, k0)
         xb, sx = _base(xo, xs, i, j, k0)
         qb, sq = _base(ao2, as2, i, j, k0)
         _bwd_narrow(a, ab, as_[2], sa, h, hb, hS[2], sh, gh, gb, gs[2], sg, gx, xb, xs[2], sx, ga, qb, as2[2], sq,
-                    h0, _base(h0o, h0s, i, j, k0)[0], h0s[2], has_h0, n, t0, t1, cin, A, H, parts, b, col, scan,
-                    zero)
+                    r, rb, rs_[2], rs, h0, _base(h0o, h0s, i, j, k0)[0], h0s[2], has_h0, n, t0, t1, cin, A, H, parts,
+                    b, col, scan, zero)
         return
     if not scan:
         if bs == 1:
-            A[b, col], H[b, col] = _bwd_fold_run(a, ab, sa, gh, gb, sg, t0, t1, A[b, col], H[b, col])
+            A[b, col], H[b, col] = _bwd_fold_run(a, ab, sa, gh, gb, sg, r, rb, rs, t0, t1, A[b, col], H[b, col])
         else:
             Av, Hv = _take(A, b, n, col), _take(H, b, n, col)
-            _bwd_fold_rows(a, ab, as_[2], sa, gh, gb, gs[2], sg, n, t0, t1, Av, Hv)
+            _bwd_fold_rows(a, ab, as_[2], sa, gh, gb, gs[2], sg, r, rb, rs, n, t0, t1, Av, Hv)
             _put(A, b, col, Av)
             _put(H, b, col, Hv)
         return
@@ -690,30 +876,30 @@ def _bwd_task(a, ao, as_, h, hO, hS, gh, go, gs, h0, h0o, h0s, has_h0, gx, xo, x
     if bs == 1:
         hp0 = load_as(h0[_at(h0o, h0s, i, j, k0, 0)], zero) if has_h0 else zero
         H[b, col], parts[b, col] = _bwd_scan_chan(a, ab, sa, h, hb, sh, gh, gb, sg, gx, xb, sx, ga, qb, sq,
-                                                  t0, t1, cin[b, col], hp0, zero)
+                                                  r, rb, rs, t0, t1, cin[b, col], hp0, zero)
         return
     cg = _take(cin, b, n, col)
     tot = np.zeros(n, cin.dtype)
     _bwd_scan_rows(a, ab, as_[2], sa, h, hb, hS[2], sh, gh, gb, gs[2], sg, gx, xb, xs[2], sx, ga, qb, as2[2], sq,
-                   n, max(t0, 1), t1, cg, tot)
+                   r, rb, rs, n, max(t0, 1), t1, cg, tot)
     if t0 == 0:
         h0b = _base(h0o, h0s, i, j, k0)[0]
         _bwd_row0(a, ab, as_[2], h0, h0b, h0s[2], has_h0, gh, gb, gs[2], gx, xb, xs[2], ga, qb, as2[2], sq == 0,
-                  n, cg, tot, zero)
+                  n, cg, tot, zero, r[_u(rb)])
     _put(H, b, col, cg)
     _put(parts, b, col, tot)
 
 
 @njit(parallel=True, cache=True, fastmath=_FM)
 def _backward(a, ao, as_, h, hO, hS, gh, go, gs, h0, h0o, h0s, has_h0,
-              gx, xo, xs, ga, ao2, as2, gh0, g0o, g0s, shape, zero, one, bs, nch, nparts, down):
+              gx, xo, xs, ga, ao2, as2, gh0, g0o, g0s, r, ro, rs_, shape, zero, one, bs, nch, nparts, down):
     C0, C1, C2, T = shape
     nchan = C0 * C1 * C2
     if bs == 1 and nch == 1:  # many time-inner channels: contiguous runs of whole channels per task
         for p in prange(nparts):
             _bwd_channels_time(a, ao, as_, h, hO, hS, gh, go, gs, h0, h0o, h0s, has_h0, gx, xo, xs, ga, ao2,
-                               as2, gh0, g0o, g0s, C1, C2, T, p * nchan // nparts, (p + 1) * nchan // nparts,
-                               zero, down)
+                               as2, gh0, g0o, g0s, r, ro, rs_, C1, C2, T, p * nchan // nparts,
+                               (p + 1) * nchan // nparts, zero, down)
         return
     nb = (C2 + bs - 1) // bs
     nblk = C0 * C1 * nb
@@ -729,7 +915,7 @@ def _backward(a, ao, as_, h, hO, hS, gh, go, gs, h0, h0o, h0s, has_h0,
         for task in prange(nblk * (nch - 1)):
             blk = task // (nch - 1)
             ck = 1 + task - blk * (nch - 1)
-            _bwd_task(a, ao, as_, h, hO, hS, gh, go, gs, h0, h0o, h0s, has_h0, gx, xo, xs, ga, ao2, as2,
+            _bwd_task(a, ao, as_, h, hO, hS, gh, go, gs, h0, h0o, h0s, has_h0, gx, xo, xs, ga, ao2, as2, r, ro, rs_,
                       C1, C2, nb, bs, blk, ck * L, min(T, ck * L + L), cin, ck, ck == last, A, H, parts, zero)
         # phase 2: chain the pairs right to left into each chunk's incoming cg
         for c in prange(nchan):
@@ -741,7 +927,7 @@ def _backward(a, ao, as_, h, hO, hS, gh, go, gs, h0, h0o, h0s, has_h0,
     for task in prange(nblk * rest):
         blk = task // rest
         ck = task - blk * rest
-        _bwd_task(a, ao, as_, h, hO, hS, gh, go, gs, h0, h0o, h0s, has_h0, gx, xo, xs, ga, ao2, as2,
+        _bwd_task(a, ao, as_, h, hO, hS, gh, go, gs, h0, h0o, h0s, has_h0, gx, xo, xs, ga, ao2, as2, r, ro, rs_,
                   C1, C2, nb, bs, blk, ck * L, min(T, ck * L + L), cin, ck, True, A, H, parts, zero)
     for c in prange(nchan):
         i = c // (C1 * C2)
@@ -766,30 +952,39 @@ SMALL = 1 << 14
 
 
 @njit(cache=True, fastmath=_FM)
-def _forward_small(a, ao, as_, x, xo, xs, h0, ho, hs, has_h0, o, oo, os_, shape, zero):
+def _forward_small(a, ao, as_, x, xo, xs, h0, ho, hs, has_h0, o, oo, os_, r, ro, rs_, shape, zero):
     C0, C1, C2, T = shape
     nchan = C0 * C1 * C2
     hin = np.full((nchan, 1), zero)
     if has_h0:
         for c in range(nchan):
             hin[c, 0] = load(h0[_at(ho, hs, c // (C1 * C2), (c // C2) % C1, c % C2, 0)])
-    _fwd_channels_time(a, ao, as_, x, xo, xs, o, oo, os_, C1, C2, T, 0, nchan, hin, False)
+    _fwd_channels_time(a, ao, as_, x, xo, xs, o, oo, os_, r, ro, rs_, C1, C2, T, 0, nchan, hin, False)
 
 
 @njit(cache=True, fastmath=_FM)
 def _backward_small(a, ao, as_, h, hO, hS, gh, go, gs, h0, h0o, h0s, has_h0,
-                    gx, xo, xs, ga, ao2, as2, gh0, g0o, g0s, shape, zero):
+                    gx, xo, xs, ga, ao2, as2, gh0, g0o, g0s, r, ro, rs_, shape, zero):
     C0, C1, C2, T = shape
     _bwd_channels_time(a, ao, as_, h, hO, hS, gh, go, gs, h0, h0o, h0s, has_h0, gx, xo, xs, ga, ao2, as2,
-                       gh0, g0o, g0s, C1, C2, T, 0, C0 * C1 * C2, zero, False)
+                       gh0, g0o, g0s, r, ro, rs_, C1, C2, T, 0, C0 * C1 * C2, zero, False)
 
 
 # ----------------------------------------------------------------------------------- the interface
 #
 # ``forward_launcher(problem)`` makes every decision that depends only on the problem's geometry
-# (kernel, task plan, offsets, strides, scalars) once and returns ``run(a, x, h0, out)`` taking the
-# operands' flat buffers: the plan cache (``parscan._plans``) keeps the launcher, so a repeated call
+# (kernel, task plan, offsets, strides, scalars) once and returns ``run(a, x, h0, out, resets)`` taking
+# the operands' flat buffers: the plan cache (``parscan._plans``) keeps the launcher, so a repeated call
 # costs the kernel's own dispatch and little else.  ``forward(problem)`` is the one-off call.
+#
+# Resets reach the kernels as the bool buffer's bytes (a read-only uint8 view) with their canonical
+# geometry; without resets, a one-byte zero with zero strides stands in: every step reads "no reset",
+# and there is one compiled signature per dtype either way.
+
+RESETS = True  # implements ``resets`` (see parscan.scan)
+
+_NO_RESETS = np.zeros(1, np.uint8)
+_NO_RESETS.flags.writeable = False
 
 def _geo(s):
     return s.off, tuple(int(v) for v in s.strides)
@@ -802,6 +997,22 @@ def _args(s):
 def _scalars(problem):
     acc = problem.acc_dtype.type
     return acc(0), acc(1)
+
+
+def _resets_geo(problem):
+    """(offset, strides) of the problem's resets, or the stand-in's (0, zeros)."""
+    return (0, (0, 0, 0, 0)) if problem.resets is None else _geo(problem.resets)
+
+
+def _flags(buf):
+    """The kernels' view of a resets buffer: its bytes, read-only (one signature), or the stand-in."""
+    if buf is None:
+        return _NO_RESETS
+    v = buf.view(np.uint8)
+    if v.flags.writeable:
+        v = v.view()
+        v.flags.writeable = False
+    return v
 
 
 def _dummy(problem):
@@ -825,9 +1036,11 @@ def _small(problem):
 
 
 def forward_launcher(problem):
-    """``run(a, x, h0, out)`` (flat buffers, h0 None when the problem has none) for ``problem``'s geometry."""
+    """``run(a, x, h0, out, resets)`` (flat buffers, h0 / resets None when the problem has none) for
+    ``problem``'s geometry."""
     view = host_view  # float16 buffers as their uint16 bit patterns (a's dtype may differ from x's)
     (ao, as_), (xo, xs), (oo, os_) = _geo(problem.a), _geo(problem.x), _geo(problem.out)
+    ro, rs_ = _resets_geo(problem)
     has_h0 = problem.h0 is not None
     ho, hs = _geo(problem.h0) if has_h0 else (0, (0, 0, 0, 0))
     dummy = _dummy(problem)
@@ -836,7 +1049,7 @@ def forward_launcher(problem):
     if _small(problem):
         def run(a, x, h0, out, resets=None):
             _forward_small(view(a), ao, as_, view(x), xo, xs, dummy if h0 is None else view(h0), ho, hs, has_h0,
-                           view(out), oo, os_, shape, zero)
+                           view(out), oo, os_, _flags(resets), ro, rs_, shape, zero)
         return run
     nthreads = numba.get_num_threads()
     bs, nch = task_plan(shape, xs, nthreads)
@@ -845,18 +1058,19 @@ def forward_launcher(problem):
 
     def run(a, x, h0, out, resets=None):
         _forward(view(a), ao, as_, view(x), xo, xs, dummy if h0 is None else view(h0), ho, hs, has_h0,
-                 view(out), oo, os_, shape, zero, one, bs, nch, nparts, down)
+                 view(out), oo, os_, _flags(resets), ro, rs_, shape, zero, one, bs, nch, nparts, down)
     return run
 
 
 def backward_launcher(problem):
-    """``run(a, h, grad_h, h0, grad_x, grad_a, grad_h0)`` (flat buffers; h0 and grad_h0 None when the
-    problem has none) for ``problem``'s geometry."""
+    """``run(a, h, grad_h, h0, grad_x, grad_a, grad_h0, resets)`` (flat buffers; h0 and grad_h0 None when
+    the problem has none, resets None without resets) for ``problem``'s geometry."""
     view = host_view  # float16 buffers as their uint16 bit patterns (a's dtype may differ from x's)
     geo = [None if s is None else _geo(s) for s in (problem.a, problem.h, problem.grad_h, problem.h0,
                                                     problem.grad_x, problem.grad_a, problem.grad_h0)]
     none = (0, (0, 0, 0, 0))
     (ao, as_), (hO, hS), (go, gs), (h0o, h0s), (xo, xs), (ao2, as2), (g0o, g0s) = [g or none for g in geo]
+    ro, rs_ = _resets_geo(problem)
     has_h0 = problem.h0 is not None
     dummy = _dummy(problem)
     wdummy = np.zeros(1, dummy.dtype)  # the writable stand-in for grad_h0
@@ -867,7 +1081,7 @@ def backward_launcher(problem):
             _backward_small(view(a), ao, as_, view(h), hO, hS, view(grad_h), go, gs,
                             dummy if h0 is None else view(h0), h0o, h0s, has_h0, view(grad_x), xo, xs,
                             view(grad_a), ao2, as2, wdummy if grad_h0 is None else view(grad_h0), g0o, g0s,
-                            shape, zero)
+                            _flags(resets), ro, rs_, shape, zero)
         return run
     nthreads = numba.get_num_threads()
     bs, nch = task_plan(shape, gs, nthreads)
@@ -877,7 +1091,8 @@ def backward_launcher(problem):
     def run(a, h, grad_h, h0, grad_x, grad_a, grad_h0, resets=None):
         _backward(view(a), ao, as_, view(h), hO, hS, view(grad_h), go, gs, dummy if h0 is None else view(h0),
                   h0o, h0s, has_h0, view(grad_x), xo, xs, view(grad_a), ao2, as2,
-                  wdummy if grad_h0 is None else view(grad_h0), g0o, g0s, shape, zero, one, bs, nch, nparts, down)
+                  wdummy if grad_h0 is None else view(grad_h0), g0o, g0s, _flags(resets), ro, rs_, shape, zero, one,
+                  bs, nch, nparts, down)
     return run
 
 

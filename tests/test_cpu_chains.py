@@ -9,6 +9,9 @@
 - channel-inner rows: a unit channel stride (vectorised), a shared by the channels, generic strides;
   row 0 with and without h0; grad_a summed when a is constant in time;
 - every dtype (float16 accumulating in float32, complex), both layouts, reverse, h0, broadcast a;
+- resets (issue #18) on each of these paths: next to and at chunk boundaries, inside folded chunks, at
+  the first and last step, shared by the channels (one flag a row), per batch row, per channel (the
+  narrow channel-by-channel path), with inf/nan in a at reset steps;
 - results are bitwise repeatable.
 """
 
@@ -49,15 +52,15 @@ def small_chunks(monkeypatch):
     monkeypatch.setattr(cpu, "MIN_CHUNK", 5)
 
 
-def _check(a, x, h0=None, axis=-1, reverse=False, dtype=None, seed=0):
+def _check(a, x, h0=None, axis=-1, reverse=False, dtype=None, seed=0, resets=None):
     """Forward and backward on the cpu backend equal the reference (conftest's tolerances)."""
     dtype = dtype or x.dtype
-    h = parscan.linear_scan(a, x, h0, axis=axis, reverse=reverse, backend="cpu")
-    assert_close(h, reference.linear_scan(a, x, h0, axis=axis, reverse=reverse), dtype)
+    h = parscan.linear_scan(a, x, h0, axis=axis, reverse=reverse, backend="cpu", resets=resets)
+    assert_close(h, reference.linear_scan(a, x, h0, axis=axis, reverse=reverse, resets=resets), dtype)
     gh = np.empty_like(x)
     gh[...] = rand(np.random.default_rng(seed + 1), x.shape, x.dtype)
-    got = parscan.linear_scan_backward(a, h, gh, h0, axis=axis, reverse=reverse, backend="cpu")
-    want = reference.linear_scan_backward(a, h, gh, h0, axis=axis, reverse=reverse)
+    got = parscan.linear_scan_backward(a, h, gh, h0, axis=axis, reverse=reverse, backend="cpu", resets=resets)
+    want = reference.linear_scan_backward(a, h, gh, h0, axis=axis, reverse=reverse, resets=resets)
     for name, g, w in zip(("grad_a", "grad_x", "grad_h0"), got, want):
         if w is None:
             assert g is None, name
@@ -245,3 +248,123 @@ def test_small_problems(monkeypatch, dtype, shape, axis, decay, with_h0):
         assert (g is None) == (w is None)
         if g is not None:
             assert_close(g, w, dtype)
+
+
+# ------------------------------------------------------------------------------------------ resets
+
+def _chunk_len(C, T, tfast):
+    """The chunk length the cpu backend uses for x of shape (C, T) (``tfast``) or (T, C), or T."""
+    strides = (0, 0, T, 1) if tfast else (0, 0, 1, C)
+    _, nch = cpu.task_plan((1, 1, C, T), strides, numba.get_num_threads())
+    return -(-T // nch)
+
+
+def _reset_patterns(rng, T, L):
+    """(name, resets of shape (T,)): at chunk boundaries (both directions' chunks) and the ends, one
+    inside the second chunk only (a folded one when there are three or more), random, none set."""
+    edges = np.zeros(T, bool)
+    for t in (0, L - 1, L, 2 * L - 1, 2 * L, T - 1, T - L, T - L - 1, T - 2 * L):
+        if 0 <= t < T:
+            edges[t] = True
+    inside = np.zeros(T, bool)
+    inside[min(T - 1, L + L // 2)] = True
+    return [("edges", edges), ("inside a fold", inside), ("random", rng.random(T) < 0.15),
+            ("none set", np.zeros(T, bool))]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("tfast", [True, False], ids=["time-contiguous", "channel-contiguous"])
+@pytest.mark.parametrize("C", [1, 3, 12])
+def test_resets_chunked(threads, small_chunks, dtype, tfast, C):
+    """Resets of shape (T,) on the chunked paths: time-inner runs (folds' pairs with A = 0 after a reset,
+    rescans), narrow channel-by-channel blocks (C = 3) and channel-inner rows (C = 12, one flag a row,
+    row 0), with resets at chunk starts and ends, at t = 0 and T - 1, inside a fold; both directions,
+    with and without h0; a full, constant-in-time (grad_a summed) or channel-shared a."""
+    rng = np.random.default_rng(C + 10 * tfast)
+    T = 47
+    shape, axis = ((C, T), -1) if tfast else ((T, C), 0)
+    x = rand(rng, shape, dtype)
+    h0 = rand(rng, (C,), dtype)
+    L = _chunk_len(C, T, tfast)
+    decays = [rand(rng, DECAYS[d](C, T, tfast), dtype, "a") for d in ("full", "constant in time",
+                                                                     "shared by channels")]
+    for n, (name, r) in enumerate(_reset_patterns(rng, T, L)):
+        for reverse in (False, True):
+            a = decays[(n + reverse) % 3]
+            rr = r if tfast else r[:, None]  # (T,) or (T, 1): shared by the channels either way
+            _check(a, x, h0 if (n + reverse) % 2 else None, axis=axis, reverse=reverse, dtype=dtype, seed=n,
+                   resets=rr)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "complex128"])
+@pytest.mark.parametrize("C", [3, 16, 2500])
+def test_resets_per_channel_channel_inner(threads, small_chunks, dtype, C):
+    """Resets that differ between the channels of a channel-inner block (full (T, C) resets) go channel
+    by channel; resets shared by the channels of wide rows (whole rows, rows split between tasks past
+    WHOLE_ROW) take the rows' one flag a row."""
+    rng = np.random.default_rng(C)
+    T = 23
+    x, a = rand(rng, (T, C), dtype), rand(rng, (T, C), dtype, "a")
+    full = rng.random((T, C)) < 0.2
+    full[0, ::2] = True
+    shared = rng.random(T) < 0.2
+    shared[[0, T - 1]] = True
+    for reverse in (False, True):
+        _check(a, x, rand(rng, (C,), dtype), axis=0, reverse=reverse, dtype=dtype, resets=full)
+        _check(a, x, axis=0, reverse=reverse, dtype=dtype, seed=1, resets=shared[:, None])
+        _check(rand(rng, (1, C), dtype, "a"), x, rand(rng, (C,), dtype), axis=0, reverse=reverse, dtype=dtype,
+               seed=2, resets=shared[:, None])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("memory", ["C", "negative"])
+def test_resets_whole_channel_runs(threads, dtype, memory):
+    """Many time-inner channels, whole runs walked up or down memory: resets shared by the channels,
+    per channel, and per batch row ((B, 1, T) for a (B, C, T) x); time-major (T, B, C) rows with
+    (T, B, 1) resets."""
+    rng = np.random.default_rng(6)
+    C, T = 37, 29
+    x, a = rand(rng, (C, T), dtype), rand(rng, (C, T), dtype, "a")
+    if memory == "negative":
+        x = np.ascontiguousarray(x[::-1, ::-1])[::-1, ::-1]
+        a = np.ascontiguousarray(a[::-1, ::-1])[::-1, ::-1]
+    shared, full = rng.random(T) < 0.2, rng.random((C, T)) < 0.2
+    shared[0] = full[::3, 0] = full[1::4, T - 1] = True
+    h0 = rand(rng, (C,), dtype)
+    for reverse in (False, True):
+        _check(a, x, h0, reverse=reverse, dtype=dtype, resets=shared)
+        _check(a[:, :1], x, reverse=reverse, dtype=dtype, seed=1, resets=full)  # grad_a summed
+    _check(np.asfortranarray(a), x, h0, dtype=dtype, seed=2, resets=full)  # a's own strides: the general run
+    B, C3 = 3, 10
+    x3, a3 = rand(rng, (B, C3, T), dtype), rand(rng, (B, C3, T), dtype, "a")
+    rows = rng.random((B, 1, T)) < 0.15
+    rows[1, 0, 0] = True
+    _check(a3, x3, rand(rng, (B, C3), dtype), dtype=dtype, resets=rows)
+    xt, at = x3.transpose(2, 0, 1).copy(), a3.transpose(2, 0, 1).copy()  # (T, B, C): rows of C per batch row
+    _check(at, xt, rand(rng, (B, C3), dtype), axis=0, reverse=True, dtype=dtype, resets=rows.transpose(2, 0, 1))
+
+
+@pytest.mark.parametrize("shape,axis", [((1, 3 * 4096 + 5), -1), ((3 * 4096 + 5, 12), 0), ((40, 99), -1)])
+def test_resets_select_and_repeatable(shape, axis):
+    """Where a reset is set, a is not read as a number: inf and nan there do not reach h or the
+    gradients (a select, not a multiply); results are bitwise repeatable; the planner's own chunking."""
+    rng = np.random.default_rng(8)
+    T = shape[axis]
+    x, a = rand(rng, shape, "float32"), rand(rng, shape, "float32", "a")
+    r = rng.random(T) < 0.01
+    r[[0, T // 3, T // 3 + 1, T - 1]] = True  # next to the planner's chunk boundaries for the long ones
+    rr = r if axis == -1 else r[:, None]
+    a = np.where(np.broadcast_to(rr, shape), np.float32(np.nan), a)
+    a[np.broadcast_to(rr, shape) & (rng.random(shape) < 0.5)] = np.inf
+    h = parscan.linear_scan(a, x, axis=axis, backend="cpu", resets=rr)
+    assert np.all(np.isfinite(h))
+    assert_close(h, reference.linear_scan(a, x, axis=axis, resets=rr), "float32")
+    g = parscan.linear_scan_backward(a, h, x, axis=axis, backend="cpu", resets=rr)
+    for got, want in zip(g[:2], reference.linear_scan_backward(a, h, x, axis=axis, resets=rr)[:2]):
+        assert np.all(np.isfinite(got))
+        assert_close(got, want, "float32")
+    assert np.all(g[0][np.broadcast_to(rr, shape)] == 0)
+    for _ in range(2):
+        assert np.array_equal(parscan.linear_scan(a, x, axis=axis, backend="cpu", resets=rr), h)
+        again = parscan.linear_scan_backward(a, h, x, axis=axis, backend="cpu", resets=rr)
+        assert all(np.array_equal(u, v) for u, v in zip(again[:2], g[:2]))

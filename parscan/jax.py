@@ -61,9 +61,10 @@ import numpy as np
 from jax.experimental.buffer_callback import buffer_callback
 
 from . import layers as _layers
-from ._arrays import as_operand
-from ._problem import _broadcast, _h0_view, normalize_axis
+from ._arrays import as_flags, as_operand
+from ._problem import _broadcast, _h0_view, _resets_view, normalize_axis
 from .matrix import _check as _matrix_check
+from .matrix import _resets_2d as _matrix_resets_2d
 from .matrix import matrix_linear_scan as _matrix_scan
 from .matrix import matrix_linear_scan_backward as _matrix_scan_backward
 from .scan import linear_scan as _scan
@@ -189,57 +190,71 @@ def _sds(v):
 
 # ----------------------------------------------------------------------------- linear_scan
 
-def _scan_callback(axis, reverse, ctx, out, a, x, *h0):
-    with _arrays(ctx, [out], [a, x, *h0]) as (xp, (o,), (av, xv, *h0v)):
-        _scan(av, _fit(xp, xv, o.shape), h0v[0] if h0v else None, axis=axis, reverse=reverse, out=o)
+def _optional(has_h0, rest):
+    """``(h0, resets)`` from the optional operands after the required ones (each there when present)."""
+    rest = list(rest)
+    h0 = rest.pop(0) if has_h0 else None
+    return h0, (rest.pop(0) if rest else None)
 
 
-def _scan_backward_callback(axis, reverse, ctx, outs, a, h, g, *h0):
-    with _arrays(ctx, outs, [a, h, g, *h0]) as (xp, outs, (av, hv, gv, *h0v)):
+def _scan_callback(axis, reverse, has_h0, ctx, out, a, x, *opt):
+    with _arrays(ctx, [out], [a, x, *opt]) as (xp, (o,), (av, xv, *optv)):
+        h0v, rv = _optional(has_h0, optv)
+        _scan(av, _fit(xp, xv, o.shape), h0v, axis=axis, reverse=reverse, out=o, resets=rv)
+
+
+def _scan_backward_callback(axis, reverse, has_h0, ctx, outs, a, h, g, *opt):
+    with _arrays(ctx, outs, [a, h, g, *opt]) as (xp, outs, (av, hv, gv, *optv)):
+        h0v, rv = _optional(has_h0, optv)
         ga_o, gx_o = outs[0], outs[1]
-        h0v = _fit(xp, h0v[0], outs[2].shape) if h0v else None
+        h0v = _fit(xp, h0v, outs[2].shape) if h0v is not None else None
         ga, gx, gh0 = _scan_backward(_fit(xp, av, ga_o.shape), _fit(xp, hv, gx_o.shape), _fit(xp, gv, gx_o.shape),
-                                     h0v, axis=axis, reverse=reverse)
+                                     h0v, axis=axis, reverse=reverse, resets=rv)
         ga_o[...] = ga  # copies: linear_scan_backward allocates its results
         gx_o[...] = gx
         if h0v is not None:
             outs[2][...] = gh0
 
 
-def _scan_call(a, x, h0, axis, reverse):
+def _present(*vs):
+    return tuple(v for v in vs if v is not None)
+
+
+def _scan_call(a, x, h0, r, axis, reverse):
     dtype = np.result_type(*(v.dtype for v in (a, x, h0) if v is not None))
-    args = (a, x) if h0 is None else (a, x, h0)
-    return _call(functools.partial(_scan_callback, axis, reverse), jax.ShapeDtypeStruct(x.shape, dtype), args)
+    return _call(functools.partial(_scan_callback, axis, reverse, h0 is not None),
+                 jax.ShapeDtypeStruct(x.shape, dtype), (a, x) + _present(h0, r))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-def _scan_vjp(a, x, h0, axis, reverse, x_dtype):
-    return _scan_call(a, x, h0, axis, reverse)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _scan_vjp(a, x, h0, r, axis, reverse, x_dtype):
+    return _scan_call(a, x, h0, r, axis, reverse)
 
 
-def _scan_fwd(a, x, h0, axis, reverse, x_dtype):
-    h = _scan_call(a, x, h0, axis, reverse)
-    return h, (a, h, h0)
+def _scan_fwd(a, x, h0, r, axis, reverse, x_dtype):
+    h = _scan_call(a, x, h0, r, axis, reverse)
+    return h, (a, h, h0, r)
 
 
 def _scan_bwd(axis, reverse, x_dtype, res, ct):
-    a, h, h0 = res
+    a, h, h0, r = res
     outs = (_sds(a), _sds(h)) + (() if h0 is None else (_sds(h0),))
-    args = (a, h, _conj(ct)) + (() if h0 is None else (h0,))
-    grads = _call(functools.partial(_scan_backward_callback, axis, reverse), outs, args)
+    args = (a, h, _conj(ct)) + _present(h0, r)
+    grads = _call(functools.partial(_scan_backward_callback, axis, reverse, h0 is not None), outs, args)
     ga, gx = _conj(grads[0]), _conj(grads[1])
     gh0 = None if h0 is None else _conj(grads[2])
-    return ga, _as_primal(gx, x_dtype), gh0
+    return ga, _as_primal(gx, x_dtype), gh0, None  # resets: no gradient
 
 
 _scan_vjp.defvjp(_scan_fwd, _scan_bwd)
 
 
-def _check_scan(a, x, h0, axis):
+def _check_scan(a, x, h0, axis, resets=None):
     """parscan.linear_scan's argument checks (same exceptions and messages), at trace time."""
     xo = as_operand(_standin(x), "x")
     ao = as_operand(_standin(a), "a", allow_scalar=True)
     ho = None if h0 is None else as_operand(_standin(h0), "h0", allow_scalar=True)
+    ro = None if resets is None else as_flags(_standin(resets), "resets")
     xa = xo.array
     if xa.ndim == 0:
         raise ValueError("x is 0-d; it needs at least one dimension, the time axis")
@@ -248,10 +263,17 @@ def _check_scan(a, x, h0, axis):
     _broadcast(np, ao, xa.shape, dtype, "a", _A_FIX)
     if ho is not None:
         _h0_view(np, ho, xa.shape, ax, dtype)
+    _resets_view(np, ro, xa.shape, "x")
     return ax
 
 
-def linear_scan(a, x, h0=None, *, axis=-1, reverse=False):
+def _resets_operand(resets, ndim):
+    """``resets`` as a bool jax array with leading size-1 axes up to ``ndim`` (so that under vmap a
+    batched one lines up with x's batch axis), or None."""
+    return None if resets is None else _lead(jnp.asarray(resets), ndim)
+
+
+def linear_scan(a, x, h0=None, *, axis=-1, reverse=False, resets=None):
     """``h[t] = a[t] * h[t-1] + x[t]`` along ``axis`` on JAX arrays: jittable, differentiable, vmappable.
 
     The contract of :func:`parscan.linear_scan` (``h[-1] = h0``, zeros when None; ``reverse=True``
@@ -259,7 +281,9 @@ def linear_scan(a, x, h0=None, *, axis=-1, reverse=False):
     materialised; ``h0`` broadcasts to x's shape without ``axis``; the result dtype is the promotion
     of a, x and h0 with Python scalars weak; float16 accumulates in float32; bfloat16 is computed in
     float32 and rounded back), returning a ``jax.Array``.  There is no ``out=``: JAX arrays are
-    immutable (XLA's own output buffer is written in place).
+    immutable (XLA's own output buffer is written in place).  ``resets``: a bool array broadcastable
+    to x (typically (T,); batched under vmap like any operand) where the carried state is dropped,
+    ``h[t] = x[t]``; it gets no gradient, and none crosses a reset (issue #18).
 
     Gradients (``jax.grad``, ``jax.vjp``) with respect to ``a``, ``x`` and ``h0`` are parscan's fused
     backward (:func:`parscan.linear_scan_backward`; ``grad_a`` summed over what ``a`` was broadcast
@@ -277,65 +301,69 @@ def linear_scan(a, x, h0=None, *, axis=-1, reverse=False):
     >>> jax.grad(lambda a: parscan.jax.linear_scan(a, jnp.ones(3)).sum())(jnp.float32(0.5))
     Array(3., dtype=float32)
     """
-    ax = _check_scan(a, x, h0, axis)
+    ax = _check_scan(a, x, h0, axis, resets)
     (a, x, h0), res, work = _jax_inputs((a, x, h0))
     a = _lead(a, x.ndim)
     h0 = None if h0 is None else _lead(h0, x.ndim - 1)
-    h = _scan_vjp(a, x, h0, ax - x.ndim, bool(reverse), jnp.dtype(x.dtype))
+    h = _scan_vjp(a, x, h0, _resets_operand(resets, x.ndim), ax - x.ndim, bool(reverse), jnp.dtype(x.dtype))
     return h if h.dtype == res else h.astype(res)
 
 
 # ----------------------------------------------------------------------------- matrix_linear_scan
 
-def _matrix_callback(reverse, ctx, out, A, x, *h0):
-    with _arrays(ctx, [out], [A, x, *h0]) as (xp, (o,), (Av, xv, *h0v)):
-        o[...] = _matrix_scan(Av, xv, h0v[0] if h0v else None, reverse=reverse)  # a copy: a new array
+def _matrix_callback(reverse, has_h0, ctx, out, A, x, *opt):
+    with _arrays(ctx, [out], [A, x, *opt]) as (xp, (o,), (Av, xv, *optv)):
+        h0v, rv = _optional(has_h0, optv)
+        if rv is not None:  # the in-memory call broadcasts x with A's and h0's leading dims, not with resets'
+            xv = _fit(xp, xv, o.shape)
+        o[...] = _matrix_scan(Av, xv, h0v, reverse=reverse, resets=rv)  # a copy: a new array
 
 
-def _matrix_backward_callback(reverse, ctx, outs, A, h, g, *h0):
-    with _arrays(ctx, outs, [A, h, g, *h0]) as (xp, outs, (Av, hv, gv, *h0v)):
-        h0v = _fit(xp, h0v[0], outs[2].shape) if h0v else None
+def _matrix_backward_callback(reverse, has_h0, ctx, outs, A, h, g, *opt):
+    with _arrays(ctx, outs, [A, h, g, *opt]) as (xp, outs, (Av, hv, gv, *optv)):
+        h0v, rv = _optional(has_h0, optv)
+        h0v = _fit(xp, h0v, outs[2].shape) if h0v is not None else None
         gA, gx, gh0 = _matrix_scan_backward(_fit(xp, Av, outs[0].shape), _fit(xp, hv, outs[1].shape),
-                                            _fit(xp, gv, outs[1].shape), h0v, reverse=reverse)
+                                            _fit(xp, gv, outs[1].shape), h0v, reverse=reverse, resets=rv)
         outs[0][...] = gA
         outs[1][...] = gx
         if h0v is not None:
             outs[2][...] = gh0
 
 
-def _matrix_call(A, x, h0, reverse, out_shape):
+def _matrix_call(A, x, h0, r, reverse, out_shape):
     dtype = np.result_type(*(v.dtype for v in (A, x, h0) if v is not None))
-    args = (A, x) if h0 is None else (A, x, h0)
-    return _call(functools.partial(_matrix_callback, reverse), jax.ShapeDtypeStruct(out_shape, dtype), args)
+    return _call(functools.partial(_matrix_callback, reverse, h0 is not None), jax.ShapeDtypeStruct(out_shape, dtype),
+                 (A, x) + _present(h0, r))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-def _matrix_vjp(A, x, h0, reverse, out_shape, x_meta):
-    return _matrix_call(A, x, h0, reverse, out_shape)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _matrix_vjp(A, x, h0, r, reverse, out_shape, x_meta):
+    return _matrix_call(A, x, h0, r, reverse, out_shape)
 
 
-def _matrix_fwd(A, x, h0, reverse, out_shape, x_meta):
-    h = _matrix_call(A, x, h0, reverse, out_shape)
-    return h, (A, h, h0)
+def _matrix_fwd(A, x, h0, r, reverse, out_shape, x_meta):
+    h = _matrix_call(A, x, h0, r, reverse, out_shape)
+    return h, (A, h, h0, r)
 
 
 def _matrix_bwd(reverse, out_shape, x_meta, res, ct):
-    (x_shape, x_dtype), (A, h, h0) = x_meta, res
+    (x_shape, x_dtype), (A, h, h0, r) = x_meta, res
     outs = (_sds(A), _sds(h)) + (() if h0 is None else (_sds(h0),))
-    args = (A, h, _conj(ct)) + (() if h0 is None else (h0,))
-    grads = _call(functools.partial(_matrix_backward_callback, reverse), outs, args)
+    args = (A, h, _conj(ct)) + _present(h0, r)
+    grads = _call(functools.partial(_matrix_backward_callback, reverse, h0 is not None), outs, args)
     gA, gx = _conj(grads[0]), _conj(grads[1])
     # x broadcasts against A's and h0's leading dims: sum over the ones it was broadcast along
     axes = tuple(d for d, (n, m) in enumerate(zip(x_shape[:-2], gx.shape[:-2])) if n == 1 and m != 1)
     if axes:
         gx = gx.sum(axis=axes, keepdims=True)
-    return gA, _as_primal(gx, x_dtype), None if h0 is None else _conj(grads[2])
+    return gA, _as_primal(gx, x_dtype), None if h0 is None else _conj(grads[2]), None
 
 
 _matrix_vjp.defvjp(_matrix_fwd, _matrix_bwd)
 
 
-def matrix_linear_scan(A, x, h0=None, *, reverse=False):
+def matrix_linear_scan(A, x, h0=None, *, reverse=False, resets=None):
     """``h_t = A_t h_{t-1} + x_t`` on JAX arrays (dense n x n coefficients): jittable, differentiable,
     vmappable.
 
@@ -346,6 +374,8 @@ def matrix_linear_scan(A, x, h0=None, *, reverse=False):
     ``h_t = A_t h_{t+1} + x_t`` from ``h_T = h0``.  Gradients (reverse mode) are
     :func:`parscan.matrix_linear_scan_backward` (JAX's convention: ``g_t = dL/dh_t + A_{t+1}^T
     g_{t+1}``, ``dL/dA_t = g_t h_{t-1}^T``, ``dL/dh0 = A_0^T g_0``), summed over broadcast dims.
+    ``resets`` (bool, broadcastable to the result's shape without n, ``(..., T)``; no gradient): A_t
+    reads as 0 where true, ``h_t = x_t`` (host arrays only: the CUDA kernels do not take them yet).
 
     Examples
     --------
@@ -361,11 +391,14 @@ def matrix_linear_scan(A, x, h0=None, *, reverse=False):
     As = as_operand(_standin(A), "A").array
     hs = None if h0 is None else as_operand(_standin(h0), "h0").array
     lead, T, n, _, _ = _matrix_check(As, xs, hs, names)
+    if resets is not None:
+        _matrix_resets_2d(as_flags(_standin(resets), "resets").array, lead, T, "x")
     (A, x, h0), res, work = _jax_inputs((A, x, h0))
     k = len(lead)
     A, x = _lead(A, k + 3), _lead(x, k + 2)
     h0 = None if h0 is None else _lead(h0, k + 1)
-    h = _matrix_vjp(A, x, h0, bool(reverse), tuple(lead) + (T, n), (tuple(x.shape), jnp.dtype(x.dtype)))
+    h = _matrix_vjp(A, x, h0, _resets_operand(resets, k + 1), bool(reverse), tuple(lead) + (T, n),
+                    (tuple(x.shape), jnp.dtype(x.dtype)))
     return h if h.dtype == res else h.astype(res)
 
 
@@ -391,8 +424,8 @@ def _layer(meta, xp, params):
 
 def _gilr_callback(meta, ctx, outs, *ins):
     with _arrays(ctx, outs, ins) as (xp, outs, ins):
-        params, (x, s0, c0) = ins[:7], ins[7:]
-        h, (sT, cT), cache = _layer(meta, xp, params).forward(x, (s0, c0))
+        params, (x, s0, c0), r = ins[:7], ins[7:10], (ins[10] if len(ins) > 10 else None)
+        h, (sT, cT), cache = _layer(meta, xp, params).forward(x, (s0, c0), r)
         _, _, _, g, j, s, _, f, i, o, z, c, _ = cache
         for dst, src in zip(outs, (h, sT, cT, g, j, s, f, i, o, z, c)):
             dst[...] = src  # copies: the layer allocates its results
@@ -400,10 +433,12 @@ def _gilr_callback(meta, ctx, outs, *ins):
 
 def _gilr_backward_callback(meta, ctx, outs, *ins):
     with _arrays(ctx, outs, ins) as (xp, outs, ins):
-        params, (x, s0, c0), saved, (gh, gs, gc) = ins[:7], ins[7:10], ins[10:18], ins[18:]
+        params, (x, s0, c0), saved, (gh, gs, gc) = ins[:7], ins[7:10], ins[10:18], ins[18:21]
         g, j, s, f, i, o, z, c = saved
-        sp = xp.concatenate([s0[None], s[:-1]], axis=0) if len(s) else s
-        cache = (x, s0, c0, g, j, s, sp, f, i, o, z, c, None)  # no resets
+        T, B = x.shape[:2]
+        r = _layers._resets(xp, ins[21], T, B) if len(ins) > 21 else None
+        sp = _layers._zero_at(xp, r, xp.concatenate([s0[None], s[:-1]], axis=0)) if len(s) else s
+        cache = (x, s0, c0, g, j, s, sp, f, i, o, z, c, r)
         dx, grads, (ds0, dc0) = _layer(meta, xp, params).backward(gh, cache, (gs, gc))
         for dst, src in zip(outs, [grads[k] for k in _PARAMS] + [dx, ds0, dc0]):
             dst[...] = src
@@ -416,25 +451,25 @@ def _gilr_outs(x, n):
     return (seq, last, last) + (seq,) * len(_CACHE)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _gilr_vjp(params, x, s0, c0, meta):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _gilr_vjp(params, x, s0, c0, r, meta):
     h, sT, cT, *_ = _call(functools.partial(_gilr_callback, meta), _gilr_outs(x, meta[1]),
-                          (*params, x, s0, c0), "sequential")
+                          (*params, x, s0, c0) + _present(r), "sequential")
     return h, sT, cT
 
 
-def _gilr_fwd(params, x, s0, c0, meta):
+def _gilr_fwd(params, x, s0, c0, r, meta):
     h, sT, cT, *saved = _call(functools.partial(_gilr_callback, meta), _gilr_outs(x, meta[1]),
-                              (*params, x, s0, c0), "sequential")
-    return (h, sT, cT), (params, x, s0, c0, saved)
+                              (*params, x, s0, c0) + _present(r), "sequential")
+    return (h, sT, cT), (params, x, s0, c0, r, saved)
 
 
 def _gilr_bwd(meta, res, cts):
-    params, x, s0, c0, saved = res
+    params, x, s0, c0, r, saved = res
     outs = tuple(_sds(p) for p in params) + (_sds(x), _sds(s0), _sds(c0))
-    grads = _call(functools.partial(_gilr_backward_callback, meta), outs, (*params, x, s0, c0, *saved, *cts),
-                  "sequential")
-    return tuple(grads[:7]), grads[7], grads[8], grads[9]
+    grads = _call(functools.partial(_gilr_backward_callback, meta), outs,
+                  (*params, x, s0, c0, *saved, *cts) + _present(r), "sequential")
+    return tuple(grads[:7]), grads[7], grads[8], grads[9], None  # resets: no gradient
 
 
 _gilr_vjp.defvjp(_gilr_fwd, _gilr_bwd)
@@ -447,7 +482,8 @@ class GILRLSTM:
     parameters (``W_g (m, n)``, ``b_g (n,)``, ``W_j (m, n)``, ``b_j (n,)``, ``W (m, 4n)``,
     ``U (n, 4n)``, ``b (4n,)``); :meth:`init` gives the initial values of ``parscan.GILRLSTM`` with
     the same seed.  x is (T, B, m), time-major; ``state`` is ``(s0, c0)``, each (B, n), or None
-    (zeros).  The call is jittable and differentiable in params, x and state (``jax.grad``,
+    (zeros); ``resets`` (``layer(params, x, state, resets)``), a bool array of shape (T,) or (T, B),
+    restarts the layer where a packed sequence starts (see :class:`parscan.layers.GILRLSTM`).  The call is jittable and differentiable in params, x and state (``jax.grad``,
     ``jax.value_and_grad``): forward and backward are the layer's own hand-written passes, run on
     XLA's buffers through ``jax.experimental.buffer_callback`` (both scans are ``linear_scan`` calls),
     so the gradients are exactly ``parscan.GILRLSTM.backward``'s.  Under ``jax.vmap`` the callbacks
@@ -487,7 +523,7 @@ class GILRLSTM:
         return {"W_g": (m, n), "b_g": (n,), "W_j": (m, n), "b_j": (n,), "W": (m, 4 * n), "U": (n, 4 * n),
                 "b": (4 * n,)}
 
-    def __call__(self, params, x, state=None):
+    def __call__(self, params, x, state=None, resets=None):
         want = self._shapes()
         if not isinstance(params, dict) or set(params) != set(want):
             got = sorted(params) if isinstance(params, dict) else type(params).__name__
@@ -509,6 +545,9 @@ class GILRLSTM:
             s0, c0 = (jnp.asarray(v, self.dtype) for v in state)
             if s0.shape != (B, n) or c0.shape != (B, n):
                 raise ValueError(f"state entries must have shape ({B}, {n}), got {s0.shape}, {c0.shape}")
+        if resets is not None:  # the layer's own checks, at trace time
+            _layers._resets(np, _standin(resets), T, B)
+            resets = jnp.asarray(resets)
         meta = (self.input_size, n, self.dtype.name)
-        h, sT, cT = _gilr_vjp(tuple(params[k] for k in _PARAMS), x, s0, c0, meta)
+        h, sT, cT = _gilr_vjp(tuple(params[k] for k in _PARAMS), x, s0, c0, resets, meta)
         return h, (sT, cT)

@@ -504,3 +504,117 @@ def test_gpu_under_jit_grad_vmap():
         close(g, r, 1e-4)
     hv = jax.jit(jax.vmap(pj.linear_scan, in_axes=(None, 0)))(aj, xj)
     close(hv, reference.linear_scan(a, x), TOL["float32"])
+
+
+# ------------------------------------------------------------------------------- resets (issue #18)
+
+@pytest.mark.parametrize("dtype", ["float64", "complex128"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_resets_under_jit_and_grad_match_reference(dtype, reverse):
+    """Values and gradients (JAX's convention: the conjugate of parscan's for complex data) against
+    parscan.reference with resets; a reset's decay gets no gradient; resets themselves get none."""
+    with x64():
+        rng = np.random.default_rng(21)
+        x, a, h0, w = (rand(rng, (3, 16), dtype), rand(rng, (3, 16), dtype, "a"), rand(rng, (3,), dtype),
+                       rand(rng, (3, 16), dtype))
+        resets = np.zeros(16, bool)
+        resets[[0 if reverse else 15, 3, 4, 10]] = True
+        f = jax.jit(lambda a, x, h0, r: pj.linear_scan(a, x, h0, reverse=reverse, resets=r))
+        h = f(a, x, h0, resets)
+        want = reference.linear_scan(a, x, h0, reverse=reverse, resets=resets)
+        close(h, want, TOL[dtype])
+        loss = lambda a, x, h0, r: jnp.sum(jnp.real(f(a, x, h0, r) * w))  # noqa: E731
+        got = jax.jit(jax.grad(loss, (0, 1, 2)))(a, x, h0, resets)
+        ref = reference.linear_scan_backward(a, want, np.conj(w) if np.iscomplexobj(w) else w, h0, reverse=reverse,
+                                             resets=resets)
+        for g, r in zip(got, ref):
+            close(g, np.conj(r), TOL[dtype])
+        assert np.all(np.asarray(got[0])[:, resets] == 0)
+        # no resets given and all-False resets agree; every step a reset is h = x
+        close(f(a, x, h0, np.zeros(16, bool)), pj.linear_scan(a, x, h0, reverse=reverse), TOL[dtype])
+        close(f(a, x, h0, np.ones(16, bool)), x, TOL[dtype])
+
+
+def test_resets_under_vmap_batched_and_unbatched():
+    with x64():
+        rng = np.random.default_rng(22)
+        B = 4
+        xb = jnp.asarray(rng.standard_normal((B, 3, 20)))
+        rb = jnp.asarray(rng.random((B, 20)) < 0.2)  # per example, (T,) each: broadcast over the 3 channels
+        r1 = rb[0]
+        for in_axes, args in (((0, 0), (xb, rb)), ((0, None), (xb, r1)), ((None, 0), (xb[0], rb))):
+            f = lambda x, r: pj.linear_scan(0.8, x, resets=r)  # noqa: E731
+            got = jax.jit(jax.vmap(f, in_axes=in_axes))(*args)
+            want = np.stack([reference.linear_scan(0.8, np.asarray(args[0] if in_axes[0] is None else args[0][i]),
+                                                   resets=np.asarray(args[1] if in_axes[1] is None else args[1][i]))
+                             for i in range(B)])
+            close(got, want, 1e-12)
+        # per-example gradients with batched resets
+        loss = lambda x, r: jnp.sum(pj.linear_scan(0.8, x, resets=r) ** 2)  # noqa: E731
+        got = jax.vmap(jax.grad(loss))(xb, rb)
+        for i in range(B):
+            h = reference.linear_scan(0.8, np.asarray(xb[i]), resets=np.asarray(rb[i]))
+            close(got[i], reference.linear_scan_backward(0.8, h, 2 * h, resets=np.asarray(rb[i]))[1], 1e-12)
+
+
+def test_matrix_scan_with_resets_forward_grad_vmap():
+    with x64():
+        rng = np.random.default_rng(23)
+        n, T = 3, 12
+        A = 0.4 * rng.standard_normal((2, T, n, n))
+        x, h0, w = rng.standard_normal((2, T, n)), rng.standard_normal((2, n)), rng.standard_normal((2, T, n))
+        resets = rng.random((2, T)) < 0.25
+        resets[0, 0] = True
+        f = jax.jit(lambda A, x, h0, r: pj.matrix_linear_scan(A, x, h0, resets=r))
+        want = parscan.matrix_linear_scan(A, x, h0, resets=resets, backend="reference")
+        close(f(A, x, h0, resets), want, 1e-12)
+        got = jax.grad(lambda *v: jnp.sum(f(*v, resets) * w), (0, 1, 2))(A, x, h0)
+        ref = parscan.matrix_linear_scan_backward(A, want, w, h0, resets=resets, backend="reference")
+        for g, r in zip(got, ref):
+            close(g, r, 1e-12)
+        got = jax.vmap(lambda x, r: pj.matrix_linear_scan(A[0], x, resets=r))(x, resets)
+        close(got, np.stack([parscan.matrix_linear_scan(A[0], x[i], resets=resets[i], backend="reference")
+                             for i in range(2)]), 1e-12)
+
+
+def test_resets_errors_at_trace_time():
+    x = jnp.ones((2, 5))
+    with pytest.raises(TypeError, match="resets has dtype float32; it must be a boolean array"):
+        jax.jit(lambda x: pj.linear_scan(0.5, x, resets=jnp.zeros(5)))(x)
+    with pytest.raises(ValueError, match="resets must broadcast to x's shape"):
+        pj.linear_scan(0.5, x, resets=jnp.zeros(4, bool))
+    with pytest.raises(ValueError, match="resets has shape \\(4,\\), which does not broadcast"):
+        pj.matrix_linear_scan(jnp.zeros((5, 2, 2)), jnp.ones((5, 2)), resets=jnp.zeros(4, bool))
+
+
+def test_gilr_lstm_with_resets_matches_the_numpy_layer():
+    from parscan import layers
+
+    with x64():
+        rng = np.random.default_rng(24)
+        layer = pj.GILRLSTM(3, 4, dtype="float64", seed=5)
+        params = layer.init()
+        ref = layers.GILRLSTM(3, 4, dtype="float64", seed=5)
+        x, w = rng.standard_normal((10, 2, 3)), rng.standard_normal((10, 2, 4))
+        s0, c0 = rng.standard_normal((2, 4)), rng.standard_normal((2, 4))
+        resets = np.zeros((10, 2), bool)
+        resets[[0, 6], 0] = True
+        resets[[3, 4, 9], 1] = True
+        h, (sT, cT) = jax.jit(layer)(params, x, (s0, c0), resets)
+        hr, (sr, cr), cache = ref.forward(x, (s0, c0), resets)
+        for g, r in ((h, hr), (sT, sr), (cT, cr)):
+            close(g, r, 1e-12)
+
+        def loss(p, x, s0, c0, r):
+            h, (sT, cT) = layer(p, x, (s0, c0), r)
+            return jnp.sum(h * w) + jnp.sum(sT) + jnp.sum(cT * cT)
+
+        got = jax.jit(jax.grad(loss, (0, 1, 2, 3)))(params, x, s0, c0, resets)
+        dx, grads, (ds0, dc0) = ref.backward(w, cache, (np.ones((2, 4)), 2 * cr))
+        for k in params:
+            close(got[0][k], grads[k], 1e-12)
+        for g, r in zip(got[1:], (dx, ds0, dc0)):
+            close(g, r, 1e-12)
+        assert np.all(np.asarray(got[2])[0] == 0)  # row 0 restarts at step 0: s0 gets no gradient
+        with pytest.raises(ValueError, match=r"resets must have shape \(T,\) = \(10,\) or \(T, B\)"):
+            layer(params, x, None, resets[:5])

@@ -141,3 +141,88 @@ def test_matrix_scan_takes_and_returns_torch_tensors():
     torch.testing.assert_close(h, want, rtol=1e-12, atol=1e-12)
     gA, gx, gh0 = parscan.matrix_linear_scan_backward(A, h, torch.ones_like(h), h0)
     assert all(isinstance(v, torch.Tensor) for v in (gA, gx, gh0)) and gA.shape == A.shape
+
+
+def _loop_resets(a, x, h0, reverse, resets):
+    """The recurrence in torch ops with a zeroed where ``resets`` (time last): torch's autograd
+    differentiates it."""
+    a = torch.where(torch.broadcast_to(resets, x.shape), torch.zeros((), dtype=x.dtype), a.expand(x.shape))
+    return _loop(a, x, h0, -1, reverse)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_resets_gradcheck_and_match_the_loop_and_reference(dtype, reverse):
+    """resets (issue #18): a bool tensor, not differentiable; values and gradients against torch's
+    autograd of the loop and against parscan.reference."""
+    from parscan import reference
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 12, dtype=dtype, generator=g, requires_grad=True)
+    a = (0.5 * torch.rand(2, 12, generator=g, dtype=torch.float64) + 0.3).to(dtype).requires_grad_()
+    h0 = torch.randn(2, dtype=dtype, generator=g, requires_grad=True)
+    resets = torch.zeros(12, dtype=torch.bool)
+    resets[[0 if reverse else 11, 4, 5, 9]] = True  # the last step drops nothing forward; h0 flows in
+    f = lambda a, x, h0: pt.linear_scan(a, x, h0, reverse=reverse, resets=resets)  # noqa: E731
+    assert torch.autograd.gradcheck(f, (a, x, h0))
+    h = f(a, x, h0)
+    want = _loop_resets(a, x, h0, reverse, resets)
+    torch.testing.assert_close(h, want)
+    np.testing.assert_allclose(h.detach().numpy(), reference.linear_scan(
+        a.detach().numpy(), x.detach().numpy(), h0.detach().numpy(), reverse=reverse, resets=resets.numpy()),
+        rtol=1e-12, atol=1e-12)
+    w = torch.randn(h.shape, dtype=dtype, generator=g)
+    got = torch.autograd.grad((h * w.conj()).real.sum(), (a, x, h0))
+    exp = torch.autograd.grad((want * w.conj()).real.sum(), (a, x, h0))
+    for u, v in zip(got, exp):
+        torch.testing.assert_close(u, v)
+    assert torch.all(got[0][:, resets] == 0)
+    # the registered op (what torch.compile traces) takes them too, with the same values and gradients
+    ins = [v.detach().clone().requires_grad_() for v in (a, x, h0)]
+    h_op = torch.ops.parscan.linear_scan(*ins, -1, reverse, resets)
+    torch.testing.assert_close(h_op, h, rtol=0, atol=0)
+    for u, v in zip(torch.autograd.grad((h_op * w.conj()).real.sum(), ins), got):
+        torch.testing.assert_close(u, v, rtol=0, atol=0)
+
+
+def test_resets_under_torch_compile_and_per_row():
+    g = torch.Generator().manual_seed(4)
+    x, a = torch.randn(3, 2, 40, generator=g), torch.rand(3, 2, 40, generator=g) * 0.5 + 0.4
+    resets = torch.rand(3, 1, 40, generator=g) < 0.1  # per batch row, broadcast over channels
+
+    def f(a, x, r):
+        return pt.linear_scan(a, x * 2.0, resets=r).sum(-1)
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(a, x, resets), f(a, x, resets))
+    torch.testing.assert_close(f(a, x, resets), _loop_resets(a, 2.0 * x, None, False, resets).sum(-1))
+
+
+def test_gilrlstm_module_with_resets_matches_the_numpy_layer():
+    from parscan import layers
+
+    m = pt.GILRLSTM(3, 4, dtype=torch.float64, seed=0)
+    ref = layers.GILRLSTM(3, 4, dtype="float64", seed=0)
+    x = torch.randn(9, 2, 3, dtype=torch.float64, requires_grad=True)
+    resets = torch.zeros(9, 2, dtype=torch.bool)
+    resets[[0, 4], 0] = True
+    resets[[2, 3, 8], 1] = True
+    h, (s, c) = m(x, resets=resets)
+    h_ref, _, cache = ref.forward(x.detach().numpy(), resets=resets.numpy())
+    np.testing.assert_allclose(h.detach().numpy(), h_ref, rtol=1e-12)
+    assert not np.allclose(m(x)[0].detach().numpy(), h_ref)  # the resets matter
+    (h.sum() + c.sum()).backward()
+    dx, grads, _ = ref.backward(np.ones_like(h_ref), cache, (np.zeros((2, 4)), np.ones((2, 4))))
+    np.testing.assert_allclose(x.grad.numpy(), dx, rtol=1e-10)
+    for n, p in m.named_parameters():
+        np.testing.assert_allclose(p.grad.numpy(), grads[n], rtol=1e-10, err_msg=n)
+
+
+def test_resets_errors():
+    x = torch.randn(2, 5)
+    with pytest.raises(TypeError, match="resets must be a bool torch.Tensor"):
+        pt.linear_scan(0.5, x, resets=torch.zeros(5, dtype=torch.int64))
+    with pytest.raises(TypeError, match="resets must be a bool torch.Tensor"):
+        pt.linear_scan(0.5, x, resets=np.zeros(5, bool))
+    with pytest.raises(ValueError, match="resets must broadcast"):
+        pt.linear_scan(0.5, x, resets=torch.zeros(4, dtype=torch.bool))

@@ -5,8 +5,6 @@ reset steps, the same sequences scanned (or run through a layer) separately, and
 (parscan.torch and parscan.jax: tests/test_torch.py and tests/test_jax_jit.py.)
 """
 
-import importlib
-
 import numpy as np
 import pytest
 
@@ -107,9 +105,7 @@ def test_matrix_backward_with_resets_matches_finite_differences(backend, reverse
 
 @pytest.mark.parametrize("reverse", [False, True])
 def test_matrix_n1_passes_resets_to_the_elementwise_scan(monkeypatch, reverse):
-    """n = 1 on the cpu backend runs as parscan.linear_scan: the resets go with it.  The elementwise
-    call is redirected to the reference backend (and, once the cpu backend implements resets, also run
-    as it is)."""
+    """n = 1 on the cpu backend runs as parscan.linear_scan (cpu): the resets go with it."""
     rng = np.random.default_rng(7)
     A, x, h0, gh = (rng.uniform(-0.9, 0.9, (2, 30, 1, 1)), rng.standard_normal((2, 30, 1)),
                     rng.standard_normal((2, 1)), rng.standard_normal((2, 30, 1)))
@@ -126,15 +122,12 @@ def test_matrix_n1_passes_resets_to_the_elementwise_scan(monkeypatch, reverse):
         for got, w in ((ga, wa[..., None]), (gx, wx), (gh0, wh0)):
             assert_close(got, w, "float64")
 
-    if getattr(importlib.import_module("parscan.cpu"), "RESETS", False):
-        run()
     from parscan import matrix
 
     calls = []
     for name in ("linear_scan", "linear_scan_backward"):
         real = getattr(matrix, name)
-        monkeypatch.setattr(matrix, name, lambda *a, _real=real, **k: calls.append(k) or _real(*a, **{
-            **k, "backend": "reference"}))
+        monkeypatch.setattr(matrix, name, lambda *a, _real=real, **k: calls.append(k) or _real(*a, **k))
     run()
     assert len(calls) == 2 and all(k["resets"] is not None and k["axis"] == -2 for k in calls)
 
@@ -161,16 +154,6 @@ def test_matrix_resets_errors(monkeypatch):
 # ------------------------------------------------------------------------------------ layers
 
 
-@pytest.fixture
-def layer_scans(monkeypatch):
-    """The layers' scans on the default host backend once it implements resets (``cpu.RESETS``); until
-    then on the reference backend, so that the layers' own handling of resets is tested either way."""
-    if not getattr(importlib.import_module("parscan.cpu"), "RESETS", False):
-        for name in ("linear_scan", "linear_scan_backward"):
-            real = getattr(layers, name)
-            monkeypatch.setattr(layers, name, lambda *a, _real=real, **k: _real(*a, **{**k, "backend": "reference"}))
-
-
 def _segments(resets_row, T):
     cuts = sorted(set(np.flatnonzero(resets_row).tolist()) | {0, T})
     return list(zip(cuts[:-1], cuts[1:]))
@@ -185,7 +168,7 @@ LAYERS = {
 
 
 @pytest.mark.parametrize("name", LAYERS)
-def test_layer_with_resets_equals_the_sequences_run_one_by_one(layer_scans, name):
+def test_layer_with_resets_equals_the_sequences_run_one_by_one(name):
     """Packed rows (resets of shape (T, B)): outputs, final state, and every gradient (params, x, the
     initial state) equal the segments run separately, summed; a row without a reset at step 0 starts
     from the given state, one with a reset ignores it (zero gradient)."""
@@ -228,7 +211,7 @@ def test_layer_with_resets_equals_the_sequences_run_one_by_one(layer_scans, name
 
 
 @pytest.mark.parametrize("name", LAYERS)
-def test_layer_with_resets_in_two_chunks_equals_the_whole(layer_scans, name):
+def test_layer_with_resets_in_two_chunks_equals_the_whole(name):
     """The final state carries what the next chunk needs: a reset at the chunk's last step (QRNN: the
     window must not reach back across it from the next chunk)."""
     rng = np.random.default_rng(9)
@@ -275,7 +258,7 @@ def _sign_loss_grads(stack, W_out, x, labels, ends, w, resets):
     return loss, grads, gh
 
 
-def test_gilrlstm_packed_sign_task_sequences_get_the_padded_gradients(layer_scans):
+def test_gilrlstm_packed_sign_task_sequences_get_the_padded_gradients():
     """Issue #18: a GILR-LSTM on packed variable-length sign-task sequences gets the same loss and
     gradients (every parameter, and x) as the same sequences padded and run as a batch."""
     rng = np.random.default_rng(10)
@@ -327,7 +310,7 @@ def test_gilrlstm_packed_sign_task_sequences_get_the_padded_gradients(layer_scan
     assert not np.allclose(grads_0["layer0.U"], grads_p["layer0.U"])
 
 
-def test_layer_resets_errors(layer_scans):
+def test_layer_resets_errors():
     layer = layers.GILR(2, 3, dtype="float64")
     x = np.zeros((4, 2, 2))
     with pytest.raises(ValueError, match=r"resets must have shape \(T,\) = \(4,\) or \(T, B\) = \(4, 2\)"):
@@ -343,11 +326,6 @@ def test_layer_resets_errors(layer_scans):
 DASK_CHUNKINGS = {"one": ((3,), (24,)), "time": ((3,), (8, 4, 1, 11)), "steps": ((3,), (1,) * 24),
                   "both": ((1, 2), (5, 7, 12))}
 RESET_STEPS = [0, 7, 8, 11, 12, 16, 23]
-
-
-def _dask_backend():
-    """Chunks on the default host backend once it implements resets, else the reference backend."""
-    return None if getattr(importlib.import_module("parscan.cpu"), "RESETS", False) else "reference"
 
 
 @pytest.mark.parametrize("chunking", list(DASK_CHUNKINGS))
@@ -373,7 +351,7 @@ def test_dask_scan_and_backward_with_resets_equal_the_reference(chunking, revers
     cases = [(a, h0, shared, shared),  # in-memory (T,) resets
              (a[:, :1], 0.5, da.from_array(rows, chunks=chunks), rows),  # Dask (C, T) resets, per-channel decay
              (0.9, h0, shared & (np.arange(T) > 0), shared & (np.arange(T) > 0))]  # h0 reaches the first chunk
-    backend = _dask_backend()
+    backend = None  # the chunks on the default host backend, cpu
     lazy, wants = [], []
     for am, hm, rd, rm in cases:
         xd = da.from_array(x, chunks=chunks)

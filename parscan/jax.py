@@ -33,14 +33,16 @@ operands gain a leading batch axis, unbatched ones a leading axis of size 1 that
 materialised); the time axis is counted from the end, so no Python loop runs over the batch.
 (:class:`GILRLSTM` maps its callbacks sequentially: its batch is already an axis of x.)
 
-Copies.  The forward writes into XLA's buffer.  ``linear_scan_backward`` and the matrix scan return
-new arrays, which the callbacks copy into XLA's output buffers (one copy of each result).  bfloat16,
+Copies.  The forward writes into XLA's buffer, and the backward writes grad_x (and grad_a of a full a)
+into XLA's buffers (``linear_scan_backward(..., out=...)``); a grad_a summed over broadcast dimensions
+and grad_h0 are copied in (their size is a's or h0's).  The matrix scan returns new arrays, which the
+callbacks copy into XLA's output buffers (one copy of each result).  bfloat16,
 which NumPy and CuPy lack, is computed in float32 (a cast copy each way, in JAX); complex
 cotangents are conjugated in JAX (one elementwise pass each way).  Everything else reaches the
 kernels as it is.
 
-GPU memory.  parscan's own temporaries (the look-back's status words, the backward's results before
-they are copied) come from CuPy's memory pool, beside XLA's: leave room for them when XLA preallocates
+GPU memory.  parscan's own temporaries (the look-back's status words, a reduced grad_a before it is
+copied, the matrix scan's results) come from CuPy's memory pool, beside XLA's: leave room for them when XLA preallocates
 (``XLA_PYTHON_CLIENT_MEM_FRACTION``; about 2x the gradients of the largest scan).
 
 Errors.  Wrong dtypes, shapes or axes raise at trace time the exceptions parscan raises for NumPy
@@ -208,12 +210,10 @@ def _scan_backward_callback(axis, reverse, has_h0, ctx, outs, a, h, g, *opt):
         h0v, rv = _optional(has_h0, optv)
         ga_o, gx_o = outs[0], outs[1]
         h0v = _fit(xp, h0v, outs[2].shape) if h0v is not None else None
-        ga, gx, gh0 = _scan_backward(_fit(xp, av, ga_o.shape), _fit(xp, hv, gx_o.shape), _fit(xp, gv, gx_o.shape),
-                                     h0v, axis=axis, reverse=reverse, resets=rv)
-        ga_o[...] = ga  # copies: linear_scan_backward allocates its results
-        gx_o[...] = gx
-        if h0v is not None:
-            outs[2][...] = gh0
+        # into XLA's buffers: grad_x (and a full grad_a) computed there, a reduced grad_a and grad_h0 copied in
+        _scan_backward(_fit(xp, av, ga_o.shape), _fit(xp, hv, gx_o.shape), _fit(xp, gv, gx_o.shape), h0v,
+                       axis=axis, reverse=reverse, resets=rv,
+                       out=(ga_o, gx_o, outs[2] if h0v is not None else None))
 
 
 def _present(*vs):

@@ -1,8 +1,9 @@
 """resets (issue #18) through the Numba kernels in the CUDA simulator, against the reference: both
 tile orders, flags broadcast over channels (one row a block: (T,), (T, 1), (B, 1, T)) or one per
 element, resets on tile and thread edges in both directions, h0, reverse, full / per-channel / scalar
-a, one dtype each (every dtype across the cases).  Small launches (sim_arrays: 32 threads, 4 steps a
-thread) so short sequences span several tiles; small shapes, as the simulator is slow.
+a; float32 or complex128 in the default run, each layout again in another dtype in the slow one.
+Small launches (sim_arrays: 32 threads, 4 steps a thread) so short sequences span several tiles;
+small shapes, as the simulator is slow.
 """
 
 import numpy as np
@@ -13,15 +14,18 @@ from parscan import reference
 from conftest import assert_close, rand
 from sim_arrays import host, to_device
 
-CASES = [  # (x shape, axis, resets shape, dtype, a, h0, reverse)
-    ((1, 300), -1, (300,), "float64", "full", True, False),                   # time-fast, 3 tiles of 128 steps
-    ((150, 3), 0, (150, 1), "complex64", "channel", False, True),             # channel-fast, 5 tiles of 32
+CASES = [  # (x shape, axis, resets shape, dtype, a, h0, reverse): the default run's layouts
+    ((1, 300), -1, (300,), "float32", "full", True, False),                   # time-fast, 3 tiles of 128 steps
+    ((150, 3), 0, (150, 1), "complex128", "channel", False, True),            # channel-fast, 5 tiles of 32
     ((2, 2, 140), -1, (2, 1, 140), "float32", "scalar", True, True),          # per batch row (B, 1, T)
-    ((40, 4), 0, (40, 4), "float16", "full", True, False),                    # per element, a row per channel
+    ((40, 4), 0, (40, 4), "complex128", "full", True, False),                 # per element, a row per channel
     ((2, 140), -1, (2, 140), "complex128", "channel", True, False),           # per element, time-fast
     ((3, 200), -1, (200,), "float32", "full", False, True),                   # (T,) broadcast, reverse
-    ((60, 2, 3), 0, (60, 2, 1), "float64", "full", True, True),               # time-major (T, B, 1)
+    ((60, 2, 3), 0, (60, 2, 1), "float32", "full", True, True),               # time-major (T, B, 1)
 ]
+# the other dtypes on the same layouts (test ids name them: the slow simulator run takes these)
+CASES += [(s, ax, r, d, a, h0, rev) for (s, ax, r, _, a, h0, rev), d in
+          zip(CASES, ("float64", "complex64", "float16", "float16", "complex64", "float64", "float16"))]
 
 
 def _resets(rng, T, rshape, axis):

@@ -2,7 +2,8 @@
 
 A signature is everything a plan depends on except where the data lives: for each argument its type,
 shape, strides, dtype, device and (for ``out``) writability, whether ``out`` is ``x``, the axis, the
-direction and the backend.  Arguments of other kinds (torch or JAX arrays, lists, bools, ...) have no
+direction and the backend; for ``linear_scan_backward`` the same of each array of its ``out=`` tuple.
+Whether arrays overlap depends on where they live, so a replay checks it again.  Arguments of other kinds (torch or JAX arrays, lists, bools, ...) have no
 signature and are planned on every call.  Errors are never cached: a call that raises was planned and
 is planned again.  The cache is a bounded LRU, safe to use from many threads (plans are immutable;
 a replay allocates its own results).
@@ -91,10 +92,13 @@ def forward_key(a, x, h0, axis, reverse, out, backend, resets=None):
         return None
 
 
-def backward_key(a, h, grad_h, h0, axis, reverse, backend, resets=None):
+def backward_key(a, h, grad_h, h0, axis, reverse, backend, resets=None, out=None):
     if type(axis) is not int or type(reverse) is not bool or (backend is not None and type(backend) is not str):
         return None
+    if out is not None and (type(out) not in (tuple, list) or len(out) != 3):
+        return None  # planned, and refused there with the reason
     try:
-        return (sig(a), sig(h), sig(grad_h), sig(h0), axis, reverse, backend, sig(resets))
+        outs = None if out is None else tuple(sig(v) for v in out)
+        return (sig(a), sig(h), sig(grad_h), sig(h0), axis, reverse, backend, sig(resets), outs)
     except KeyError:
         return None

@@ -367,8 +367,18 @@ def _check_grad_outs(outs, shapes, dtypes, inputs, has_h0):
         if not _distinct_elements(arr):
             raise ValueError(f"out's {name} has elements that share memory (a zero stride, as in a broadcast "
                              f"view); pass an array whose elements are distinct")
-        for v in [o.array for o in outs if o is not None and o is not op] + inputs:
-            if v is not None and v.size and arr.size and overlaps(arr, v):
+    check_grad_outs_apart([None if o is None else o.array for o in outs], inputs)
+
+
+def check_grad_outs_apart(user, inputs):
+    """No array of ``linear_scan_backward``'s ``out=`` (``user``: arrays or None) overlaps an input or
+    another of them; run on every call, replayed ones too (the signature says nothing of addresses)."""
+    for i, arr in enumerate(user):
+        if arr is None or not arr.size:
+            continue
+        for v in [o for j, o in enumerate(user) if o is not None and j != i] + list(inputs):
+            if v is not None and not isinstance(v, (int, float, complex, np.generic)) and v.size and overlaps(arr, v):
+                name = ("grad_a", "grad_x", "grad_h0")[i]
                 raise ValueError(f"out's {name} overlaps an input or another output; pass separate arrays")
 
 
@@ -454,8 +464,13 @@ def plan_backward(xp, a: Operand, h: Operand, grad_h: Operand, h0: Operand | Non
         return given((grad_a, grad_x, grad_h0))
 
     def plan(impl):
-        if any(u is not None for u in user):
-            return None  # a replay would allocate its results: calls with out= are planned every time
+        out_srcs = (None if ga is not ga_user else _source(xp, outs[0], ga_user, problem.grad_a),
+                    None if user[1] is None or grad_x is not user[1] else _source(xp, outs[1], grad_x,
+                                                                                  problem.grad_x))
+        if user[1] is not None and (out_srcs[1] is None or out_srcs[1][0] not in (_RAVEL, _FLAT, _RESHAPE)):
+            return None  # grad_x is computed elsewhere and copied into out (its layout was copied)
+        if ga_user is not None and (out_srcs[0] is None or out_srcs[0][0] not in (_RAVEL, _FLAT, _RESHAPE)):
+            return None
         srcs = (_source(xp, a, views[2], problem.a), _source(xp, h, views[0], problem.h),
                 _source(xp, grad_h, views[1], problem.grad_h),
                 None if h0 is None else _source(xp, h0, views[3], problem.h0),
@@ -471,6 +486,7 @@ def plan_backward(xp, a: Operand, h: Operand, grad_h: Operand, h0: Operand | Non
         p.allocs = (_alloc_recipe(canon), _alloc_recipe(canon, 1 if time_const else T),
                     None if gh0 is None else _alloc_recipe(canon, 1))
         p.ga_dtype = ga.dtype
+        p.out_srcs = out_srcs
         p.reduce_a = (a_padded, a_shape, a_dtype)
         p.reduce_h0 = None if gh0 is None else (h0_padded, h0_shape, h0_dtype)
         launcher = getattr(impl, "backward_launcher", None)
@@ -643,16 +659,27 @@ def capture_forward(xp, impl, a, x, h0, out, problem, views, target, canon, rese
 class BackwardPlan:
     """A planned backward call, replayed for the arguments of a later call of the same signature."""
 
-    __slots__ = ("xp", "impl", "shape", "dtype", "acc", "srcs", "geo", "allocs", "ga_dtype", "reduce_a",
-                 "reduce_h0", "launch")
+    __slots__ = ("xp", "impl", "shape", "dtype", "acc", "srcs", "geo", "allocs", "ga_dtype", "out_srcs",
+                 "reduce_a", "reduce_h0", "launch")
 
-    def run(self, a, h, grad_h, h0, resets=None):
+    def run(self, a, h, grad_h, h0, resets=None, out=None):
+        """``out``: ``linear_scan_backward``'s ``out=`` tuple (the signature's: the same arrays given or
+        None), or None."""
         xp, srcs = self.xp, self.srcs
+        if out is not None:
+            check_grad_outs_apart(out, (h, grad_h, a, h0, resets))
         ins = (_fetch(srcs[0], xp, a), _fetch(srcs[1], xp, h), _fetch(srcs[2], xp, grad_h),
                None if srcs[3] is None else _fetch(srcs[3], xp, h0))
         br = None if srcs[4] is None else _fetch(srcs[4], xp, resets)
-        grad_x, bx = _new(xp, self.allocs[0], self.dtype)
-        ga, ba = _new(xp, self.allocs[1], self.ga_dtype)
+        qsrc, xsrc = self.out_srcs
+        if xsrc is not None:
+            grad_x, bx = out[1], _fetch(xsrc, xp, out[1], True)
+        else:
+            grad_x, bx = _new(xp, self.allocs[0], self.dtype)
+        if qsrc is not None:
+            ga, ba = out[0], _fetch(qsrc, xp, out[0], True)
+        else:
+            ga, ba = _new(xp, self.allocs[1], self.ga_dtype)
         gh0, b0 = (None, None) if self.allocs[2] is None else _new(xp, self.allocs[2], self.acc)
         if self.launch is not None:  # the backend's launcher prepared for this geometry
             self.launch(*ins, bx, ba, b0, br)
@@ -661,6 +688,8 @@ class BackwardPlan:
             self.impl.backward(ScanBackwardProblem(
                 self.shape, *(None if b is None else Strided(b, *g) for b, g in zip(ins + (bx, ba, b0), geo)),
                 self.dtype, self.acc, None if br is None else Strided(br, *geo[7])))
-        grad_a = _reduce_to(xp, ga, *self.reduce_a)
+        grad_a = ga if qsrc is not None else _reduce_to(xp, ga, *self.reduce_a)
         grad_h0 = None if gh0 is None else _reduce_to(xp, gh0, *self.reduce_h0)
-        return grad_a, grad_x, grad_h0
+        if out is None:
+            return grad_a, grad_x, grad_h0
+        return tuple(r if u is None or u is r else _copy_into(u, r) for r, u in zip((grad_a, grad_x, grad_h0), out))

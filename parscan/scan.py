@@ -126,11 +126,11 @@ def linear_scan_backward(a, h, grad_h, h0=None, *, axis=-1, reverse=False, backe
     >>> gx
     array([1.75, 1.5 , 1.  ])
     """
-    key = None if out is not None else _plans.backward_key(a, h, grad_h, h0, axis, reverse, backend, resets)
+    key = _plans.backward_key(a, h, grad_h, h0, axis, reverse, backend, resets, out)
     if key is not None:
         plan = _plans.BACKWARD.get(key)
         if plan is not None:
-            return plan.run(a, h, grad_h, h0, resets)
+            return plan.run(a, h, grad_h, h0, resets, None if out is None else tuple(out))
     ho = as_operand(h, "h")
     ao = as_operand(a, "a", allow_scalar=True)
     go = as_operand(grad_h, "grad_h")

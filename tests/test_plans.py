@@ -143,3 +143,28 @@ def test_many_threads_mixed_signatures_and_backends():
         t.join()
     assert not errors, errors[:3]
     assert _plans.FORWARD.hits > 100
+
+
+@pytest.mark.parametrize("a_kind", ["full", "channel", "scalar"])
+def test_backward_out_is_replayed_into_the_given_arrays(a_kind):
+    """linear_scan_backward(..., out=...) is cached like the plain call: a replay writes grad_x (and a
+    full grad_a) into the arrays of the new call, copies the others in, and checks overlaps again."""
+    rng = np.random.default_rng(2)
+    shape = (3, 5, 60)
+    a_shape = {"full": shape, "channel": (5, 1), "scalar": ()}[a_kind]
+    for k in range(3):  # planned, then replayed twice with new data and new outputs
+        x, gh = rand(rng, shape, "float64"), rand(rng, shape, "float64")
+        a = 0.8 if a_kind == "scalar" else rand(rng, a_shape, "float64", "a")
+        h0 = rand(rng, (3, 5), "float64")
+        h = parscan.linear_scan(a, x, h0)
+        outs = (None if a_kind == "scalar" else np.full(a_shape, np.nan), np.full(shape, np.nan),
+                np.full((3, 5), np.nan))
+        got = parscan.linear_scan_backward(a, h, gh, h0, out=outs)
+        want = reference.linear_scan_backward(a, h, gh, h0)
+        assert got[1] is outs[1] and got[2] is outs[2] and (outs[0] is None or got[0] is outs[0])
+        for g, w in zip(got, want):
+            assert_close(g, w, "float64")
+    assert _plans.BACKWARD.hits == 2 and _plans.BACKWARD.misses == 1
+    with pytest.raises(ValueError, match="overlaps an input"):  # the same signature, out over h this time
+        parscan.linear_scan_backward(a, h, gh, h0, out=(outs[0], h, outs[2]))
+    assert np.array_equal(h, parscan.linear_scan(a, x, h0))  # and h was not written

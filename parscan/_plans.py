@@ -11,9 +11,9 @@ a replay allocates its own results).
 
 from __future__ import annotations
 
+import itertools
 import sys
 import threading
-from collections import OrderedDict
 
 import numpy as np
 
@@ -21,30 +21,35 @@ MAXSIZE = 512
 
 
 class LRU:
-    """A thread-safe least-recently-used mapping of at most ``maxsize`` entries."""
+    """A thread-safe least-recently-used mapping of at most ``maxsize`` entries.
+
+    A hit only stamps its entry with the time of use (no lock, no reordering: the dict lookup and the
+    stamp's store are each atomic); an insertion, under the lock, evicts the entry used longest ago
+    when the mapping is full (a scan of at most ``maxsize`` stamps, on a miss only).  The hit and miss
+    counts are statistics: concurrent updates may lose one.
+    """
 
     def __init__(self, maxsize=MAXSIZE):
         self.maxsize = maxsize
-        self._d = OrderedDict()
+        self._d = {}
+        self._clock = itertools.count()
         self._lock = threading.Lock()
         self.hits = self.misses = 0
 
     def get(self, key):
-        with self._lock:
-            v = self._d.get(key)
-            if v is None:
-                self.misses += 1
-                return None
-            self._d.move_to_end(key)
-            self.hits += 1
-            return v
+        e = self._d.get(key)
+        if e is None:
+            self.misses += 1
+            return None
+        e[1] = next(self._clock)
+        self.hits += 1
+        return e[0]
 
     def put(self, key, value):
         with self._lock:
-            self._d[key] = value
-            self._d.move_to_end(key)
+            self._d[key] = [value, next(self._clock)]
             while len(self._d) > self.maxsize:
-                self._d.popitem(last=False)
+                del self._d[min(self._d, key=lambda k: self._d[k][1])]
 
     def clear(self):
         with self._lock:
@@ -75,11 +80,11 @@ def sig(v):
         return (t, v.shape, v.strides, v.dtype, v.flags.writeable)
     if v is None or t in _SCALARS:
         return t
-    if isinstance(v, np.generic):
-        return t
     cp = sys.modules.get("cupy")
     if cp is not None and t is cp.ndarray:
         return (t, v.shape, v.strides, v.dtype, v.device.id)
+    if isinstance(v, np.generic):
+        return t
     raise KeyError(t)
 
 

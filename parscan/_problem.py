@@ -348,6 +348,16 @@ def _reduce_to(xp, g, padded_shape, shape, dtype):
     return g.astype(dtype, copy=False)
 
 
+def _reducer(xp, g_shape, g_dtype, padded_shape, shape, dtype):
+    """``g -> _reduce_to(xp, g, padded_shape, shape, dtype)`` for a ``g`` of ``g_shape`` and ``g_dtype``,
+    with what that needs decided once: most replays need a reshape at most."""
+    axes = any(n == 1 and m != 1 for n, m in zip(padded_shape, g_shape))
+    if not axes and np.dtype(g_dtype) == np.dtype(dtype):
+        shape = tuple(shape)
+        return (lambda g: g) if tuple(g_shape) == shape else (lambda g: g.reshape(shape))
+    return lambda g: _reduce_to(xp, g, padded_shape, shape, dtype)
+
+
 def _check_grad_outs(outs, shapes, dtypes, inputs, has_h0):
     """The arrays of ``linear_scan_backward``'s ``out=(grad_a, grad_x, grad_h0)`` (Operands or None)."""
     names = ("grad_a", "grad_x", "grad_h0")
@@ -467,9 +477,9 @@ def plan_backward(xp, a: Operand, h: Operand, grad_h: Operand, h0: Operand | Non
         out_srcs = (None if ga is not ga_user else _source(xp, outs[0], ga_user, problem.grad_a),
                     None if user[1] is None or grad_x is not user[1] else _source(xp, outs[1], grad_x,
                                                                                   problem.grad_x))
-        if user[1] is not None and (out_srcs[1] is None or out_srcs[1][0] not in (_RAVEL, _FLAT, _RESHAPE)):
+        if user[1] is not None and (out_srcs[1] is None or out_srcs[1][0] not in (_RAVEL, _FLAT, _RESHAPE, _SELF)):
             return None  # grad_x is computed elsewhere and copied into out (its layout was copied)
-        if ga_user is not None and (out_srcs[0] is None or out_srcs[0][0] not in (_RAVEL, _FLAT, _RESHAPE)):
+        if ga_user is not None and (out_srcs[0] is None or out_srcs[0][0] not in (_RAVEL, _FLAT, _RESHAPE, _SELF)):
             return None
         srcs = (_source(xp, a, views[2], problem.a), _source(xp, h, views[0], problem.h),
                 _source(xp, grad_h, views[1], problem.grad_h),
@@ -487,8 +497,8 @@ def plan_backward(xp, a: Operand, h: Operand, grad_h: Operand, h0: Operand | Non
                     None if gh0 is None else _alloc_recipe(canon, 1))
         p.ga_dtype = ga.dtype
         p.out_srcs = out_srcs
-        p.reduce_a = (a_padded, a_shape, a_dtype)
-        p.reduce_h0 = None if gh0 is None else (h0_padded, h0_shape, h0_dtype)
+        p.reduce_a = _reducer(xp, ga.shape, ga.dtype, a_padded, a_shape, a_dtype)
+        p.reduce_h0 = None if gh0 is None else _reducer(xp, gh0.shape, gh0.dtype, h0_padded, h0_shape, h0_dtype)
         launcher = getattr(impl, "backward_launcher", None)
         p.launch = None if launcher is None else launcher(problem)
         return p
@@ -507,7 +517,7 @@ def plan_backward(xp, a: Operand, h: Operand, grad_h: Operand, h0: Operand | Non
 # Anything a plan cannot rebuild from the arguments alone (a cast, a copy into canonical order, an
 # empty problem) is not captured: such calls are planned every time.
 
-_RAVEL, _FLAT, _SCALAR, _NPSCALAR, _RESHAPE = range(5)
+_RAVEL, _FLAT, _SCALAR, _NPSCALAR, _RESHAPE, _SELF = range(6)
 
 
 def _source(xp, op: Operand, view, s: Strided):
@@ -525,6 +535,8 @@ def _source(xp, op: Operand, view, s: Strided):
     buf, _ = flat_buffer(xp, arr)
     if _ptr(buf) != _ptr(s.buf) or buf.size != s.buf.size:
         return None  # the operand is not the argument's own memory (a copy was made)
+    if arr.ndim == 1 and arr.strides[0] == arr.itemsize:
+        return (_SELF, None)  # a contiguous vector is its own flat buffer
     if xp is np and all(st >= 0 for st in arr.strides):
         r = arr.ravel("K")
         if r.base is not None and _ptr(r) == _ptr(buf) and r.size == buf.size:
@@ -544,7 +556,10 @@ def _device_scalar(xp, v, dtype):
     device synchronised, once) before the array is shared, so launches on any stream read the value;
     entries are never freed (a kernel in flight on another stream may still read one), so the cache
     stops growing at ``DEVICE_SCALARS`` entries and later values get an array of their own per call."""
-    key = (xp.cuda.Device().id, dtype.str, type(v), v, math.copysign(1.0, v.real), math.copysign(1.0, v.imag))
+    if type(v) is float:  # the sign of a zero matters (it reaches the result)
+        key = (xp.cuda.runtime.getDevice(), dtype.str, v, v == 0 and math.copysign(1.0, v))
+    else:
+        key = (xp.cuda.runtime.getDevice(), dtype.str, v, math.copysign(1.0, v.real), math.copysign(1.0, v.imag))
     arr = _DEVICE_SCALARS.get(key)
     if arr is None:
         arr = xp.full(1, v, dtype)
@@ -558,6 +573,11 @@ def _fetch(src, xp, v, writeable=False):
     """The flat buffer of a later call's argument ``v``; host inputs read-only, as ``flat_buffer`` makes
     them on a planned call (a backend compiled for read-only inputs is not compiled again)."""
     kind, dtype = src
+    if kind == _SELF:
+        if xp is np and not writeable and v.flags.writeable:
+            v = v.view()
+            v.flags.writeable = False
+        return v
     if kind == _RAVEL:
         buf = v.ravel("K")
     elif kind == _RESHAPE:
@@ -588,6 +608,8 @@ def _new(xp, recipe, dtype, zero=False):
     """A new array by an :func:`_alloc_recipe`, and its flat buffer (offset 0, writable)."""
     alloc, perm = recipe
     arr = (xp.zeros if zero else xp.empty)(alloc, dtype)
+    if len(alloc) == 1:
+        return arr, arr
     buf = arr.reshape(-1)
     return (arr if perm is None else arr.transpose(perm)), buf
 
@@ -650,7 +672,7 @@ def capture_forward(xp, impl, a, x, h0, out, problem, views, target, canon, rese
             return None  # the result is copied into out: not replayed
         p.in_place = same_view(user_out, x.array)
         p.out_src = _source(xp, out, user_out, problem.out)
-        if p.out_src is None or p.out_src[0] not in (_RAVEL, _FLAT, _RESHAPE):
+        if p.out_src is None or p.out_src[0] not in (_RAVEL, _FLAT, _RESHAPE, _SELF):
             return None
         p.check_overlap = not p.in_place
     return p
@@ -688,8 +710,8 @@ class BackwardPlan:
             self.impl.backward(ScanBackwardProblem(
                 self.shape, *(None if b is None else Strided(b, *g) for b, g in zip(ins + (bx, ba, b0), geo)),
                 self.dtype, self.acc, None if br is None else Strided(br, *geo[7])))
-        grad_a = ga if qsrc is not None else _reduce_to(xp, ga, *self.reduce_a)
-        grad_h0 = None if gh0 is None else _reduce_to(xp, gh0, *self.reduce_h0)
+        grad_a = ga if qsrc is not None else self.reduce_a(ga)
+        grad_h0 = None if gh0 is None else self.reduce_h0(gh0)
         if out is None:
             return grad_a, grad_x, grad_h0
         return tuple(r if u is None or u is r else _copy_into(u, r) for r, u in zip((grad_a, grad_x, grad_h0), out))

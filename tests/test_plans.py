@@ -106,6 +106,9 @@ def test_the_cache_is_bounded():
     for k in range(5):
         lru.put(k, k)
     assert len(lru) == 3 and lru.get(0) is None and lru.get(4) == 4
+    lru.get(2)  # used: 3 is now the least recently used
+    lru.put(5, 5)
+    assert lru.get(3) is None and lru.get(2) == 2 and lru.get(4) == 4 and lru.get(5) == 5
 
 
 def test_many_threads_mixed_signatures_and_backends():

@@ -117,6 +117,17 @@ def _status(cupy, sizes):
     return z[:2].view(np.uint64), z[2:], vals[:m], vals[m:2 * m], vals[2 * m:]
 
 
+def _scratch(cupy, launch: Launch, acc):
+    """``() -> the look-back scratch arguments`` of a launch: new for every launch when a channel spans
+    several tiles; else the kernel touches none of it (tiles take their ids from blockIdx) and
+    one-element stand-ins, made once per device, serve every launch: no allocation, no memset."""
+    sizes = _status_sizes(launch, acc)
+    if launch.status_entries:
+        return lambda: _status(cupy, sizes)
+    fixed = (_dummy(cupy, np.uint64), _dummy(cupy, np.int32), *(_dummy(cupy, sizes[2]),) * 3)
+    return lambda: fixed
+
+
 def _a_dtype(problem):
     """a's kernel dtype: its own when the module has it (the result dtype or its real type)."""
     d, a = problem.dtype, problem.a.buf.dtype
@@ -145,11 +156,6 @@ def _resets(problem):
     return (*(_ZERO_GEO if r is None else _geo(r)), np.int32(r is not None))
 
 
-def _as(buf, dtype):
-    """``buf`` in the kernel's dtype: itself, or (a mixed-precision call) a cast copy."""
-    return buf if buf.dtype == dtype else buf.astype(dtype)
-
-
 # ``forward_launcher(problem)`` / ``backward_launcher(problem)`` make every decision that depends only on
 # the problem's geometry once (launch configuration, kernel, argument offsets and strides, the unused
 # slots' stand-ins) and return ``run(...)`` of the flat buffers; the plan cache keeps it, so a replayed
@@ -164,20 +170,22 @@ def forward_launcher(problem, launch=None):
         fn = _function(("scan", d.name, sa.name, d.name, False))
         none, none_acc, none_real, none_r = (_dummy(cupy, t) for t in (d, acc, _REAL.get(acc.name, acc.name),
                                                                        np.bool_))
-    ga, gx, go = _geo(problem.a), _geo(problem.x), _geo(problem.out)
-    gr = _resets(problem)
-    g0 = _geo(problem.h0) if problem.h0 is not None else _ZERO_GEO
-    has_h0 = np.int32(problem.h0 is not None)
-    geometry = _geometry(problem, launch)
+        scratch = _scratch(cupy, launch, acc)
+    # the arguments between the buffers, made once (the buffers' dtypes are the signature's: a cast, for
+    # a mixed-precision call, is known here too)
+    cast_a, cast_x = problem.a.buf.dtype != sa, problem.x.buf.dtype != d
+    cast_0 = problem.h0 is not None and problem.h0.buf.dtype != d
+    after_a, after_x = _geo(problem.a), (*_geo(problem.x), none, *_ZERO_GEO)
+    after_h0 = (*(_geo(problem.h0) if problem.h0 is not None else _ZERO_GEO), np.int32(problem.h0 is not None))
+    after_r = _resets(problem)
+    tail = (*_geo(problem.out), none, *_ZERO_GEO, none_acc, *_ZERO_GEO, none_real, *_geometry(problem, launch))
     grid, block = (launch.blocks,), (launch.threads,)
-    sizes = _status_sizes(launch, acc)
 
     def run(a, x, h0, out, resets=None):
         with cupy.cuda.Device(dev):  # scratch, casts and the launch on the data's device
-            fn(grid, block, (_as(a, sa), *ga, _as(x, d), *gx, none, *_ZERO_GEO,
-                             none if h0 is None else _as(h0, d), *g0, has_h0,
-                             none_r if resets is None else resets, *gr, out, *go, none, *_ZERO_GEO,
-                             none_acc, *_ZERO_GEO, none_real, *geometry, *_status(cupy, sizes)))
+            fn(grid, block, (a.astype(sa) if cast_a else a, *after_a, x.astype(d) if cast_x else x, *after_x,
+                             none if h0 is None else h0.astype(d) if cast_0 else h0, *after_h0,
+                             none_r if resets is None else resets, *after_r, out, *tail, *scratch()))
     return run
 
 
@@ -190,33 +198,38 @@ def backward_launcher(problem, launch=None):
     nchan = C0 * C1 * C2
     summed = problem.grad_a.strides[3] == 0
     real = np.dtype(_REAL.get(acc.name, acc.name))
-    nparts = nchan * launch.time_tiles * (2 if acc.kind == "c" else 1) if summed else 0
+    # a constant in time: per-(channel, tile) sums, summed by sum_parts; one tile: the kernel writes grad_a
+    nparts = nchan * launch.time_tiles * (2 if acc.kind == "c" else 1) if summed and launch.time_tiles > 1 else 0
     dev = problem.grad_h.buf.device.id
     with cupy.cuda.Device(dev):
         fn = _function(("scan", d.name, sa.name, sg.name, True))
-        total = _function(("sum", sg.name, acc.name)) if summed and nchan else None
+        total = _function(("sum", sg.name, acc.name)) if nparts else None
         none, none_acc, none_real, none_r = (_dummy(cupy, t) for t in (d, acc, real, np.bool_))
-    ga, gg, gh, gx, gq = (_geo(s) for s in (problem.a, problem.grad_h, problem.h, problem.grad_x, problem.grad_a))
-    gr = _resets(problem)
-    g0 = _geo(problem.h0) if problem.h0 is not None else _ZERO_GEO
-    gq0 = _geo(problem.grad_h0) if problem.grad_h0 is not None else _ZERO_GEO
-    has_h0 = np.int32(problem.h0 is not None)
+        scratch = _scratch(cupy, launch, acc)
+    cast_a = problem.a.buf.dtype != sa
+    cast_g, cast_h = problem.grad_h.buf.dtype != d, problem.h.buf.dtype != d
+    cast_0 = problem.h0 is not None and problem.h0.buf.dtype != d
+    after_a, after_g, after_h = _geo(problem.a), _geo(problem.grad_h), _geo(problem.h)
+    after_h0 = (*(_geo(problem.h0) if problem.h0 is not None else _ZERO_GEO), np.int32(problem.h0 is not None))
+    after_r = _resets(problem)
+    gq = _geo(problem.grad_a)
+    after_x = _geo(problem.grad_x)
+    after_q0 = _geo(problem.grad_h0) if problem.grad_h0 is not None else _ZERO_GEO
     geometry = _geometry(problem, launch)
     grid, block = (launch.blocks,), (launch.threads,)
-    sum_grid, sum_dims = ((nchan + 127) // 128,), (np.int64(C0), np.int64(C1), np.int64(C2),
+    sum_grid, sum_args = ((nchan + 127) // 128,), (*gq, np.int64(C0), np.int64(C1), np.int64(C2),
                                                    np.int64(launch.time_tiles))
-    sizes = _status_sizes(launch, acc)
 
     def run(a, h, grad_h, h0, grad_x, grad_a, grad_h0, resets=None):
         with cupy.cuda.Device(dev):
             parts = cupy.empty(nparts, real) if nparts else none_real
-            fn(grid, block, (_as(a, sa), *ga, _as(grad_h, d), *gg, _as(h, d), *gh,
-                             none if h0 is None else _as(h0, d), *g0, has_h0,
-                             none_r if resets is None else resets, *gr, grad_x, *gx, grad_a, *gq,
-                             none_acc if grad_h0 is None else grad_h0, *gq0, parts, *geometry,
-                             *_status(cupy, sizes)))
+            fn(grid, block, (a.astype(sa) if cast_a else a, *after_a, grad_h.astype(d) if cast_g else grad_h,
+                             *after_g, h.astype(d) if cast_h else h, *after_h,
+                             none if h0 is None else h0.astype(d) if cast_0 else h0, *after_h0,
+                             none_r if resets is None else resets, *after_r, grad_x, *after_x, grad_a, *gq,
+                             none_acc if grad_h0 is None else grad_h0, *after_q0, parts, *geometry, *scratch()))
             if total is not None:
-                total(sum_grid, (128,), (parts, grad_a, *gq, *sum_dims))
+                total(sum_grid, (128,), (parts, grad_a, *sum_args))
     return run
 
 

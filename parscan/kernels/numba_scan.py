@@ -209,8 +209,8 @@ def _kernels(acc_name: str, backward: bool, items: int):
         C0, C1, C2, T = shape
         nch = C0 * C1 * C2
         tid = cuda.threadIdx.x
-        if tid == 0:
-            sV[0] = cuda.atomic.add(counter, 0, 1)
+        if tid == 0:  # one tile in time: no look-back, no order, the scratch untouched (see scan.cu)
+            sV[0] = cuda.blockIdx.x if time_tiles == 1 else cuda.atomic.add(counter, 0, 1)
         cuda.syncthreads()
         v = sV[0]
         cgrp = v // time_tiles
@@ -403,7 +403,10 @@ def _kernels(acc_name: str, backward: bool, items: int):
                 s = zero
                 for q in range(lanes):
                     s += sR[tid - (lanes - 1 - q) * step]
-                put(parts, tt * nch + (i * C1 + j) * C2 + k, s)  # tile-major, as the status
+                if time_tiles == 1:  # the only tile: grad_a itself (``finish`` does not run)
+                    ga[at(gao, gas, i, j, k, 0)] = s
+                else:
+                    put(parts, tt * nch + (i * C1 + j) * C2 + k, s)  # tile-major, as the status
 
     @cuda.jit
     def finish(parts, ga, gao, gas, shape, width):
@@ -496,6 +499,16 @@ def _status(launch, real, ncomp, xp):
     return z[:2].view(np.int64), z[2:], vals[:m], vals[m:2 * m], vals[2 * m:]
 
 
+def _scratch(launch, real, ncomp, xp):
+    """``() -> the look-back scratch arguments``: new for every launch when a channel spans several
+    tiles; else untouched by the kernel (tiles take their ids from blockIdx), so one-element stand-ins
+    made once per device serve every launch (see scan.cu)."""
+    if launch.status_entries:
+        return lambda: _status(launch, real, ncomp, xp)
+    fixed = (_dummy(xp, np.int64), _dummy(xp, np.int32), *(_dummy(xp, real),) * 3)
+    return lambda: fixed
+
+
 _ZERO_GEO = (0, (0, 0, 0, 0))
 _DUMMIES: dict = {}
 
@@ -533,6 +546,7 @@ def forward_launcher(problem, launch=None):
     xp = _xp(buf)
     with _Launcher(buf, xp):
         none, none_acc, none_real, none_r = (_dummy(xp, t) for t in (problem.dtype, acc, real, np.bool_))
+        scratch = _scratch(launch, real, ncomp, xp)
     ga, gx, go = _geo(problem.a), _geo(problem.x), _geo(problem.out)
     gr, has_r = _resets(problem)
     g0 = _geo(problem.h0) if problem.h0 is not None else _ZERO_GEO
@@ -546,7 +560,7 @@ def forward_launcher(problem, launch=None):
             go_(scan, launch.blocks, launch.threads, sim(a), *ga, sim(x), *gx, none, *_ZERO_GEO,
                 none if h0 is None else sim(h0), *g0, has_h0, none_r if resets is None else sim(resets), *gr,
                 has_r, sim(out), *go, none, *_ZERO_GEO, none_acc,
-                *_ZERO_GEO, none_real, shape, *sizes, *_status(launch, real, ncomp, xp))
+                *_ZERO_GEO, none_real, shape, *sizes, *scratch())
     return run
 
 
@@ -558,11 +572,12 @@ def backward_launcher(problem, launch=None):
     nchan = C0 * C1 * C2
     summed = problem.grad_a.strides[3] == 0
     width = launch.time_tiles
-    nparts = nchan * width * ncomp if summed else 0
+    nparts = nchan * width * ncomp if summed and width > 1 else 0  # one tile: the kernel writes grad_a
     buf = problem.grad_h.buf
     xp = _xp(buf)
     with _Launcher(buf, xp):
         none, none_acc, none_real, none_r = (_dummy(xp, t) for t in (problem.dtype, acc, real, np.bool_))
+        scratch = _scratch(launch, real, ncomp, xp)
     ga, gg, gh, gx, gq = (_geo(s) for s in (problem.a, problem.grad_h, problem.h, problem.grad_x, problem.grad_a))
     gr, has_r = _resets(problem)
     g0 = _geo(problem.h0) if problem.h0 is not None else _ZERO_GEO
@@ -578,8 +593,7 @@ def backward_launcher(problem, launch=None):
             go_(scan, launch.blocks, launch.threads, sim(a), *ga, sim(grad_h), *gg, sim(h), *gh,
                 none if h0 is None else sim(h0), *g0, has_h0, none_r if resets is None else sim(resets), *gr,
                 has_r, sim(grad_x), *gx, sim(grad_a), *gq,
-                none_acc if grad_h0 is None else sim(grad_h0), *gq0, parts, shape, *sizes,
-                *_status(launch, real, ncomp, xp))
+                none_acc if grad_h0 is None else sim(grad_h0), *gq0, parts, shape, *sizes, *scratch())
             if nparts and nchan:
                 go_(finish, (nchan + 127) // 128, 128, parts, sim(grad_a), *gq, shape, width)
     return run

@@ -12,7 +12,8 @@
 //      evaluates it, so results are bitwise repeatable), then publishes its own inclusive prefix;
 //   4. every thread rescans its steps from its incoming state and writes h, or grad_x / grad_a /
 //      grad_h0 (grad_a, when a is constant in time, as one partial sum per (channel, tile), summed
-//      over the tile's lanes in the block and over tiles by sum_parts, both in a fixed order).
+//      over the tile's lanes in the block and over tiles by sum_parts, both in a fixed order; with one
+//      tile in time, the block's sum is grad_a itself and sum_parts does not run).
 // Resets (r, one byte a step, optional): where r[t] is set a[t] reads as 0 (the carried state is
 // dropped), in the forward and in every formula of the backward (grad_a[t] = 0 there).
 // Tiles take virtual ids from an atomic counter (time tiles fastest), so a tile's predecessors have
@@ -229,7 +230,9 @@ scan_kernel(OPERAND(const SA*, a), OPERAND(const S*, x), OPERAND(const S*, hh), 
     __shared__ i64 sV;
     A la[ITEMS], lx[ITEMS], lh[ITEMS];
     const int tid = threadIdx.x;
-    if (tid == 0) sV = (i64)atomicAdd(counter, 1ULL);
+    // one tile in time: no look-back, so the tiles need no order and the counter (and every status
+    // word) is left untouched (the host passes one-element stand-ins)
+    if (tid == 0) sV = time_tiles == 1 ? (i64)blockIdx.x : (i64)atomicAdd(counter, 1ULL);
     __syncthreads();
     const i64 v = sV;
     const i64 cgrp = v / time_tiles;
@@ -366,7 +369,8 @@ scan_kernel(OPERAND(const SA*, a), OPERAND(const S*, x), OPERAND(const S*, hh), 
         if (live && lane == lanes - 1) {
             A s = zero;
             for (int q = 0; q < lanes; ++q) s = s + sR[tid - (lanes - 1 - q) * step];
-            Ops::put(parts, tt * (C0 * C1 * C2) + (i * C1 + j) * C2 + k, s);  // tile-major, as the status
+            if (time_tiles == 1) store(ga, AT(ga, i, j, k, 0), s);  // the only tile: grad_a itself
+            else Ops::put(parts, tt * (C0 * C1 * C2) + (i * C1 + j) * C2 + k, s);  // tile-major, as the status
         }
     }
 }

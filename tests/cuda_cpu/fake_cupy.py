@@ -128,6 +128,10 @@ class _Runtime:
     def getDeviceCount():  # noqa: N802
         return 1
 
+    @staticmethod
+    def getDevice():  # noqa: N802
+        return 0
+
 
 def empty(shape, dtype=float, order="C"):
     return _alloc(shape, dtype, order, fill=0xFF)  # reads of unwritten memory show as NaN

@@ -22,6 +22,7 @@ to 0-d arrays.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from dataclasses import dataclass
@@ -188,10 +189,10 @@ def check_same_place(x: Operand, *others: Operand | None) -> None:
         if op.device != x.device:
             hint = ("move it with numba.cuda.to_device(...)" if x.simulated else
                     "move it with cupy.asarray(...)" if x.on_gpu else "move it to the host, e.g. with .get()")
-            raise ValueError(f"{op.name} is in {op.where()} but x is in {x.where()}; parscan never copies "
+            raise ValueError(f"{op.name} is in {op.where()} but {x.name} is in {x.where()}; parscan never copies "
                              f"between devices behind your back: {hint}")
         if op.library != x.library:
-            raise ValueError(f"{op.name} is a {op.library} array but x is a {x.library} array; pass arrays "
+            raise ValueError(f"{op.name} is a {op.library} array but {x.name} is a {x.library} array; pass arrays "
                              f"of one library (convert {op.name} zero-copy with {x.library}'s from_dlpack)")
 
 
@@ -218,6 +219,15 @@ def give_back(result, like: Operand):
     module = sys.modules.get(lib)
     convert = getattr(module, "from_dlpack", None)
     return convert(result) if convert is not None else result
+
+
+def on_device_of(op: Operand):
+    """A context in which CuPy's current device is ``op``'s (for CUDA operands; else it does nothing):
+    a call's results, temporaries and launches then live on the data's device, whatever device is
+    current in the caller's thread."""
+    if op.on_gpu and not op.simulated:
+        return _cupy().cuda.Device(op.device)
+    return contextlib.nullcontext()
 
 
 def array_module(op: Operand):

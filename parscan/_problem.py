@@ -490,6 +490,7 @@ def plan_backward(xp, a: Operand, h: Operand, grad_h: Operand, h0: Operand | Non
             return None
         p = BackwardPlan()
         p.xp, p.impl, p.shape, p.dtype, p.acc, p.srcs = xp, impl, problem.shape, dtype, acc, srcs
+        p.dev = h.device if xp is not np else None
         p.geo = tuple(None if s is None else (s.off, s.strides) for s in (
             problem.a, problem.h, problem.grad_h, problem.h0, problem.grad_x, problem.grad_a, problem.grad_h0,
             problem.resets))
@@ -618,10 +619,13 @@ class ForwardPlan:
     """A planned forward call, replayed for the arguments of a later call of the same signature."""
 
     __slots__ = ("xp", "impl", "shape", "dtype", "acc", "srcs", "geo", "out_recipe", "out_src", "in_place",
-                 "check_overlap", "launch")
+                 "check_overlap", "launch", "dev")
 
     def run(self, a, x, h0, out, resets=None):
         xp, srcs = self.xp, self.srcs
+        if self.dev is not None and xp.cuda.runtime.getDevice() != self.dev:
+            with xp.cuda.Device(self.dev):  # results and scratch on the data's device
+                return self.run(a, x, h0, out, resets)
         if out is None:
             target, obuf = _new(xp, self.out_recipe, self.dtype)
         else:
@@ -663,6 +667,7 @@ def capture_forward(xp, impl, a, x, h0, out, problem, views, target, canon, rese
     p.geo = tuple((s.off, s.strides) if s is not None else None
                   for s in (problem.a, problem.x, problem.h0, problem.out, problem.resets))
     p.out_recipe, p.out_src, p.in_place, p.check_overlap = None, None, False, False
+    p.dev = x.device if xp is not np else None
     launcher = getattr(impl, "forward_launcher", None)
     p.launch = None if launcher is None else launcher(problem)
     if user_out is None:
@@ -682,12 +687,15 @@ class BackwardPlan:
     """A planned backward call, replayed for the arguments of a later call of the same signature."""
 
     __slots__ = ("xp", "impl", "shape", "dtype", "acc", "srcs", "geo", "allocs", "ga_dtype", "out_srcs",
-                 "reduce_a", "reduce_h0", "launch")
+                 "reduce_a", "reduce_h0", "launch", "dev")
 
     def run(self, a, h, grad_h, h0, resets=None, out=None):
         """``out``: ``linear_scan_backward``'s ``out=`` tuple (the signature's: the same arrays given or
         None), or None."""
         xp, srcs = self.xp, self.srcs
+        if self.dev is not None and xp.cuda.runtime.getDevice() != self.dev:
+            with xp.cuda.Device(self.dev):
+                return self.run(a, h, grad_h, h0, resets, out)
         if out is not None:
             check_grad_outs_apart(out, (h, grad_h, a, h0, resets))
         ins = (_fetch(srcs[0], xp, a), _fetch(srcs[1], xp, h), _fetch(srcs[2], xp, grad_h),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from . import _backends, _plans
-from ._arrays import array_module, as_flags, as_operand, check_same_place, give_back
+from ._arrays import array_module, as_flags, as_operand, check_same_place, give_back, on_device_of
 from ._problem import plan_backward, plan_forward
 
 
@@ -74,14 +74,15 @@ def linear_scan(a, x, h0=None, *, axis=-1, reverse=False, out=None, backend=None
     check_same_place(xo, ao, ho, oo, ro)
     impl = _backends.select(backend, xo.on_gpu)
     _check_resets(impl, ro)
-    problem, _, finish, replay = plan_forward(array_module(xo), ao, xo, ho, oo, axis, reverse, ro)
-    if problem is not None:
-        impl.forward(problem)
-    result = finish()
-    if key is not None and xo.library in ("numpy", "cupy"):
-        plan = replay(impl)
-        if plan is not None:
-            _plans.FORWARD.put(key, plan)
+    with on_device_of(xo):  # results and scratch on x's device
+        problem, _, finish, replay = plan_forward(array_module(xo), ao, xo, ho, oo, axis, reverse, ro)
+        if problem is not None:
+            impl.forward(problem)
+        result = finish()
+        if key is not None and xo.library in ("numpy", "cupy"):
+            plan = replay(impl)
+            if plan is not None:
+                _plans.FORWARD.put(key, plan)
     return out if out is not None else give_back(result, xo)
 
 
@@ -140,13 +141,14 @@ def linear_scan_backward(a, h, grad_h, h0=None, *, axis=-1, reverse=False, backe
     check_same_place(ho, ao, go, h0o, ro, *outs)
     impl = _backends.select(backend, ho.on_gpu)
     _check_resets(impl, ro)
-    problem, finish, replay = plan_backward(array_module(ho), ao, ho, go, h0o, axis, reverse, ro, outs)
-    if problem is not None:
-        impl.backward(problem)
-    grad_a, grad_x, grad_h0 = finish()
-    if key is not None and ho.library in ("numpy", "cupy"):
-        plan = replay(impl)
-        if plan is not None:
-            _plans.BACKWARD.put(key, plan)
+    with on_device_of(ho):
+        problem, finish, replay = plan_backward(array_module(ho), ao, ho, go, h0o, axis, reverse, ro, outs)
+        if problem is not None:
+            impl.backward(problem)
+        grad_a, grad_x, grad_h0 = finish()
+        if key is not None and ho.library in ("numpy", "cupy"):
+            plan = replay(impl)
+            if plan is not None:
+                _plans.BACKWARD.put(key, plan)
     back = (lambda v: None if v is None else give_back(v, ho))
     return tuple(o if o is not None else back(v) for o, v in zip(out or (None,) * 3, (grad_a, grad_x, grad_h0)))

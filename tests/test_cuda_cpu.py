@@ -8,6 +8,8 @@ or 4 for complex128).  The shuffled schedule (block start order permuted, 8 bloc
 interleaved at random) runs the look-back's wait and its walk over aggregates; ``polls`` proves it.
 """
 
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -490,3 +492,37 @@ def test_the_resets_tests_can_fail(cp, monkeypatch, bad):
     finally:
         cupy_scan._module.cache_clear()
         _plans.clear()
+
+
+@pytest.mark.parametrize("backend", ["cupy", "numba"])
+def test_data_on_another_device_than_the_current_one(cp, monkeypatch, backend):
+    """Data on device 1 while device 0 is current: results, scratch, a scalar decay's device copy and
+    the launches all on device 1 (the stand-in fails a launch that reads memory of another device),
+    planned and replayed; the caller's current device is left as it was."""
+    from cuda_cpu import fake_cupy
+
+    monkeypatch.setattr(fake_cupy, "DEVICES", 2)
+    if backend == "numba":
+        pytest.importorskip("numba.cuda")
+        from cuda_cpu import overhead
+        ctx = overhead._no_op_launches(cp)  # no Numba CUDA context here: placement only
+    else:
+        ctx = contextlib.nullcontext()
+    rng = np.random.default_rng(5)
+    xh, gh = rng.standard_normal((3, 5000)).astype(np.float32), rng.standard_normal((3, 5000)).astype(np.float32)
+    ah = rng.uniform(0.5, 1, (3, 1)).astype(np.float32)
+    with cp.cuda.Device(1):
+        x, g, a1 = cp.asarray(xh), cp.asarray(gh), cp.asarray(ah)
+    with ctx:
+        for a, a_host in ((0.9, 0.9), (a1, ah)):
+            for _ in range(2):  # planned, then replayed
+                assert cp.cuda.runtime.getDevice() == 0
+                h = parscan.linear_scan(a, x, backend=backend)
+                ga, gx, _ = parscan.linear_scan_backward(a, h, g, backend=backend)
+                assert cp.cuda.runtime.getDevice() == 0
+                assert h.device.id == gx.device.id == 1 and (np.ndim(ga) == 0 or ga.device.id == 1)
+                if backend == "cupy":
+                    assert_close(np.asarray(h), reference.linear_scan(a_host, xh), "float32")
+                    want = reference.linear_scan_backward(a_host, np.asarray(h), gh)
+                    assert_close(np.asarray(gx), want[1], "float32")
+                    assert_close(np.asarray(ga), want[0], "float32")

@@ -20,17 +20,22 @@ from . import build
 
 
 class ndarray(np.ndarray):  # noqa: N801 - CuPy's name
-    """A "device" array: NumPy memory standing in for memory on CUDA device 0."""
+    """A "device" array: NumPy memory standing in for memory on a CUDA device (0, or 1 when
+    ``DEVICES`` is 2), the device current when it was made, as CuPy places new arrays."""
 
     extent = None  # (lo, hi) bytes of the allocation this array lives in, inherited by views
+    dev_id = 0
 
     def __array_finalize__(self, obj):
-        # a view shares its source's allocation; a new array (astype, a ufunc's result) owns its own
+        # a view shares its source's allocation (and device); a new array (astype, a ufunc's result)
+        # owns its own, on the current device
+        view = self.base is not None and isinstance(obj, ndarray)
         self.extent = getattr(obj, "extent", None) if self.base is not None else None
+        self.dev_id = obj.dev_id if view else _current()
 
     @property
     def device(self):
-        return _DEVICE0
+        return Device(self.dev_id)
 
     def get(self):
         """A host copy (as ``cupy.ndarray.get``)."""
@@ -100,23 +105,39 @@ class _Namespace(types.ModuleType):
         return v
 
 
+DEVICES = 1  # "devices" the stand-in has; a test may set 2 to check placement on a second one
+
+
+def _current() -> int:
+    return getattr(_state, "device", 0)
+
+
 class Device:
-    def __init__(self, id=0):  # noqa: A002 - CuPy's name
-        if id != 0:
-            raise ValueError(f"the CPU harness has one device, 0; got device {id}")
+    """``cupy.cuda.Device``: as a context, the current device of the thread (a stack, as CuPy's)."""
+
+    def __init__(self, id=None):  # noqa: A002 - CuPy's name
+        id = _current() if id is None else int(id)  # noqa: A001
+        if not 0 <= id < DEVICES:
+            raise ValueError(f"the CPU harness has {DEVICES} device(s); got device {id}")
         self.id = id
 
     def __enter__(self):
+        _state.stack = getattr(_state, "stack", []) + [_current()]
+        _state.device = self.id
         return self
 
     def __exit__(self, *exc):
+        _state.device = _state.stack.pop()
         return False
+
+    def __eq__(self, other):
+        return isinstance(other, Device) and other.id == self.id
+
+    def __hash__(self):
+        return hash(self.id)
 
     def synchronize(self):
         """Nothing runs asynchronously here: launches return when their kernel has run."""
-
-
-_DEVICE0 = Device(0)
 
 
 class _Stream:
@@ -126,11 +147,11 @@ class _Stream:
 class _Runtime:
     @staticmethod
     def getDeviceCount():  # noqa: N802
-        return 1
+        return DEVICES
 
     @staticmethod
     def getDevice():  # noqa: N802
-        return 0
+        return _current()
 
 
 def empty(shape, dtype=float, order="C"):
@@ -274,6 +295,9 @@ class RawKernel:
                 if _code(v.dtype) != code[1:]:
                     raise TypeError(f"{where} points to {code[1:]} elements ({_describe(code)}) but the array "
                                     f"holds {v.dtype}")
+                if v.dev_id != _current():
+                    raise RuntimeError(f"{where} lives on device {v.dev_id} but the kernel is launched on "
+                                       f"device {_current()}: an illegal address on a device without peer access")
                 buf = ctypes.c_void_p(v.__array_interface__["data"][0])
                 lo, hi = v.extent or _extent(_owner(v))
                 regions.append((lo, hi, i))

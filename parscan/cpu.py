@@ -674,6 +674,20 @@ def _bwd_narrow(a, ab, sak, sat, h, hb, shk, sht, gh, gb, sgk, sgt, gx, xb, sxk,
 # ------------------------------------------------------------------------------------------ tasks
 
 @njit
+def _mark_resets(r, rb, rs, rk, n, t0, t1, Z, b, col):
+    """Z[b + k, col] = whether channel k (< n) of a block, flags at ``rb + k * rk``, has a reset in
+    steps t0..t1-1: a folded chunk holding one passes no incoming state on (its A, 0 or whatever the
+    steps after the reset made of it, must not multiply that state: 0 * inf is NaN)."""
+    if rk == 0:
+        v = _next_reset(r, rb, rs, t0, t1) < t1
+        for k in range(n):
+            Z[b + k, col] = v
+    else:
+        for k in range(n):
+            Z[b + k, col] = _next_reset(r, rb + k * rk, rs, t0, t1) < t1
+
+
+@njit
 def _take(M, base, n, col):
     """Rows base..base+n-1 of column ``col`` of a per-(channel, chunk) table, as a local array."""
     v = np.empty(n, M.dtype)
@@ -730,15 +744,18 @@ def _fwd_channels_time(a, ao, as_, x, xo, xs, o, oo, os_, r, ro, rs_, C1, C2, T,
 
 
 @njit(fastmath=_FM)
-def _fwd_task(a, ao, as_, x, xo, xs, o, oo, os_, r, ro, rs_, C1, C2, nb, bs, blk, t0, t1, hin, col, scan, A, H):
+def _fwd_task(a, ao, as_, x, xo, xs, o, oo, os_, r, ro, rs_, C1, C2, nb, bs, blk, t0, t1, hin, col, scan, A, H,
+              Z):
     """One task: block ``blk`` over steps t0..t1-1; scans from hin[:, col] into H[:, col] when ``scan``,
-    else folds into (A, H)[:, col]."""
+    else folds into (A, H)[:, col] and marks Z[:, col] where the chunk holds a reset."""
     i, j, k0, k1 = _block(blk, C1, C2, nb, bs)
     ab, sa = _base(ao, as_, i, j, k0)
     xb, sx = _base(xo, xs, i, j, k0)
     ob, so = _base(oo, os_, i, j, k0)
     rb, rs = _base(ro, rs_, i, j, k0)
     b = (i * C1 + j) * C2 + k0
+    if not scan:
+        _mark_resets(r, rb, rs, rs_[2], k1 - k0, t0, t1, Z, b, col)
     if bs == 1:
         if scan:
             H[b, col] = _fwd_scan_run(a, ab, sa, x, xb, sx, o, ob, so, r, rb, rs, t0, t1, hin[b, col])
@@ -781,6 +798,7 @@ def _forward(a, ao, as_, x, xo, xs, h0, ho, hs, has_h0, o, oo, os_, r, ro, rs_, 
         return
     A = np.full((nchan, nch), one)      # chunk transfer pairs; H[:, 0] is chunk 0's final state
     H = np.full((nchan, nch), zero)
+    Z = np.zeros((nchan, nch), np.uint8)  # the folded chunks that hold a reset
     first = 0
     if nch > 1:
         # phase 1: chunk 0 is scanned (its incoming state is known), chunks 1..nch-2 are folded
@@ -788,19 +806,19 @@ def _forward(a, ao, as_, x, xo, xs, h0, ho, hs, has_h0, o, oo, os_, r, ro, rs_, 
             blk = task // (nch - 1)
             ck = task - blk * (nch - 1)
             _fwd_task(a, ao, as_, x, xo, xs, o, oo, os_, r, ro, rs_, C1, C2, nb, bs, blk, ck * L,
-                      min(T, ck * L + L), hin, ck, ck == 0, A, H)
+                      min(T, ck * L + L), hin, ck, ck == 0, A, H, Z)
         # phase 2: chain the pairs into each chunk's incoming state
         for c in prange(nchan):
             hin[c, 1] = H[c, 0]
             for ck in range(1, nch - 1):
-                hin[c, ck + 1] = A[c, ck] * hin[c, ck] + H[c, ck]
+                hin[c, ck + 1] = H[c, ck] if Z[c, ck] else A[c, ck] * hin[c, ck] + H[c, ck]
         first = 1
     # phase 3 (the only phase when nch == 1): scan the remaining chunks from their incoming states
     for task in prange(nblk * (nch - first)):
         blk = task // (nch - first)
         ck = first + task - blk * (nch - first)
         _fwd_task(a, ao, as_, x, xo, xs, o, oo, os_, r, ro, rs_, C1, C2, nb, bs, blk, ck * L,
-                  min(T, ck * L + L), hin, ck, True, A, H)
+                  min(T, ck * L + L), hin, ck, True, A, H, Z)
 
 
 @njit(fastmath=_FM)
@@ -832,10 +850,10 @@ def _bwd_channels_time(a, ao, as_, h, hO, hS, gh, go, gs, h0, h0o, h0s, has_h0, 
 
 @njit(fastmath=_FM)
 def _bwd_task(a, ao, as_, h, hO, hS, gh, go, gs, h0, h0o, h0s, has_h0, gx, xo, xs, ga, ao2, as2, r, ro, rs_,
-              C1, C2, nb, bs, blk, t0, t1, cin, col, scan, A, H, parts, zero):
+              C1, C2, nb, bs, blk, t0, t1, cin, col, scan, A, H, parts, zero, Z):
     """One backward task: block ``blk`` over steps t1-1 .. t0.  ``scan``: from cin[:, col], writing
     grad_x / grad_a, the outgoing cg into H[:, col] and the grad_a sums into parts[:, col]; else a fold
-    into (A, H)[:, col]."""
+    into (A, H)[:, col], marking Z[:, col] where the chunk holds a reset (nothing crosses it)."""
     i, j, k0, k1 = _block(blk, C1, C2, nb, bs)
     ab, sa = _base(ao, as_, i, j, k0)
     gb, sg = _base(go, gs, i, j, k0)
@@ -843,6 +861,7 @@ def _bwd_task(a, ao, as_, h, hO, hS, gh, go, gs, h0, h0o, h0s, has_h0, gx, xo, x
     b = (i * C1 + j) * C2 + k0
     n = k1 - k0
     if not scan:
+        _mark_resets(r, rb, rs, rs_[2], n, t0, t1, Z, b, col)
         # a fold runs beside the scan of the last chunk, and is the lighter of the two (two operands read
         # against three read and two written): it first-touches the pages of the fresh gradient arrays
         # that phase 3 will write (its own chunk, and chunk 0 for the first fold), so that the kernel's
@@ -909,6 +928,7 @@ def _backward(a, ao, as_, h, hO, hS, gh, go, gs, h0, h0o, h0s, has_h0,
     A = np.full((nchan, nch), one)       # chunk transfer pairs; H[:, k] is chunk k's outgoing cg once scanned
     H = np.full((nchan, nch), zero)
     parts = np.full((nchan, nch), zero)  # per-chunk sums of grad_a when a is constant in time
+    Z = np.zeros((nchan, nch), np.uint8)  # the folded chunks that hold a reset
     summed = as2[3] == 0
     if nch > 1:
         # phase 1: the last chunk is scanned (nothing flows into it), chunks 1..nch-2 are folded
@@ -916,19 +936,19 @@ def _backward(a, ao, as_, h, hO, hS, gh, go, gs, h0, h0o, h0s, has_h0,
             blk = task // (nch - 1)
             ck = 1 + task - blk * (nch - 1)
             _bwd_task(a, ao, as_, h, hO, hS, gh, go, gs, h0, h0o, h0s, has_h0, gx, xo, xs, ga, ao2, as2, r, ro, rs_,
-                      C1, C2, nb, bs, blk, ck * L, min(T, ck * L + L), cin, ck, ck == last, A, H, parts, zero)
+                      C1, C2, nb, bs, blk, ck * L, min(T, ck * L + L), cin, ck, ck == last, A, H, parts, zero, Z)
         # phase 2: chain the pairs right to left into each chunk's incoming cg
         for c in prange(nchan):
             cin[c, last - 1] = H[c, last]
             for ck in range(last - 1, 0, -1):
-                cin[c, ck - 1] = A[c, ck] * cin[c, ck] + H[c, ck]
+                cin[c, ck - 1] = H[c, ck] if Z[c, ck] else A[c, ck] * cin[c, ck] + H[c, ck]
     # phase 3 (the only one when nch == 1): the remaining chunks from their incoming cg
     rest = nch - 1 if nch > 1 else 1
     for task in prange(nblk * rest):
         blk = task // rest
         ck = task - blk * rest
         _bwd_task(a, ao, as_, h, hO, hS, gh, go, gs, h0, h0o, h0s, has_h0, gx, xo, xs, ga, ao2, as2, r, ro, rs_,
-                  C1, C2, nb, bs, blk, ck * L, min(T, ck * L + L), cin, ck, True, A, H, parts, zero)
+                  C1, C2, nb, bs, blk, ck * L, min(T, ck * L + L), cin, ck, True, A, H, parts, zero, Z)
     for c in prange(nchan):
         i = c // (C1 * C2)
         j = (c // C2) % C1

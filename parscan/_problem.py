@@ -15,12 +15,15 @@ How x's dimensions map onto that space is decided here, once, in plain Python:
   the dimensions it is broadcast over and is never materialised;
 - at most three channel groups remain for every layout of arrays up to 4-D.  Only when more remain
   (5-D and more, with a pattern of strides that will not merge) are the inputs copied once into
-  x's canonical order (and the result copied into ``out``): the single copy a layout may cost;
+  x's canonical order (and the result copied into ``out``): the single copy a layout may cost.
+  ``resets`` never cause that copy: the layout is planned without them, and where their broadcast
+  would break it they alone are copied, over the fewest dimensions that make them merge;
 - results and temporaries are allocated contiguous in canonical order, so they never stop a merge.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -202,14 +205,59 @@ def _broadcast(xp, op: Operand, shape, dtype, name, fix):
                          f"{fix}") from None
 
 
-def _canonical(xp, shape, axis, reverse, views):
-    """A Canon for ``views``; copies the inputs once when their layout cannot be merged (see module doc)."""
+def _canonical(xp, shape, axis, reverse, views, flags=None):
+    """A Canon for ``views``; copies the inputs once when their layout cannot be merged (see module doc).
+
+    ``flags``: the index in ``views`` of the resets, which never cost a copy of the others: the layout
+    is planned without them, and where their broadcast breaks a merge of the others' dimensions they
+    alone are copied, materialised over just the dimensions of the groups they break (one byte an
+    element of those)."""
     views = [v if _well_aligned(v) else xp.ascontiguousarray(v) for v in views]
     canon = Canon(xp, shape, axis, reverse, views)
-    if not canon.fits:
-        views = [canon.copy_in(v) for v in views]
-        canon = Canon(xp, shape, axis, reverse, views)
-    return canon, views
+    if canon.fits:
+        return canon, views
+    rest = [v for i, v in enumerate(views) if i != flags]
+    plain = Canon(xp, shape, axis, reverse, rest)
+    if not plain.fits:
+        rest = [plain.copy_in(v) for v in rest]
+        plain = Canon(xp, shape, axis, reverse, rest)
+    if flags is not None:
+        rest.insert(flags, _compact_flags(xp, views[flags], plain))
+        canon = Canon(xp, shape, axis, reverse, rest)
+        if not canon.fits:  # (not expected) the flags in canonical order at x's size
+            rest[flags] = plain.copy_in(views[flags])
+    return Canon(xp, shape, axis, reverse, rest), rest
+
+
+def _compact_flags(xp, r, canon: Canon):
+    """The resets ``r`` (a view broadcast to ``canon.shape``) in a form that merges with the operands
+    ``canon`` was planned for into at most three channel groups: ``r`` itself where its strides allow
+    (x's groups split where r breaks them), else the smallest copy that does: r materialised over the
+    fewest (by size) of the dimensions it is broadcast along, laid out in the operands' memory order,
+    at its own size (1: stride 0) everywhere else."""
+    shape = canon.shape
+
+    def groups(strides):  # canon's groups split wherever these strides break a merge
+        return sum(1 + sum(strides[p] != shape[d] * strides[d] for p, d in zip(g, g[1:])) for g in canon.groups)
+
+    if groups(r.strides) <= MAX_CHANNEL_GROUPS:
+        return r
+    base = [shape[d] if r.strides[d] else 1 for d in range(len(shape))]
+    free = [d for g in canon.groups for d in g if base[d] == 1]  # broadcast dims inside a group
+    best = None
+    for k in range(len(free) + 1):
+        for extra in itertools.combinations(free, k):
+            sizes = [shape[d] if d in extra else n for d, n in enumerate(base)]
+            strides, step = [0] * len(shape), 1
+            for d in reversed(canon.order):  # C order over the operands' memory order
+                strides[d] = step if sizes[d] > 1 else 0
+                step *= sizes[d]
+            if groups(strides) <= MAX_CHANNEL_GROUPS and (best is None or step < best[0]):
+                best = (step, sizes)
+    sizes = best[1]  # materialising every broadcast dim of the groups always merges as the operands do
+    new = xp.empty([sizes[d] for d in canon.order], dtype=r.dtype).transpose(np.argsort(canon.order))
+    new[...] = r[tuple(slice(0, n) for n in sizes)]
+    return xp.broadcast_to(new, shape)
 
 
 def _h0_view(xp, op, x_shape, axis, dtype):
@@ -290,7 +338,7 @@ def plan_forward(xp, a: Operand, x: Operand, h0: Operand | None, out: Operand | 
     inputs = [xa, av] + ([h0v] if h0v is not None else []) + ([rv] if rv is not None else [])
     user_out = None if out is None else out.array
     merge = inputs + ([user_out] if user_out is not None else [])
-    canon, merged = _canonical(xp, shape, axis, reverse, merge)
+    canon, merged = _canonical(xp, shape, axis, reverse, merge, None if rv is None else len(inputs) - 1)
     copied_out = user_out is not None and merged[-1] is not user_out
     target = canon.alloc(dtype) if user_out is None or copied_out else user_out
     if copied_out and any(same_view(user_out, v) for v in inputs):
@@ -445,7 +493,7 @@ def plan_backward(xp, a: Operand, h: Operand, grad_h: Operand, h0: Operand | Non
     # outs computed in place take part in the merge of dimensions, like the forward's out
     ga_user = user[0] if direct and not time_const and user[0] is not None and user[0].ndim == len(shape) else None
     targets = [v for v in (user[1], ga_user) if v is not None]
-    canon, merged = _canonical(xp, shape, axis, reverse, inputs + targets)
+    canon, merged = _canonical(xp, shape, axis, reverse, inputs + targets, None if rv is None else len(inputs) - 1)
     views = merged[:len(inputs)]
     kept = [m is t for m, t in zip(merged[len(inputs):], targets)]  # False: the layout was copied
     grad_x = user[1] if user[1] is not None and kept[0] else canon.alloc(dtype)

@@ -135,6 +135,30 @@ def test_matrix_n1_passes_resets_to_the_elementwise_scan(monkeypatch, reverse):
     assert len(calls) == 2 and all(k["resets"] is not None and k["axis"] == -2 for k in calls)
 
 
+@pytest.mark.parametrize("rshape,lead,view", [
+    ((4,), (2, 3), True), ((2, 3, 4), (2, 3), True), ((2, 1, 4), (2, 3), True), ((1, 3, 4), (2, 3), True),
+    ((2, 1, 1, 4), (2, 2, 3), True),    # broadcast over the last two leading dims: they merge (stride 0)
+    ((2, 1, 3, 4), (2, 2, 3), False),   # three groups of strides: one byte per row and step copied
+])
+def test_matrix_host_resets_are_views(monkeypatch, rshape, lead, view):
+    """The host backends read the resets through a (Bo, Bi, T) view of the caller's array (zero strides
+    where broadcast over leading dims, never a copy per batch row), unless the leading dims fall into
+    more than two groups of mergeable strides (then one byte per row and step is copied); every case
+    against the loop, on both host backends."""
+    from parscan import matrix
+
+    rng = np.random.default_rng(9)
+    x, A = rng.standard_normal(lead + (4, 2)), 0.5 * rng.standard_normal(lead + (4, 2, 2))
+    r = rng.random(rshape) < 0.4
+    seen = []
+    real = matrix._forward_cpu_serial
+    monkeypatch.setattr(matrix, "_forward_cpu_serial", lambda *a: seen.append(a[-1]) or real(*a))
+    want = _mloop(A, x, None, False, r)
+    assert_close(parscan.matrix_linear_scan(A, x, resets=r, backend="cpu"), want, "float64")
+    assert_close(parscan.matrix_linear_scan(A, x, resets=r, backend="reference"), want, "float64")
+    assert seen and seen[0].ndim == 3 and np.shares_memory(seen[0], r) == view
+
+
 MATRIX_RESET_ERRORS = [  # (call, error, message): the same on every backend, before the host / CUDA branch
     (lambda be: parscan.matrix_linear_scan(np.zeros((4, 2, 2)), np.zeros((4, 2)), resets=np.zeros(5, bool),
                                            backend=be),

@@ -3,7 +3,9 @@ line for line the ``matrix_pass`` of ``scan.cu``.
 
 Columns of n entries step in lockstep, a block holding ``threads // n`` of them side by side in
 shared memory (entry i of column q at ``tile[i * cpb + q]``, so a warp reads neighbouring words); a
-thread owns one entry and computes ``v_i <- sum_k M_t[i, k] v_k (+ x_t[i])`` each step.
+thread owns one entry and computes ``v_i <- sum_k M_t[i, k] v_k (+ x_t[i])`` each step.  With resets the
+flag of the coefficient's step (one byte, broadcast by zero strides) drops the sum (``v_i <- x_t[i]``), and
+the aggregate pass writes each chunk's "dropped its incoming state" flag for the carry scan.
 """
 
 from __future__ import annotations

@@ -591,7 +591,7 @@ def test_each_multiplication_by_zero_is_caught(cp, monkeypatch, k):
 
 MATRIX_RESETS = [  # (x shape, A shape, h0 shape, resets shape)
     ((2, 600, 3), (2, 600, 3, 3), (2, 3), (600,)),              # shared by the batch: a zero batch stride
-    ((3, 400, 2), (1, 1, 2, 2), None, (3, 400)),                # A constant in time and batch; per batch row
+    ((3, 400, 2), (1, 1, 2, 2), (3, 2), (3, 400)),              # A constant in time and batch; per batch row
     ((2, 3, 300, 2), (2, 3, 300, 2, 2), (2, 3, 2), (2, 1, 300)),  # (B1, 1, T): broadcast over B2, still a view
     ((2, 50, 5), (2, 50, 5, 5), (5,), (2, 50)),                 # one chunk level
 ]

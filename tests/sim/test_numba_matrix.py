@@ -171,7 +171,7 @@ def test_device_arrays_in_and_out_auto_numba_and_host_arrays_refused(n):
 
 RESET_CASES = [  # (x shape, A shape, h0 shape or None, resets shape, reverse, dtype)
     ((2, 24, 3), (2, 24, 3, 3), (2, 3), (24,), False, "float32"),
-    ((2, 24, 3), (1, 1, 3, 3), None, (2, 24), True, "complex128"),       # A constant; per batch row
+    ((2, 24, 3), (1, 1, 3, 3), (2, 3), (2, 24), True, "complex128"),     # A constant; per batch row
     ((2, 2, 11, 2), (2, 2, 11, 2, 2), (2, 2, 2), (2, 1, 11), True, "float32"),  # (B1, 1, T) over (B1, B2)
     ((2, 24, 3), (2, 24, 3, 3), (2, 3), (24,), True, "float64"),
     ((2, 2, 11, 2), (1, 11, 2, 2), None, (2, 1, 11), False, "complex64"),

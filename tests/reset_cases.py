@@ -28,7 +28,8 @@ def _steps(T, fractions, mirror):
 def poisoned(rng, shape, axis, dtype, a_kind="full", mirror=False):
     """``(a, x, h0, resets, grad_h)`` for the elementwise scan along ``axis``: resets at
     :func:`reset_steps` (shape (T,) broadcast along ``axis``), x poisoned (inf, NaN, -inf) in every
-    channel between them, h0 NaN (dropped by the reset at t = 0, or at T - 1 in reverse), grad_h
+    channel between them, a full ``a`` NaN or inf at the reset steps (it reads as 0 there: never read
+    as a number), h0 NaN (dropped by the reset at t = 0, or at T - 1 in reverse), grad_h
     poisoned at two steps (so g is non-finite down to the previous reset, grad_h0 included, which the
     reset at t = 0 must zero).  ``mirror``: every step t of the pattern at T - 1 - t instead (what
     either direction meets first, the other meets last)."""
@@ -50,6 +51,9 @@ def poisoned(rng, shape, axis, dtype, a_kind="full", mirror=False):
     r[reset_steps(T)] = True
     if mirror:
         r = r[::-1].copy()
+    if a_kind == "full":
+        for k, t in enumerate(np.flatnonzero(r)):
+            a[idx(t)] = POISON[k % 2]
     rshape = [1] * (len(shape) - axis)
     rshape[0] = T
     return a, x, h0, r.reshape(rshape), gh
@@ -57,8 +61,8 @@ def poisoned(rng, shape, axis, dtype, a_kind="full", mirror=False):
 
 def poisoned_matrix(rng, xs, As, dtype, rshape=None):
     """``(A, x, h0, resets, grad_h)`` for the matrix scan (x (..., T, n), A ``As``): as :func:`poisoned`,
-    the poison in one state component (A spreads it), resets of shape ``rshape`` (default (T,)) set at
-    :func:`reset_steps` in every batch row."""
+    the poison in one state component (A spreads it), A NaN at the reset steps when it has a time axis,
+    resets of shape ``rshape`` (default (T,)) set at :func:`reset_steps` in every batch row."""
     T, n = xs[-2], xs[-1]
     x, gh = rand(rng, xs, dtype), rand(rng, xs, dtype)
     wide = "complex128" if np.dtype(dtype).kind == "c" else "float64"
@@ -71,6 +75,8 @@ def poisoned_matrix(rng, xs, As, dtype, rshape=None):
     rshape = (T,) if rshape is None else tuple(rshape)
     r = np.zeros(rshape, bool)
     r[..., reset_steps(T)] = True
+    if As[-3] == T:
+        A[..., reset_steps(T), :, :] = np.nan
     return A, x, h0, r, gh
 
 

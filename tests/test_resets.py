@@ -115,21 +115,23 @@ def cpu_time_chunks(monkeypatch):
 @pytest.mark.parametrize("dtype", ["float64", "complex64"])
 @pytest.mark.parametrize("reverse", [False, True])
 def test_nonfinite_values_do_not_cross_a_reset(backend, shape, axis, dtype, reverse, cpu_time_chunks):
-    """inf / NaN in x before a reset, a NaN h0 with a reset at the first step, inf / NaN in grad_h: the
-    reset drops them (h = x, not 0 * inf + x = NaN), forward and backward, against each segment scanned
-    on its own (long enough for the cpu backend's time chunks, both loop orders)."""
+    """inf / NaN in x before a reset, a NaN h0 with a reset at the first step, inf / NaN in grad_h, a NaN
+    or inf a at the reset steps: the reset drops them (h = x, not 0 * inf + x = NaN), forward and
+    backward, against each segment scanned on its own (long enough for the cpu backend's time chunks,
+    both loop orders)."""
     rng = np.random.default_rng(len(shape) + 3 * reverse)
     for a_kind, mirror in (("full", False), ("channel", False), ("full", True)):
         a, x, h0, r, gh = poisoned(rng, shape, axis, dtype, a_kind, mirror)
         last = lambda v: np.moveaxis(np.broadcast_to(v, x.shape), axis, -1)  # noqa: E731
         starts = _starts(r.reshape(-1), reverse)
+        a_eff = np.where(r, 0, a)  # what a reads as (the segments' own scans see it)
         with np.errstate(invalid="ignore", over="ignore"):
-            want = np.moveaxis(_per_segment(last(a), last(x), h0, starts, reverse), -1, axis)
+            want = np.moveaxis(_per_segment(last(a_eff), last(x), h0, starts, reverse), -1, axis)
             h = parscan.linear_scan(a, x, h0, axis=axis, reverse=reverse, resets=r, backend=backend)
             assert_some_of_both(want)
             assert_same_nonfinite(h, want, dtype)
             hs = want.astype(dtype)
-            wa, wx, wh0 = _per_segment_backward(last(a), last(hs), last(gh), h0, starts, reverse, r.reshape(-1))
+            wa, wx, wh0 = _per_segment_backward(last(a_eff), last(hs), last(gh), h0, starts, reverse, r.reshape(-1))
             wa, wx = np.moveaxis(wa, -1, axis), np.moveaxis(wx, -1, axis)
             if a_kind != "full":
                 wa = wa.sum(axis=axis, keepdims=True)

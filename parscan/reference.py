@@ -17,7 +17,9 @@ and PyTorch's convention for complex numbers (gradients are conjugate Wirtinger 
 
 With ``resets`` (booleans broadcastable to x), the carried state is dropped where ``resets[t]`` is true:
 ``h[t] = x[t]``, i.e. ``a[t]`` reads as 0, in the forward and in every formula of the backward (no
-gradient crosses a reset, ``grad_a[t] = 0`` there, and ``grad_h0 = 0`` when ``resets[0]``).
+gradient crosses a reset, ``grad_a[t] = 0`` there, and ``grad_h0 = 0`` when ``resets[0]``).  Dropped
+means selected, not multiplied by 0: an inf or NaN state (or h0, or gradient) before a reset does not
+reach past it.
 
 ``grad_a`` and ``grad_h0`` are summed over the dimensions along which ``a`` and ``h0`` were broadcast;
 for a real ``a`` (or ``h0``) with complex data they are the real part, the gradient of a real parameter.
@@ -39,23 +41,21 @@ def _wide(*arrays):
     return np.complex128 if any(np.iscomplexobj(v) for v in arrays if v is not None) else np.float64
 
 
-def _reset(a, resets):
-    """``a`` with the steps where ``resets`` is true read as 0 (the reference may materialise it)."""
-    return a if resets is None else np.where(np.broadcast_to(resets, a.shape), a.dtype.type(0), a)
-
-
 def scan_last_axis(a, x, h0=None, resets=None):
     """The forward loop with time on the last axis; ``a`` and ``resets`` broadcast to x, ``h0`` to
     ``x.shape[:-1]``."""
     wide = _wide(a, x, h0)
     x = np.asarray(x, dtype=wide)
-    a = _reset(np.broadcast_to(np.asarray(a, dtype=wide), x.shape), resets)
+    a = np.broadcast_to(np.asarray(a, dtype=wide), x.shape)
+    r = None if resets is None else np.broadcast_to(resets, x.shape)
     h = np.zeros(x.shape[:-1], wide)
     if h0 is not None:
         h[...] = h0
     out = np.empty(x.shape, wide)
     for t in range(x.shape[-1]):
         h = a[..., t] * h + x[..., t]
+        if r is not None:  # the state dropped: h = x (selected; 0 * inf would be NaN)
+            h = np.where(r[..., t], x[..., t], h)
         out[..., t] = h
     return out
 
@@ -65,7 +65,8 @@ def scan_backward_last_axis(a, h, grad_h, h0=None, resets=None):
     wide = _wide(a, h, grad_h, h0)
     h = np.asarray(h, dtype=wide)
     grad_h = np.asarray(grad_h, dtype=wide)
-    a = _reset(np.broadcast_to(np.asarray(a, dtype=wide), h.shape), resets)
+    a = np.broadcast_to(np.asarray(a, dtype=wide), h.shape)
+    r = None if resets is None else np.broadcast_to(resets, h.shape)
     h_init = np.zeros(h.shape[:-1], wide)
     if h0 is not None:
         h_init[...] = h0
@@ -73,14 +74,20 @@ def scan_backward_last_axis(a, h, grad_h, h0=None, resets=None):
     grad_a = np.empty(h.shape, wide)
     g = np.zeros(h.shape[:-1], wide)
     coef = np.zeros(h.shape[:-1], wide)
-    for t in range(h.shape[-1] - 1, -1, -1):
+    T = h.shape[-1]
+    for t in range(T - 1, -1, -1):
         g = grad_h[..., t] + coef * g
+        if r is not None and t + 1 < T:  # a[t + 1] reads as 0: nothing flows back from t + 1 (selected)
+            g = np.where(r[..., t + 1], grad_h[..., t], g)
         grad_x[..., t] = g
         grad_a[..., t] = g * np.conj(h[..., t - 1] if t > 0 else h_init)
         coef = np.conj(a[..., t])
-    if resets is not None:  # a reads as 0 there: its gradient is 0
-        grad_a[np.broadcast_to(resets, grad_a.shape)] = 0
-    return grad_a, grad_x, coef * g
+    grad_h0 = coef * g
+    if r is not None:  # a reads as 0 there: its gradient is 0 (set, not multiplied), and none reaches h0
+        grad_a[r] = 0
+        if T:
+            grad_h0 = np.where(r[..., 0], 0, grad_h0)
+    return grad_a, grad_x, grad_h0
 
 
 def _weak(v) -> bool:

@@ -16,6 +16,7 @@ import pytest
 import parscan
 from parscan import reference
 from conftest import DTYPES, assert_close, layout, rand
+from reset_cases import assert_same_nonfinite, assert_some_of_both, poisoned, poisoned_matrix
 import cuda_cpu
 
 SHUFFLED = dict(seed=12345, in_flight=8, yield_every=3)
@@ -432,14 +433,24 @@ def test_resets_match_the_reference(cp, dtype, shape, axis, rshape):
         assert len(launched) == 2 and all(launch.args[4 * 6 + 1 + 6] == 1 for launch in launched)
 
 
+def _sparse_resets(T, rshape, axis):
+    """Resets at two steps only (a third and seven ninths in): the tiles holding one publish their
+    inclusive prefix at once, the others are walked over as aggregates."""
+    r = np.zeros(T, bool)
+    r[[T // 3, 7 * T // 9]] = True
+    shape = [1] * len(rshape)
+    shape[axis % len(rshape)] = T
+    return r.reshape(shape)
+
+
 @pytest.mark.parametrize("dtype", ["float64", "complex64"])
 def test_resets_under_the_shuffled_schedule(cp, dtype):
-    """Resets with the look-back waiting and walking over aggregates (some of them zero): the
-    reference's results, bit for bit the in-order run's."""
+    """Resets with the look-back waiting and walking over aggregates (those of the tiles without a
+    reset; a tile with one is inclusive at once): the reference's results, bit for bit the in-order run's."""
     rng = np.random.default_rng(11)
     for shape, axis, rshape in (((2, 9000), -1, (9000,)), ((2000, 3), 0, (2000, 1))):
         x, a, gh = rand(rng, shape, dtype), rand(rng, shape, dtype, "a"), rand(rng, shape, dtype)
-        r = _resets(rng, shape[axis], rshape, axis)
+        r = _sparse_resets(shape[axis], rshape, axis)
         rd = cp.asarray(r)
         ordered = parscan.linear_scan(cp.asarray(a), cp.asarray(x), axis=axis, resets=rd, backend="cupy")
         ordered_b = parscan.linear_scan_backward(cp.asarray(a), ordered, cp.asarray(gh), axis=axis, resets=rd,
@@ -476,22 +487,308 @@ def test_replayed_plans_take_new_reset_patterns(cp):
 ])
 def test_the_resets_tests_can_fail(cp, monkeypatch, bad):
     """Two subtle breakages of the flags' code fail the resets checks above (each costs a build)."""
-    from parscan import _plans
-    from parscan.kernels import cupy_scan
-
-    src = cupy_scan.source()
-    assert bad[0] in src
-    monkeypatch.setattr(cupy_scan, "source", lambda: src.replace(bad[0], bad[1]))
-    cupy_scan._module.cache_clear()
-    _plans.clear()  # cached plans hold the launchers of the unbroken module
-    try:
+    with _mutated(monkeypatch, [bad]):
         rng = np.random.default_rng(13)
         with pytest.raises(AssertionError):
             for shape, axis, rshape in RESET_CASES:
                 _check_resets(cp, rng, "float64", shape, axis, rshape, "full", True, False)
+
+
+# ---- resets after inf / NaN (issue #18): dropped, not multiplied by 0 --------------------------------
+
+def _check_nonfinite(cp, rng, dtype, shape, axis, a_kind, reverse, mirror):
+    a, x, h0, r, gh = poisoned(rng, shape, axis, dtype, a_kind, mirror)
+    kw = dict(axis=axis, reverse=reverse)
+    with np.errstate(invalid="ignore", over="ignore"):
+        want = reference.linear_scan(a, x, h0, resets=r, **kw)
+        h = parscan.linear_scan(cp.asarray(a), cp.asarray(x), cp.asarray(h0), resets=cp.asarray(r), backend="cupy",
+                                **kw)
+        assert_some_of_both(want)
+        assert_same_nonfinite(h, want, dtype)
+        hs = want.astype(dtype)
+        exp = reference.linear_scan_backward(a, hs, gh, h0, resets=r, **kw)
+        got = parscan.linear_scan_backward(cp.asarray(a), cp.asarray(hs), cp.asarray(gh), cp.asarray(h0),
+                                           resets=cp.asarray(r), backend="cupy", **kw)
+    for g, w in zip(got, exp):
+        assert_same_nonfinite(g, w, dtype)
+    return h, got
+
+
+NONFINITE = [((2, 9000), -1), ((9000, 3), 0)]  # several tiles, some without a reset, in both tile orders
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "complex128"])
+def test_nonfinite_values_do_not_cross_a_reset(cp, dtype):
+    """inf / NaN in x (and grad_h) before a reset, a NaN h0 with a reset at the first step: the kernel
+    selects x at a reset and carries "holds a reset" with every lane, tile and look-back pair, so
+    nothing non-finite reaches past a reset (0 * inf would be NaN).  Both directions, a full or
+    per-channel a, the pattern and its mirror image; the shuffled schedule bit for bit the in-order run."""
+    rng = np.random.default_rng(21)
+    for shape, axis in NONFINITE:
+        for a_kind, reverse, mirror in (("full", False, False), ("channel", True, False), ("full", True, True),
+                                        ("full", False, True)):
+            _check_nonfinite(cp, rng, dtype, shape, axis, a_kind, reverse, mirror)
+    rng = np.random.default_rng(22)
+    ordered = _check_nonfinite(cp, rng, dtype, *NONFINITE[0], "full", False, False)
+    with cuda_cpu.scheduled(**SHUFFLED):
+        shuffled = _check_nonfinite(cp, np.random.default_rng(22), dtype, *NONFINITE[0], "full", False, False)
+    for u, v in zip((ordered[0], *ordered[1][:2]), (shuffled[0], *shuffled[1][:2])):
+        assert np.array_equal(np.asarray(u), np.asarray(v), equal_nan=True)
+
+
+MULTIPLIED = [  # each turns a select at a reset back into a multiplication by 0
+    ("if (!ff) {", "if (true) {"),                                  # lane pairs combined as (A2 A1, A2 H1 + H2)
+    ("ff ? fh : fa * hin + fh", "fa * hin + fh"),                   # the first tile's prefix, from a NaN h0
+    ("if (agg_r) {", "if (false) {"), ("if (!agg_r) {", "if (true) {"),  # a reset tile's prefix as A * h + H
+    ("rc[b * nch + c] = dropped;", "rc[b * nch + c] = false;"),      # the matrix carry scan: H_c = P_c H_{c-1} + s_c
+]
+
+
+@contextlib.contextmanager
+def _mutated(monkeypatch, edits):
+    """scan.cu with ``edits`` (each (old, new), old found once) for the block: one build."""
+    from parscan import _plans
+    from parscan.kernels import cupy_scan
+
+    src = cupy_scan.source()
+    for old, new in edits:
+        assert src.count(old) == 1, old
+        src = src.replace(old, new)
+    monkeypatch.setattr(cupy_scan, "source", lambda: src)
+    cupy_scan._module.cache_clear()
+    _plans.clear()  # cached plans hold the launchers of the unbroken module
+    try:
+        yield
     finally:
         cupy_scan._module.cache_clear()
         _plans.clear()
+
+
+def test_multiplying_by_zero_at_resets_is_caught(cp, monkeypatch):
+    """Every select at a reset turned back into a multiplication by 0 (one build): finite results stay
+    right (0 * h is 0), and the non-finite checks above fail, elementwise and matrix scan alike."""
+    from parscan.kernels import matrix_launch
+
+    monkeypatch.setattr(matrix_launch, "TARGET_THREADS", 1 << 12)
+    with _mutated(monkeypatch, MULTIPLIED):
+        rng = np.random.default_rng(13)
+        _check_resets(cp, rng, "float64", (2, 5000), -1, (5000,), "full", True, False)
+        _check_matrix_resets(cp, rng, "float64", (2, 600, 3), (2, 600, 3, 3), (2, 3), (600,), False)
+        with pytest.raises(AssertionError):
+            for shape, axis in NONFINITE:
+                for reverse in (False, True):
+                    _check_nonfinite(cp, rng, "float64", shape, axis, "full", reverse, False)
+        with pytest.raises(AssertionError):
+            for reverse in (False, True):
+                _check_matrix_nonfinite(cp, "float64", (2, 600, 3), (2, 600, 3, 3), (600,), reverse)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("k", [0, 1, 2, 4])
+def test_each_multiplication_by_zero_is_caught(cp, monkeypatch, k):
+    """As above, one breakage at a time (a build each: the slow run's)."""
+    from parscan.kernels import matrix_launch
+
+    monkeypatch.setattr(matrix_launch, "TARGET_THREADS", 1 << 12)
+    edits = MULTIPLIED[k:k + 2] if k == 2 else MULTIPLIED[k:k + 1]
+    with _mutated(monkeypatch, edits):
+        rng = np.random.default_rng(13)
+        with pytest.raises(AssertionError):
+            if k == 4:
+                for reverse in (False, True):
+                    _check_matrix_nonfinite(cp, "float64", (2, 600, 3), (2, 600, 3, 3), (600,), reverse)
+            for shape, axis in NONFINITE:
+                for reverse in (False, True):
+                    _check_nonfinite(cp, rng, "float64", shape, axis, "full", reverse, False)
+
+
+# ---- the matrix scan's resets (issue #18) -----------------------------------------------------------
+
+MATRIX_RESETS = [  # (x shape, A shape, h0 shape, resets shape)
+    ((2, 600, 3), (2, 600, 3, 3), (2, 3), (600,)),              # shared by the batch: a zero batch stride
+    ((3, 400, 2), (1, 1, 2, 2), (3, 2), (3, 400)),              # A constant in time and batch; per batch row
+    ((2, 3, 300, 2), (2, 3, 300, 2, 2), (2, 3, 2), (2, 1, 300)),  # (B1, 1, T): broadcast over B2, still a view
+    ((2, 50, 5), (2, 50, 5, 5), (5,), (2, 50)),                 # one chunk level
+]
+
+
+def _matrix_resets(rng, T, rshape):
+    """About 2% random resets, and (each with probability 1/2) t = 0, T - 1 and both sides of every
+    multiple of the chunk lengths (16 steps, and 256: the carry scan's chunks of 16 chunks) counted
+    from either end."""
+    r = rng.random(rshape) < 0.02
+    special = {0, T - 1}
+    for b in (16, 256):
+        for m in range(b, T, b):
+            special |= {m - 1, m, T - m, T - 1 - m}
+    pick = np.array(sorted(t for t in special if 0 <= t < T))
+    on = np.zeros(T, bool)
+    on[pick[rng.random(len(pick)) < 0.5]] = True
+    return r | on
+
+
+_MTOL = {"float16": 1e-2, "float32": 1e-4, "complex64": 1e-4, "float64": 1e-11, "complex128": 1e-11}
+
+
+def _mclose(got, want, dtype):
+    scale = max(1.0, float(np.abs(want).max())) if np.size(want) else 1.0
+    np.testing.assert_allclose(np.asarray(got), want, rtol=0, atol=_MTOL[dtype] * scale)
+
+
+def _check_matrix_resets(cp, rng, dtype, xs, As, hs, rs, reverse):
+    n = xs[-1]
+    x, gh = rand(rng, xs, dtype), rand(rng, xs, dtype)
+    A = (rand(rng, As, "complex128" if np.dtype(dtype).kind == "c" else "float64") * (0.7 / np.sqrt(n))).astype(dtype)
+    h0 = None if hs is None else rand(rng, hs, dtype)
+    r = _matrix_resets(rng, xs[-2], rs)
+    dev = lambda v: None if v is None else cp.asarray(v)  # noqa: E731
+    rd = dev(r)
+    h = parscan.matrix_linear_scan(dev(A), dev(x), dev(h0), reverse=reverse, resets=rd, backend="cupy")
+    want = parscan.matrix_linear_scan(A, x, h0, reverse=reverse, resets=r, backend="reference")
+    _mclose(h, want, dtype)
+    hs_ = want.astype(dtype)
+    got = parscan.matrix_linear_scan_backward(dev(A), dev(hs_), dev(gh), dev(h0), reverse=reverse, resets=rd,
+                                              backend="cupy")
+    exp = parscan.matrix_linear_scan_backward(A, hs_, gh, h0, reverse=reverse, resets=r, backend="reference")
+    for g, w in zip(got, exp):
+        assert (g is None) == (w is None)
+        if g is not None:
+            assert g.shape == w.shape
+            _mclose(g, w, dtype)
+    return rd
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64", "complex64", "complex128"])
+@pytest.mark.parametrize("xs,As,hs,rs", MATRIX_RESETS)
+def test_matrix_resets_match_the_reference(cp, dtype, xs, As, hs, rs, monkeypatch):
+    """matrix_pass reads the flags itself (one byte a step, a view): short chunks (several levels of the
+    carry scan), resets on chunk edges from either end, at t = 0 and T - 1, forward and backward (the
+    flag read at the coefficient's step, t + 1), h0, reverse, A constant in time."""
+    from parscan.kernels import cupy_scan, matrix_launch
+
+    monkeypatch.setattr(matrix_launch, "TARGET_THREADS", 1 << 12)  # many short chunks: several levels
+    calls = []
+    real = cupy_scan.matrix_pass
+    monkeypatch.setattr(cupy_scan, "matrix_pass", lambda *a: calls.append(a) or real(*a))  # a spy
+    rng = np.random.default_rng(xs[-2] + xs[-1] + len(rs))
+    for reverse in (False, True):
+        calls.clear()
+        rd = _check_matrix_resets(cp, rng, dtype, xs, As, hs, rs, reverse)
+        top = [c[6] for c in calls if c[6] is not None and c[6].shape[-1] == xs[-2]]
+        assert top and all(np.shares_memory(v, rd) for v in top)  # the caller's flags, as a view
+        flags = [c[7] for c in calls if c[7] is not None]  # the aggregate passes' chunk flags ...
+        assert flags and any(c[6] is not None and np.shares_memory(c[6], flags[0]) for c in calls)  # ... read back
+
+
+def test_matrix_resets_go_in_as_views_and_run_shuffled(cp, monkeypatch):
+    """Resets of shape (B1, 1, T) for leading dims (B1, B2) reach the kernel as a view of the caller's
+    array (zero stride over B2), and the shuffled block schedule gives the same results."""
+    from parscan.kernels import cupy_scan, matrix_launch
+
+    monkeypatch.setattr(matrix_launch, "TARGET_THREADS", 1 << 12)
+    calls = []
+    real = cupy_scan.matrix_pass
+    monkeypatch.setattr(cupy_scan, "matrix_pass", lambda *a: calls.append(a) or real(*a))
+    rng = np.random.default_rng(31)
+    x, A = rand(rng, (2, 3, 300, 4), "float64"), 0.4 * rand(rng, (2, 3, 300, 4, 4), "float64")
+    r = _matrix_resets(rng, 300, (2, 1, 300))
+    rd = cp.asarray(r)
+    h = parscan.matrix_linear_scan(cp.asarray(A), cp.asarray(x), resets=rd, backend="cupy")
+    view = calls[0][6]
+    assert view.shape == (2, 3, 300) and view.strides[1] == 0 and np.shares_memory(view, rd)
+    with cuda_cpu.scheduled(**SHUFFLED):
+        hs = parscan.matrix_linear_scan(cp.asarray(A), cp.asarray(x), resets=rd, backend="cupy")
+        gs = parscan.matrix_linear_scan_backward(cp.asarray(A), h, cp.asarray(x), resets=rd, backend="cupy")
+    g = parscan.matrix_linear_scan_backward(cp.asarray(A), h, cp.asarray(x), resets=rd, backend="cupy")
+    assert np.array_equal(np.asarray(h), np.asarray(hs))
+    for u, v in zip(g[:2], gs[:2]):
+        assert np.array_equal(np.asarray(u), np.asarray(v))
+    _mclose(h, parscan.matrix_linear_scan(A, x, resets=r, backend="reference"), "float64")
+
+
+def _check_matrix_nonfinite(cp, dtype, xs, As, rs, reverse):
+    A, x, h0, r, gh = poisoned_matrix(np.random.default_rng(xs[-2]), xs, As, dtype, rs)
+    dev = cp.asarray
+    with np.errstate(invalid="ignore", over="ignore"):
+        want = parscan.matrix_linear_scan(A, x, h0, reverse=reverse, resets=r, backend="reference")
+        h = parscan.matrix_linear_scan(dev(A), dev(x), dev(h0), reverse=reverse, resets=dev(r), backend="cupy")
+        assert_some_of_both(want)
+        assert_same_nonfinite(h, want, dtype)
+        hs = want.astype(dtype)
+        exp = parscan.matrix_linear_scan_backward(A, hs, gh, h0, reverse=reverse, resets=r, backend="reference")
+        got = parscan.matrix_linear_scan_backward(dev(A), dev(hs), dev(gh), dev(h0), reverse=reverse, resets=dev(r),
+                                                  backend="cupy")
+    for g, w in zip(got, exp):
+        assert_same_nonfinite(g, w, dtype)
+    assert np.all(np.asarray(got[2]) == 0)  # h0 (NaN) is dropped by the reset at t = 0 (T - 1 in reverse)
+
+
+MATRIX_NONFINITE = [((2, 600, 3), (2, 600, 3, 3), (600,)), ((2, 600, 3), (1, 1, 3, 3), (2, 600))]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "complex128"])
+def test_matrix_nonfinite_values_do_not_cross_a_reset(cp, dtype, monkeypatch):
+    """inf / NaN in x and grad_h before a reset, a NaN h0: dropped at the reset within a chunk (no A
+    term: v = x), and across chunks by the carry scan, whose resets are the chunks' "dropped its
+    incoming state" flags (P_c = 0 times an inf carry would be NaN), A full or constant in time."""
+    from parscan.kernels import matrix_launch
+
+    monkeypatch.setattr(matrix_launch, "TARGET_THREADS", 1 << 12)
+    for xs, As, rs in MATRIX_NONFINITE:
+        for reverse in (False, True):
+            _check_matrix_nonfinite(cp, dtype, xs, As, rs, reverse)
+
+
+def test_the_matrix_resets_tests_can_fail(cp, monkeypatch):
+    """The flag read at step t instead of the coefficient's step t + shift: the forward (shift 0) is
+    still right, the backward (A_{t+1}^H dropped at a reset at t + 1) is not (a build)."""
+    from parscan.kernels import matrix_launch
+
+    monkeypatch.setattr(matrix_launch, "TARGET_THREADS", 1 << 12)
+    with _mutated(monkeypatch, [("R[r_row + te * R_st]", "R[r_row + t * R_st]")]):
+        rng = np.random.default_rng(14)
+        x, A = rand(rng, (2, 600, 3), "float64"), 0.4 * rand(rng, (2, 600, 3, 3), "float64")
+        r = _matrix_resets(rng, 600, (600,))
+        h = parscan.matrix_linear_scan(cp.asarray(A), cp.asarray(x), resets=cp.asarray(r), backend="cupy")
+        want = parscan.matrix_linear_scan(A, x, resets=r, backend="reference")
+        _mclose(h, want, "float64")
+        with pytest.raises(AssertionError):
+            for reverse in (False, True):
+                _check_matrix_resets(cp, rng, "float64", (2, 600, 3), (2, 600, 3, 3), (2, 3), (600,), reverse)
+
+
+def test_matrix_out_is_written_by_the_kernels(cp, monkeypatch):
+    """out= (forward) and out=(grad_A, grad_x, grad_h0) (backward) on the CUDA path: the final passes
+    write h and grad_x into the caller's arrays (a time-major out too: its leading dims merge), grad_A
+    (full, of the working dtype) is computed there, grad_h0 copied in; in place; with resets."""
+    from parscan.kernels import cupy_scan, matrix_launch
+
+    monkeypatch.setattr(matrix_launch, "TARGET_THREADS", 1 << 12)
+    calls = []
+    real = cupy_scan.matrix_pass
+    monkeypatch.setattr(cupy_scan, "matrix_pass", lambda *a: calls.append(a) or real(*a))
+    rng = np.random.default_rng(41)
+    x, A, h0 = rand(rng, (2, 300, 3), "float64"), 0.4 * rand(rng, (2, 300, 3, 3), "float64"), rand(rng, (2, 3), "float64")
+    r = _matrix_resets(rng, 300, (300,))
+    want = parscan.matrix_linear_scan(A, x, h0, resets=r, backend="reference")
+    dA, dx, dh0, dr = (cp.asarray(v) for v in (A, x, h0, r))
+    for out in (cp.empty((2, 300, 3)), cp.empty((300, 2, 3)).transpose(1, 0, 2)):
+        calls.clear()
+        assert parscan.matrix_linear_scan(dA, dx, dh0, resets=dr, out=out, backend="cupy") is out
+        _mclose(out, want, "float64")
+        assert np.shares_memory(calls[-1][9], out)  # the top-level final pass wrote it
+    xc = cp.asarray(x)
+    parscan.matrix_linear_scan(dA, xc, dh0, resets=dr, out=xc, backend="cupy")  # in place
+    _mclose(xc, want, "float64")
+    gh = rand(rng, (2, 300, 3), "float64")
+    exp = parscan.matrix_linear_scan_backward(A, want, gh, h0, resets=r, backend="reference")
+    outs = (cp.empty(A.shape), cp.empty(x.shape), cp.empty(h0.shape))
+    calls.clear()
+    got = parscan.matrix_linear_scan_backward(dA, cp.asarray(want), cp.asarray(gh), dh0, resets=dr, out=outs,
+                                              backend="cupy")
+    assert all(g is o for g, o in zip(got, outs)) and np.shares_memory(calls[-1][9], outs[1])
+    for g, w in zip(got, exp):
+        _mclose(g, w, "float64")
 
 
 @pytest.mark.parametrize("backend", ["cupy", "numba"])

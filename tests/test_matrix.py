@@ -139,3 +139,95 @@ def test_n_equal_one_runs_as_the_elementwise_scan(monkeypatch, a_shape, reverse)
     for g, w in zip(parscan.matrix_linear_scan_backward(A, want, gh, h0, reverse=reverse), want_g):
         assert g.shape == w.shape
         np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12)
+
+
+# ---- out= (the result written into the caller's arrays; parscan.jax writes into XLA's buffers so) ----
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("n", [1, 3])
+def test_forward_out_receives_the_result(backend, n, monkeypatch):
+    rng = np.random.default_rng(21)
+    A, x, h0 = 0.5 * _rand(rng, (2, 9, n, n), "float64"), _rand(rng, (2, 9, n), "float64"), _rand(rng, (2, n), "float64")
+    want = parscan.matrix_linear_scan(A, x, h0, backend="reference")
+    seen = []
+    if backend == "cpu" and n > 1:  # the kernel writes into out itself (no copy)
+        real = matrix._forward_cpu_serial
+        monkeypatch.setattr(matrix, "_forward_cpu_serial", lambda *a: seen.append(a[3]) or real(*a))
+    out = np.full_like(x, np.nan)
+    assert parscan.matrix_linear_scan(A, x, h0, backend=backend, out=out) is out
+    np.testing.assert_allclose(out, want, rtol=1e-12, atol=1e-12)
+    if seen:
+        assert np.shares_memory(seen[0], out)
+    # in place, and an out in another layout (time-major: a view of it when the leading dims merge)
+    xc = x.copy()
+    assert parscan.matrix_linear_scan(A, xc, h0, backend=backend, out=xc) is xc
+    np.testing.assert_allclose(xc, want, rtol=1e-12, atol=1e-12)
+    tm = np.empty((9, 2, n)).transpose(1, 0, 2)
+    parscan.matrix_linear_scan(A, x, h0, backend=backend, out=tm)
+    np.testing.assert_allclose(tm, want, rtol=1e-12, atol=1e-12)
+    # float16: computed in float32, cast into out
+    o16 = np.empty((2, 9, n), np.float16)
+    parscan.matrix_linear_scan(A.astype(np.float16), x.astype(np.float16), backend=backend, out=o16)
+    np.testing.assert_allclose(o16, parscan.matrix_linear_scan(A.astype(np.float16), x.astype(np.float16),
+                                                               backend=backend), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("a_time", [9, 1])
+def test_backward_out_receives_the_gradients(backend, a_time, monkeypatch):
+    rng = np.random.default_rng(22)
+    n = 3
+    A, h0 = 0.5 * _rand(rng, (2, a_time, n, n), "float64"), _rand(rng, (2, n), "float64")
+    h, gh = _rand(rng, (2, 9, n), "float64"), _rand(rng, (2, 9, n), "float64")
+    want = parscan.matrix_linear_scan_backward(A, h, gh, h0, backend=backend)
+    seen = []
+    if backend == "cpu":
+        real = matrix._backward_cpu_serial
+        monkeypatch.setattr(matrix, "_backward_cpu_serial", lambda *a: seen.append(a[4:6]) or real(*a))
+    outs = (np.full_like(A, np.nan), np.full_like(h, np.nan), np.full_like(h0, np.nan))
+    got = parscan.matrix_linear_scan_backward(A, h, gh, h0, backend=backend, out=outs)
+    assert all(g is o for g, o in zip(got, outs))
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+    if seen:  # grad_x, and a full grad_A, computed in place
+        assert np.shares_memory(seen[0][0], outs[1]) and np.shares_memory(seen[0][1], outs[0]) == (a_time > 1)
+    part = np.empty_like(h)
+    got = parscan.matrix_linear_scan_backward(A, h, gh, h0, backend=backend, out=(None, part, None))
+    assert got[1] is part and got[0].shape == A.shape and got[2].shape == h0.shape
+    np.testing.assert_array_equal(part, want[1])
+    n1 = parscan.matrix_linear_scan_backward(A[..., :1, :1], h[..., :1], gh[..., :1], h0[..., :1], backend=backend,
+                                             out=(np.empty(A[..., :1, :1].shape), None, np.empty((2, 1))))
+    w1 = parscan.matrix_linear_scan_backward(A[..., :1, :1], h[..., :1], gh[..., :1], h0[..., :1], backend="reference")
+    for g, w in zip(n1, w1):
+        np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12)
+
+
+def test_out_errors_are_linear_scans():
+    A, x, h0 = np.zeros((2, 5, 3, 3)), np.zeros((2, 5, 3)), np.zeros((2, 3))
+    scan = lambda out, **k: parscan.matrix_linear_scan(A, x, h0, out=out, backend="cpu", **k)  # noqa: E731
+    with pytest.raises(ValueError, match=r"out has shape \(2, 5, 2\) but the result has shape \(2, 5, 3\)"):
+        scan(np.zeros((2, 5, 2)))
+    with pytest.raises(TypeError, match="out has dtype float32 but the result has dtype float64"):
+        scan(np.zeros((2, 5, 3), np.float32))
+    ro = np.zeros((2, 5, 3))
+    ro.setflags(write=False)
+    with pytest.raises(ValueError, match="out is read-only"):
+        scan(ro)
+    with pytest.raises(ValueError, match="elements that share memory"):
+        scan(np.lib.stride_tricks.as_strided(np.zeros(3), (2, 5, 3), (0, 0, 8)))
+    big = np.zeros((2, 6, 3))
+    with pytest.raises(ValueError, match="out overlaps an input without being exactly that input"):
+        parscan.matrix_linear_scan(A, big[:, 1:], h0, out=big[:, :5], backend="cpu")
+    back = lambda out, hh=h0: parscan.matrix_linear_scan_backward(A, x, x, hh, out=out, backend="cpu")  # noqa: E731
+    with pytest.raises(TypeError, match=r"out must be a tuple \(grad_a, grad_x, grad_h0\)"):
+        back(np.zeros((2, 5, 3)))
+    with pytest.raises(ValueError, match="out's grad_h0 is given but h0 is None"):
+        back((None, None, np.zeros((2, 3))), None)
+    with pytest.raises(ValueError, match=r"out's grad_a has shape \(2, 5, 3\) and dtype float64 but grad_a has shape "
+                                         r"\(2, 5, 3, 3\)"):
+        back((np.zeros((2, 5, 3)), None, None))
+    with pytest.raises(ValueError, match="out's grad_x overlaps an input or another output"):
+        back((None, x, None))
+    g = np.zeros((2, 5, 3))
+    with pytest.raises(ValueError, match="overlaps an input or another output"):
+        back((None, g, g[:, 0, :]))  # grad_h0 inside grad_x

@@ -2,8 +2,9 @@
 
 Checked against scanning each segment separately (the reference without resets), the reference with
 resets, and finite differences; packed offsets with segments of length 1 and long ones, resets at the
-first and last step, per batch row, both directions, h0, every dtype; the plan cache with new reset
-patterns; the helpers; the errors.  Backends that do not implement resets yet must say so.
+first and last step (and none there, so h0 flows in, either direction), per batch row, both directions,
+h0, every dtype; inf and NaN states, h0 and gradients before a reset (dropped, not multiplied by 0);
+the plan cache with new reset patterns; the helpers; the errors.
 """
 
 import importlib
@@ -14,14 +15,10 @@ import pytest
 import parscan
 from parscan import reference
 from conftest import DTYPES, HOST_BACKENDS, assert_close, rand
+from reset_cases import assert_same_nonfinite, assert_some_of_both, poisoned
 
-
-def _module(name):
-    return importlib.import_module(f"parscan.{name}")
-
-
-RESET_BACKENDS = [b for b in HOST_BACKENDS if getattr(_module(b), "RESETS", False)]
-NO_RESET_BACKENDS = [b for b in HOST_BACKENDS if b not in RESET_BACKENDS]
+# every host backend implements resets (the GPU backends' kernels: tests/test_cuda_cpu.py and tests/sim)
+RESET_BACKENDS = [b for b in HOST_BACKENDS if importlib.import_module(f"parscan.{b}").RESETS]
 
 OFFSETS = [0, 1, 2, 40, 41, 97, 99, 100]  # lengths 1, 1, 38, 1, 56, 2, 1: T = 100
 
@@ -59,11 +56,88 @@ def test_packed_sequences_equal_separate_scans(backend, dtype, reverse, decay):
     h0 = rand(rng, (2, 3), dtype)
     resets = parscan.resets_from_offsets(OFFSETS, 100)
     resets[-1] = True  # the last step too
-    for r, with_h0 in ((resets, False), (resets, True), (resets & (np.arange(100) > 0), True)):
+    # h0 dropped (resets at 0 and T - 1), or flowing in: no reset at t = 0 (forward) or T - 1 (reverse)
+    for r, with_h0 in ((resets, False), (resets, True), (resets & (np.arange(100) > 0), True),
+                       (resets & (np.arange(100) < 99), True)):
         h = parscan.linear_scan(a, x, h0 if with_h0 else None, reverse=reverse, resets=r, backend=backend)
         want = _per_segment(np.asarray(a), x, h0 if with_h0 else None, _starts(r, reverse), reverse)
         assert_close(h, want, dtype)
         assert_close(h, reference.linear_scan(a, x, h0 if with_h0 else None, reverse=reverse, resets=r), dtype)
+
+
+def _per_segment_backward(a, h, g, h0, starts, reverse, resets):
+    """(grad_a, grad_x, grad_h0) of the last axis, each segment's backward on its own (no resets), grad_a
+    set to 0 at the reset steps (a reads as 0 there) and grad_h0 from the segment h0 flows into."""
+    T = h.shape[-1]
+    a = np.broadcast_to(a, h.shape)
+    bounds = sorted(set([0, T] + [int(s) for s in starts]))
+    wide = np.result_type(a, h, np.float64)
+    ga, gx, gh0 = np.empty(h.shape, wide), np.empty(h.shape, wide), np.zeros(h.shape[:-1], wide)
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        first = (lo == 0 and 0 not in starts) if not reverse else (hi == T and T not in starts)
+        sa, sx, s0 = reference.linear_scan_backward(a[..., lo:hi], h[..., lo:hi], g[..., lo:hi],
+                                                    h0 if first else None, reverse=reverse)
+        ga[..., lo:hi], gx[..., lo:hi] = sa, sx
+        if first:
+            gh0 = s0
+    ga[..., np.broadcast_to(resets, h.shape[-1:])] = 0
+    return ga, gx, gh0
+
+
+# long enough for the cpu backend's time chunks (forced by cpu_time_chunks): a chunk holding a reset
+# passes no incoming state on, even a non-finite one
+NONFINITE_CASES = [(b, shape, axis) for b in RESET_BACKENDS
+                   for shape, axis in (((40000,), -1), ((2, 3, 700), -1), ((20000, 3), 0))]
+
+
+@pytest.fixture
+def cpu_time_chunks(monkeypatch):
+    """The cpu backend cuts time into three chunks whenever T allows (its plan depends on the thread
+    count: one thread never cuts)."""
+    from parscan import _plans, cpu
+
+    real = cpu.task_plan
+
+    def plan(shape, strides, nthreads):
+        bs, nch = real(shape, strides, nthreads)
+        return bs, max(nch, min(3, shape[3] // cpu.MIN_CHUNK))
+
+    monkeypatch.setattr(cpu, "task_plan", plan)
+    _plans.clear()
+    yield
+    _plans.clear()
+
+
+@pytest.mark.parametrize("backend,shape,axis", NONFINITE_CASES)
+@pytest.mark.parametrize("dtype", ["float64", "complex64"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_nonfinite_values_do_not_cross_a_reset(backend, shape, axis, dtype, reverse, cpu_time_chunks):
+    """inf / NaN in x before a reset, a NaN h0 with a reset at the first step, inf / NaN in grad_h, a NaN
+    or inf a at the reset steps: the reset drops them (h = x, not 0 * inf + x = NaN), forward and
+    backward, against each segment scanned on its own (long enough for the cpu backend's time chunks,
+    both loop orders)."""
+    rng = np.random.default_rng(len(shape) + 3 * reverse)
+    for a_kind, mirror in (("full", False), ("channel", False), ("full", True)):
+        a, x, h0, r, gh = poisoned(rng, shape, axis, dtype, a_kind, mirror)
+        last = lambda v: np.moveaxis(np.broadcast_to(v, x.shape), axis, -1)  # noqa: E731
+        starts = _starts(r.reshape(-1), reverse)
+        a_eff = np.where(r, 0, a)  # what a reads as (the segments' own scans see it)
+        with np.errstate(invalid="ignore", over="ignore"):
+            want = np.moveaxis(_per_segment(last(a_eff), last(x), h0, starts, reverse), -1, axis)
+            h = parscan.linear_scan(a, x, h0, axis=axis, reverse=reverse, resets=r, backend=backend)
+            assert_some_of_both(want)
+            assert_same_nonfinite(h, want, dtype)
+            hs = want.astype(dtype)
+            wa, wx, wh0 = _per_segment_backward(last(a_eff), last(hs), last(gh), h0, starts, reverse, r.reshape(-1))
+            wa, wx = np.moveaxis(wa, -1, axis), np.moveaxis(wx, -1, axis)
+            if a_kind != "full":
+                wa = wa.sum(axis=axis, keepdims=True)
+            ga, gx, gh0 = parscan.linear_scan_backward(a, hs, gh, h0, axis=axis, reverse=reverse, resets=r,
+                                                       backend=backend)
+        assert_some_of_both(wx)
+        for got, w in ((ga, wa), (gx, wx), (gh0, wh0)):
+            assert_same_nonfinite(got, w.real if np.dtype(dtype).kind != "c" else w, dtype)
+        assert np.all(gh0 == 0)  # the reset at t = 0 (T - 1 in reverse) drops h0: no gradient reaches it
 
 
 @pytest.mark.parametrize("backend", RESET_BACKENDS)
@@ -179,15 +253,6 @@ def test_errors_name_resets_and_the_fix():
         parscan.linear_scan_backward(0.5, x, x, resets=np.zeros((3, 5), bool), backend="reference")
 
 
-@pytest.mark.parametrize("backend", NO_RESET_BACKENDS)
-def test_backends_without_resets_say_so(backend):
-    r = np.zeros(5, bool)
-    with pytest.raises(NotImplementedError, match=f"resets are not implemented by the '{backend}' backend"):
-        parscan.linear_scan(0.5, np.ones(5), resets=r, backend=backend)
-    with pytest.raises(NotImplementedError, match="resets are not implemented"):
-        parscan.linear_scan_backward(0.5, np.ones(5), np.ones(5), resets=r, backend=backend)
-
-
 def test_resets_from_offsets_and_segment_ends():
     r = parscan.resets_from_offsets([0, 3, 3, 7, 8], 8)  # an empty sequence at 3
     assert r.dtype == bool and np.flatnonzero(r).tolist() == [0, 3, 7]
@@ -209,3 +274,25 @@ def test_resets_from_offsets_and_segment_ends():
     h = reference.linear_scan(a, xs, resets=parscan.resets_from_offsets(offsets, 8))
     assert_close(parscan.segment_ends(h, offsets), [reference.linear_scan(a[:5], x[:5], 2.0)[-1],
                                                     reference.linear_scan(a[5:], x[5:], -1.0)[-1]], "float64")
+
+
+def test_resets_alone_do_not_cost_a_copy_of_x_or_a_full_size_resets():
+    """x (2, 3, 4, 5, 50) merges into one channel dim by itself; resets (2, 1, 4, 1, 50) (broadcast over
+    dims 1 and 3) break every merge.  Materialising the resets over dim 1 alone (3x their size) leaves
+    two channel groups; copying x to canonical order (and resets to x's full size) is not needed."""
+    from parscan import _problem
+    from parscan._arrays import as_flags, as_operand
+
+    x = np.ones((2, 3, 4, 5, 50))
+    r = np.zeros((2, 1, 4, 1, 50), bool)
+    r[..., ::7] = True
+    for plan in (lambda ro: _problem.plan_forward(np, as_operand(0.5, "a", allow_scalar=True), as_operand(x, "x"),
+                                                  None, None, -1, False, ro)[0],
+                 lambda ro: _problem.plan_backward(np, as_operand(0.5, "a", allow_scalar=True), as_operand(x, "h"),
+                                                   as_operand(x, "grad_h"), None, -1, False, ro)[0]):
+        problem = plan(as_flags(r, "resets"))
+        data = problem.x if hasattr(problem, "x") else problem.h
+        assert np.shares_memory(data.buf, x), "x was copied"
+        assert problem.resets.buf.size < x.size, "resets were materialised to x's size"
+    # the results are right either way
+    assert_close(parscan.linear_scan(0.5, x, resets=r), reference.linear_scan(0.5, x, resets=r), "float64")

@@ -36,14 +36,15 @@ MATRIX_BACKENDS = ["cpu", "reference"]
 
 @pytest.mark.parametrize("backend", MATRIX_BACKENDS)
 @pytest.mark.parametrize("reverse", [False, True])
-@pytest.mark.parametrize("dtype", ["float64", "complex128"])
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64", "complex128"])
 @pytest.mark.parametrize("case", ["shared", "per-row", "A-constant"])
 def test_matrix_scan_with_resets_matches_the_loop_and_separate_scans(backend, reverse, dtype, case):
     rng = np.random.default_rng(3)
     B, T, n = 3, 23, 3
     cplx = np.dtype(dtype).kind == "c"
-    rnd = lambda *s: rng.standard_normal(s) + (1j * rng.standard_normal(s) if cplx else 0)  # noqa: E731
-    A = 0.5 * rnd(B, 1 if case == "A-constant" else T, n, n) / np.sqrt(n)
+    # data in the dtype under test (float16 is computed in float32); the ground truth in float64 from it
+    rnd = lambda *s: (rng.standard_normal(s) + (1j * rng.standard_normal(s) if cplx else 0)).astype(dtype)  # noqa: E731
+    A = (0.5 / np.sqrt(n) * rnd(B, 1 if case == "A-constant" else T, n, n)).astype(dtype)
     x, h0, gh = rnd(B, T, n), rnd(B, n), rnd(B, T, n)
     if case == "per-row":
         resets = rng.random((B, T)) < 0.2
@@ -54,6 +55,7 @@ def test_matrix_scan_with_resets_matches_the_loop_and_separate_scans(backend, re
     keep = resets.copy()
     h = parscan.matrix_linear_scan(A, x, h0, reverse=reverse, backend=backend, resets=resets)
     assert np.array_equal(resets, keep)  # inputs never modified
+    assert h.dtype == np.dtype(dtype)
     assert_close(h, _mloop(A, x, h0, reverse, resets), dtype)
     # the same sequences scanned separately (no resets), the first (last, reverse) one from h0
     if case != "per-row":
@@ -66,12 +68,13 @@ def test_matrix_scan_with_resets_matches_the_loop_and_separate_scans(backend, re
     # the backward: against the reference backward of the loop's effective A (zero at resets)
     ga, gx, gh0 = parscan.matrix_linear_scan_backward(A, h, gh, h0, reverse=reverse, backend=backend, resets=resets)
     A_eff = np.where(np.broadcast_to(resets, (B, T))[..., None, None], 0, np.broadcast_to(A, (B, T, n, n)))
-    wa, wx, wh0 = parscan.matrix_linear_scan_backward(A_eff, h, gh, h0, reverse=reverse, backend="reference")
+    wa, wx, wh0 = parscan.matrix_linear_scan_backward(A_eff.astype(np.float64 if not cplx else np.complex128), h, gh,
+                                                      h0, reverse=reverse, backend="reference")
     wa = np.where(np.broadcast_to(resets, (B, T))[..., None, None], 0, wa)  # A reads as 0 there: no gradient
     if A.shape[1] == 1:
         wa = wa.sum(axis=1, keepdims=True)
     for got, want in ((ga, wa), (gx, wx), (gh0, wh0)):
-        assert got.shape == want.shape
+        assert got.shape == want.shape and got.dtype == np.dtype(dtype)
         assert_close(got, want, dtype)
 
 
@@ -132,23 +135,98 @@ def test_matrix_n1_passes_resets_to_the_elementwise_scan(monkeypatch, reverse):
     assert len(calls) == 2 and all(k["resets"] is not None and k["axis"] == -2 for k in calls)
 
 
-def test_matrix_resets_errors(monkeypatch):
-    A, x = np.zeros((4, 2, 2)), np.zeros((4, 2))
-    with pytest.raises(ValueError, match=r"resets has shape \(5,\), which does not broadcast to x's shape without "
-                                         r"its last \(state\) axis, \(4,\)"):
-        parscan.matrix_linear_scan(A, x, resets=np.zeros(5, bool), backend="reference")
-    with pytest.raises(ValueError, match=r"does not broadcast to h's shape"):
-        parscan.matrix_linear_scan_backward(A, x, x, resets=np.zeros((3, 4), bool), backend="cpu")
-    with pytest.raises(TypeError, match="resets has dtype int64; it must be a boolean array"):
-        parscan.matrix_linear_scan(A, x, resets=np.zeros(4, np.int64), backend="cpu")
-    # the CUDA kernels do not take resets yet: a clear refusal, before any launch
+@pytest.mark.parametrize("rshape,lead,view", [
+    ((4,), (2, 3), True), ((2, 3, 4), (2, 3), True), ((2, 1, 4), (2, 3), True), ((1, 3, 4), (2, 3), True),
+    ((2, 1, 1, 4), (2, 2, 3), True),    # broadcast over the last two leading dims: they merge (stride 0)
+    ((2, 1, 3, 4), (2, 2, 3), False),   # three groups of strides: one byte per row and step copied
+])
+def test_matrix_host_resets_are_views(monkeypatch, rshape, lead, view):
+    """The host backends read the resets through a (Bo, Bi, T) view of the caller's array (zero strides
+    where broadcast over leading dims, never a copy per batch row), unless the leading dims fall into
+    more than two groups of mergeable strides (then one byte per row and step is copied); every case
+    against the loop, on both host backends."""
     from parscan import matrix
 
-    monkeypatch.setattr(matrix, "_select", lambda backend, on_gpu: ("cuda", None))
-    for call in (lambda: parscan.matrix_linear_scan(A, x, resets=np.zeros(4, bool)),
-                 lambda: parscan.matrix_linear_scan_backward(A, x, x, resets=np.zeros(4, bool))):
-        with pytest.raises(NotImplementedError, match="resets are not implemented by the matrix scan's CUDA kernels"):
-            call()
+    rng = np.random.default_rng(9)
+    x, A = rng.standard_normal(lead + (4, 2)), 0.5 * rng.standard_normal(lead + (4, 2, 2))
+    r = rng.random(rshape) < 0.4
+    seen = []
+    real = matrix._forward_cpu_serial
+    monkeypatch.setattr(matrix, "_forward_cpu_serial", lambda *a: seen.append(a[-1]) or real(*a))
+    want = _mloop(A, x, None, False, r)
+    assert_close(parscan.matrix_linear_scan(A, x, resets=r, backend="cpu"), want, "float64")
+    assert_close(parscan.matrix_linear_scan(A, x, resets=r, backend="reference"), want, "float64")
+    assert seen and seen[0].ndim == 3 and np.shares_memory(seen[0], r) == view
+
+
+MATRIX_RESET_ERRORS = [  # (call, error, message): the same on every backend, before the host / CUDA branch
+    (lambda be: parscan.matrix_linear_scan(np.zeros((4, 2, 2)), np.zeros((4, 2)), resets=np.zeros(5, bool),
+                                           backend=be),
+     ValueError, r"resets has shape \(5,\), which does not broadcast to x's shape without its last \(state\) axis, "
+                 r"\(4,\)"),
+    (lambda be: parscan.matrix_linear_scan_backward(np.zeros((4, 2, 2)), np.zeros((4, 2)), np.zeros((4, 2)),
+                                                    resets=np.zeros((3, 4), bool), backend=be),
+     ValueError, r"does not broadcast to h's shape"),
+    (lambda be: parscan.matrix_linear_scan(np.zeros((4, 2, 2)), np.zeros((4, 2)), resets=np.zeros(4, np.int64),
+                                           backend=be),
+     TypeError, "resets has dtype int64; it must be a boolean array"),
+    (lambda be: parscan.matrix_linear_scan(np.zeros((4, 1, 1)), np.zeros((4, 1)), resets=np.zeros(5, bool),
+                                           backend=be),  # n = 1 (the elementwise scan) says the same
+     ValueError, r"resets has shape \(5,\), which does not broadcast to x's shape"),
+]
+
+
+@pytest.mark.parametrize("k", range(len(MATRIX_RESET_ERRORS)))
+def test_matrix_resets_errors_are_the_same_on_every_path(monkeypatch, k):
+    """Bad resets fail with the same error on the host backends and on the CUDA path (its module
+    replaced by one whose passes would fail the test: the checks come before any launch)."""
+    from parscan import matrix
+
+    call, error, message = MATRIX_RESET_ERRORS[k]
+    for backend in MATRIX_BACKENDS:
+        with pytest.raises(error, match=message):
+            call(backend)
+
+    class NoLaunch:
+        @staticmethod
+        def matrix_pass(*args):
+            raise AssertionError("launched before the resets were checked")
+
+    monkeypatch.setattr(matrix, "_select", lambda backend, on_gpu: ("cuda", NoLaunch))
+    with pytest.raises(error, match=message):
+        call(None)
+
+
+def test_the_cuda_path_hands_the_kernel_a_view_of_the_resets(monkeypatch):
+    """The CUDA path's plumbing on host arrays, its passes recorded instead of launched: the resets
+    reach every top-level pass as a (Bo, Bi, T) view of the caller's flags (zero stride where broadcast;
+    never materialised), the aggregate passes write chunk flags, and the carry scan reads those.
+    (The kernels themselves: tests/test_cuda_cpu.py and tests/sim.)"""
+    from parscan import matrix
+    from parscan.kernels import matrix_launch
+
+    monkeypatch.setattr(matrix_launch, "TARGET_THREADS", 1 << 10)
+    calls = []
+
+    class Record:
+        @staticmethod
+        def matrix_pass(aggregate, A, conj, shift, x, h0, resets, rc, carry, out, L, nch, reverse):
+            calls.append((aggregate, resets, rc, x.shape))
+
+    monkeypatch.setattr(matrix, "_select", lambda backend, on_gpu: ("cuda", Record))
+    rng = np.random.default_rng(6)
+    A, x = rng.standard_normal((2, 3, 200, 2, 2)), rng.standard_normal((2, 3, 200, 2))
+    r = rng.random((2, 1, 200)) < 0.1  # per row of the first leading dim, broadcast over the second
+    for run in (lambda: parscan.matrix_linear_scan(A, x, resets=r),
+                lambda: parscan.matrix_linear_scan_backward(A, x, x, resets=r)):
+        calls.clear()
+        run()
+        top = [c for c in calls if c[3] == (6, 200, 2)]
+        assert top and all(c[1].shape == (2, 3, 200) and c[1].strides[1] == 0 and np.shares_memory(c[1], r)
+                           for c in top)
+        flags = [c[2] for c in calls if c[0] and c[2] is not None]
+        assert flags and any(c[1] is not None and np.shares_memory(c[1], flags[0]) for c in calls if c[3][0] == 6
+                             and c[3][1] == flags[0].shape[1])
 
 
 # ------------------------------------------------------------------------------------ layers

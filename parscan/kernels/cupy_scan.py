@@ -241,10 +241,12 @@ def backward(problem, launch=None):
     run_backward(backward_launcher, problem, launch)
 
 
-def matrix_pass(aggregate, A, conj, shift, x, h0, carry, out, L, nch, reverse):
+def matrix_pass(aggregate, A, conj, shift, x, h0, resets, rc, carry, out, L, nch, reverse):
     """Launch one pass of the matrix scan (see :mod:`parscan.kernels.matrix_launch`) on CuPy's
     current stream of ``out``'s device.  Views go in as they are: a pointer to element 0 and element
-    strides (negative and zero strides included)."""
+    strides (negative and zero strides included).  ``resets``: a bool (Bo, Bi, T) view (batch row b
+    at ``[b // Bi, b % Bi]``) or None; ``rc``: the aggregate pass's chunk flags, a contiguous bool
+    (B, nch) array (with resets)."""
     import cupy
 
     from . import matrix_launch
@@ -256,11 +258,18 @@ def matrix_pass(aggregate, A, conj, shift, x, h0, carry, out, L, nch, reverse):
     with cupy.cuda.Device(out.device.id):
         fn = _function(("matrix", out.dtype.name))
         none = cupy.zeros(1, out.dtype)
+        no_r = _dummy(cupy, np.bool_)
         h0a = (h0, *es(h0)) if h0 is not None else (none, np.int64(0), np.int64(0))
+        if resets is None:
+            ra = (no_r, np.int64(0), np.int64(0), np.int64(1), np.int64(0), np.int32(0))
+        else:
+            so, si, st = es(resets)
+            ra = (resets, so, si, np.int64(resets.shape[1]), st, np.int32(1))
         ost = es(out) + (np.int64(0),) * (4 - out.ndim)
         cols = B * nch * (n + 1 if aggregate else 1)
         threads = matrix_launch.THREADS
         fn((matrix_launch.blocks_for(cols, n, threads),), (threads,),
            (np.int32(aggregate), A, *es(A), np.int32(conj), np.int64(shift), x, *es(x), *h0a,
-            np.int32(h0 is not None), carry if carry is not None else none, out, *ost, np.int64(B), np.int64(T),
-            np.int32(n), np.int64(L), np.int64(nch), np.int32(reverse), np.int32(matrix_launch.batch_fast(x))))
+            np.int32(h0 is not None), *ra, rc if rc is not None else no_r, carry if carry is not None else none,
+            out, *ost, np.int64(B), np.int64(T), np.int32(n), np.int64(L), np.int64(nch), np.int32(reverse),
+            np.int32(matrix_launch.batch_fast(x))))

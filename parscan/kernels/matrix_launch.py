@@ -17,6 +17,12 @@ than :data:`MIN_STEPS` steps.
 
 The backward is the same scan in reversed time with the coefficient ``A_{t+1}^H`` (a transposed
 view of A, conjugated, shifted by one step): ``g_t = grad_h_t + A_{t+1}^H g_{t+1}``.
+
+Resets (a byte per batch row and step, read by the kernel at the coefficient's step t + shift): a
+flagged step has no coefficient, ``v = f_t``: the state is dropped (never multiplied by 0, so a
+non-finite state does not survive it), ``P_c`` is 0 after the chunk's last reset and ``s_c`` the scan
+from there.  The aggregate pass also writes one byte per (row, chunk), "the chunk dropped its incoming
+state", and those are the resets of the carry scan: ``H_c = s_c`` there, whatever ``H_{c-1}`` is.
 """
 
 from __future__ import annotations
@@ -68,14 +74,16 @@ def batch_fast(x) -> bool:
     return x.shape[0] > 1 and abs(x.strides[0]) < abs(x.strides[1])
 
 
-def scan(run_pass, xp, A, x, h0, out, *, reverse=False, shift=0, conj=False):
+def scan(run_pass, xp, A, x, h0, out, *, reverse=False, shift=0, conj=False, resets=None):
     """Write into ``out`` (B, T, n) the scan of ``A`` (B, T, n, n) and ``x`` (B, T, n) from ``h0``
     (B, n, or None for zeros).  Any strides (broadcast ones included: a batch- or time-constant A
-    is a zero-stride view); the coefficient at step t is ``A[:, t + shift]`` (zero outside the
-    sequence), conjugated when ``conj``.
+    is a zero-stride view); the coefficient at step t is ``A[:, t + shift]`` (none outside the
+    sequence, nor where ``resets[..., t + shift]``), conjugated when ``conj``.  ``resets``: None, or a
+    bool view of shape (Bo, Bi, T) with Bo * Bi = B (batch row b at ``[b // Bi, b % Bi]``; zero
+    strides where broadcast, never materialised).
 
-    ``run_pass(aggregate, A, conj, shift, x, h0, carry, out, L, nch, reverse)`` launches one pass
-    (see ``matrix_pass`` in scan.cu)."""
+    ``run_pass(aggregate, A, conj, shift, x, h0, resets, rc, carry, out, L, nch, reverse)`` launches
+    one pass (see ``matrix_pass`` in scan.cu); ``rc`` receives the aggregate pass's chunk flags."""
     B, T, n = x.shape
     if B == 0 or T == 0:
         return out
@@ -83,8 +91,9 @@ def scan(run_pass, xp, A, x, h0, out, *, reverse=False, shift=0, conj=False):
     carry = None
     if C > 1:
         agg = xp.empty((B, C - 1, n, n + 1), out.dtype)  # [P_c | s_c] of every chunk but the last
-        run_pass(True, A, conj, shift, x, h0, None, agg, L, C - 1, reverse)
+        rc = None if resets is None else xp.empty((B, C - 1), bool)  # chunk c dropped its incoming state
+        run_pass(True, A, conj, shift, x, h0, resets, rc, None, agg, L, C - 1, reverse)
         carry = xp.empty((B, C - 1, n), out.dtype)      # H_c, the state at the end of chunk c
-        scan(run_pass, xp, agg[..., :n], agg[..., n], h0, carry)
-    run_pass(False, A, conj, shift, x, h0, carry, out, L, C, reverse)
+        scan(run_pass, xp, agg[..., :n], agg[..., n], h0, carry, resets=None if rc is None else rc[:, None, :])
+    run_pass(False, A, conj, shift, x, h0, resets, None, carry, out, L, C, reverse)
     return out

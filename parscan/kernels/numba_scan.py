@@ -18,9 +18,12 @@ factory specialises it per (accumulator dtype, direction) at compile time.  The 
    ``grad_x``, ``grad_a`` and ``grad_h0`` (backward).  Where ``a`` is constant in time the backward
    writes per-tile partial sums of ``grad_a``, summed over tiles by a second small kernel.
 
-``resets`` (a bool per step, optional) are read by the kernel: where set, ``a[t]`` reads as 0 in the
-forward and in every formula of the backward (``grad_a[t] = 0`` there); the flags of a tile are read
-once per block into shared memory (one row for the block when broadcast over channels).
+``resets`` (a bool per step, optional) are read by the kernel: where set, the carried state is dropped
+(``a[t]`` reads as 0) in the forward and in every formula of the backward (``grad_a[t] = 0`` there); the
+flags of a tile are read once per block into shared memory (one row for the block when broadcast over
+channels).  Dropped, not multiplied by 0 (``0 * inf`` is NaN): a reset step selects ``x[t]``, and every
+transfer pair carries a flag "holds a reset" (then ``h_out = H`` whatever ``h_in`` is); a tile holding a
+reset publishes its inclusive prefix at once, so the look-back never walks over one.
 
 Status flags are read and set with atomics, values are published before a ``threadfence`` and read
 with atomics (L1 is not coherent between blocks): adding -0.0, the exact identity of IEEE addition,
@@ -96,12 +99,17 @@ def _kernels(acc_name: str, backward: bool, items: int):
         return off + i * s[0] + j * s[1] + k * s[2] + t * s[3]
 
     @cuda.jit(device=True)
-    def look_back(flags, st_a, st_h, st_i, c, nch, tt, A, H):
+    def look_back(flags, st_a, st_h, st_i, c, nch, tt, A, H, F):
         """Incoming state of time tile ``tt`` of channel ``c``; status entries are tile-major (entry
         (c, u) at ``u * nch + c``).  Publishes the tile's aggregate (A, H) for successors to walk over,
-        unless the predecessor is already inclusive, and its inclusive prefix after."""
+        unless the predecessor is already inclusive, and its inclusive prefix after.  A tile holding a
+        reset (``F``) publishes its inclusive prefix, H, at once (the tiles before do not change it)."""
         s = tt - 1
-        if cuda.atomic.add(flags, s * nch + c, 0) != _INC:
+        if F:
+            put(st_i, tt * nch + c, H)
+            cuda.threadfence()
+            cuda.atomic.exch(flags, tt * nch + c, _INC)
+        elif cuda.atomic.add(flags, s * nch + c, 0) != _INC:
             put(st_a, tt * nch + c, A)
             put(st_h, tt * nch + c, H)
             cuda.threadfence()
@@ -116,9 +124,10 @@ def _kernels(acc_name: str, backward: bool, items: int):
         h = get(st_i, s * nch + c)
         for u in range(s + 1, tt):
             h = get(st_a, u * nch + c) * h + get(st_h, u * nch + c)
-        put(st_i, tt * nch + c, A * h + H)
-        cuda.threadfence()
-        cuda.atomic.exch(flags, tt * nch + c, _INC)
+        if not F:
+            put(st_i, tt * nch + c, A * h + H)
+            cuda.threadfence()
+            cuda.atomic.exch(flags, tt * nch + c, _INC)
         return h
 
     @cuda.jit(device=True, inline=True)
@@ -202,6 +211,7 @@ def _kernels(acc_name: str, backward: bool, items: int):
         sR = cuda.shared.array(THREADS, acc)
         sT = cuda.shared.array(SLOTS, acc)
         sF = cuda.shared.array(FLAGS, types.uint8)
+        sP = cuda.shared.array(THREADS, types.uint8)  # each lane pair's "holds a reset" (with resets)
         sV = cuda.shared.array(1, types.int64)
         la = cuda.local.array(ITEMS, acc)
         lx = cuda.local.array(ITEMS, acc)
@@ -240,6 +250,8 @@ def _kernels(acc_name: str, backward: bool, items: int):
         if has_r:
             rb = reset_bits(r, ro, rs, sF, i, j, (cgrp % nkb) * chans, C2, T, chans, lanes, chan_fast, tid, cl,
                             lane, live, base)
+        # the steps whose carried state is dropped: the forward's r[t] (bit m + 1), the backward's r[t + 1] (bit m)
+        dm = (rb & ((1 << ITEMS) - 1)) if backward else rb >> 1
         a_const = as_[3] == 0        # a constant in time: read once
         a0 = one
         if live and a_const:
@@ -279,38 +291,53 @@ def _kernels(acc_name: str, backward: bool, items: int):
                     else:
                         lx[m] = val
                 cuda.syncthreads()
+        # the fold to (A, H) and F, "holds a reset": at a dropped step the pair restarts at (0, x)
         A = one
         H = zero
+        F = False
         for m in range(ITEMS):
             if backward:  # conj, and the identities of steps outside the sequence
                 u = t0 + m
                 if not (live and u < T):
                     la[m] = one
-                elif u == 0 or (rb >> m) & 1:
+                elif u == 0:
                     la[m] = zero
                 else:
                     la[m] = conj(la[m])
-            elif (rb >> (m + 1)) & 1:  # a reads as 0 at a reset (its flag is 0 outside the sequence)
-                la[m] = zero
-            A = A * la[m]
-            H = la[m] * H + lx[m]
-        # 2. inclusive scan of the lanes' pairs of each channel, in a fixed order
+            if (dm >> m) & 1:
+                A = zero
+                H = lx[m]
+                F = True
+            else:
+                A = A * la[m]
+                H = la[m] * H + lx[m]
+        # 2. inclusive scan of the lanes' pairs of each channel, in a fixed order (a pair holding a
+        # reset keeps its own (A, H))
         sA[tid] = A
         sH[tid] = H
+        if has_r:
+            sP[tid] = 1 if F else 0
         cuda.syncthreads()
         d = 1
         while d < lanes:
             pa = one
             ph = zero
+            pf = False
             if lane >= d:
                 pa = sA[tid - d * step]
                 ph = sH[tid - d * step]
+                if has_r:
+                    pf = sP[tid - d * step] != 0
             cuda.syncthreads()
             if lane >= d:
-                H = A * ph + H
-                A = A * pa
+                if not F:
+                    H = A * ph + H
+                    A = A * pa
+                    F = pf
                 sA[tid] = A
                 sH[tid] = H
+                if has_r:
+                    sP[tid] = 1 if F else 0
             cuda.syncthreads()
             d *= 2
         # 3. the channel's incoming state; across tiles by look-back
@@ -321,16 +348,19 @@ def _kernels(acc_name: str, backward: bool, items: int):
             if time_tiles > 1 and live:
                 c = (i * C1 + j) * C2 + k
                 if tt == 0:
-                    put(st_i, c, A * hin + H)
+                    put(st_i, c, H if F else A * hin + H)
                     cuda.threadfence()
                     cuda.atomic.exch(flags, c, _INC)
                 else:
-                    hin = look_back(flags, st_a, st_h, st_i, c, nch, tt, A, H)
+                    hin = look_back(flags, st_a, st_h, st_i, c, nch, tt, A, H, F)
             sC[cl] = hin
         cuda.syncthreads()
         h = sC[cl]
         if lane > 0:
-            h = sA[tid - step] * h + sH[tid - step]
+            if has_r and sP[tid - step] != 0:
+                h = sH[tid - step]
+            else:
+                h = sA[tid - step] * h + sH[tid - step]
         # 4. rescan from registers and write: h (forward) or grad_x = g and grad_a = g conj(h[t - 1])
         # (backward; h[-1] = h0; h[t - 1] is h at reversed step u + 1, read aligned and taken one step
         # on).  Every thread, dead channels included, reaches every barrier.
@@ -356,7 +386,10 @@ def _kernels(acc_name: str, backward: bool, items: int):
         for m in range(ITEMS):
             u = t0 + m
             if live and u < T:
-                h = la[m] * h + lx[m]
+                if (dm >> m) & 1:
+                    h = lx[m]
+                else:
+                    h = la[m] * h + lx[m]
                 lx[m] = h
                 if backward:
                     reset = (rb >> (m + 1)) & 1  # at t = T - 1 - u: a[t] reads as 0, grad_a[t] = 0
@@ -368,10 +401,10 @@ def _kernels(acc_name: str, backward: bool, items: int):
                     else:
                         lh[m] = gv
                     if u == T - 1 and has_h0:
-                        a_first = zero
+                        gv0 = zero
                         if not reset:
-                            a_first = a0 if a_const else acc(a[at(ao, as_, i, j, k, 0)])
-                        gh0[at(g0o, g0s, i, j, k, 0)] = conj(a_first) * h
+                            gv0 = conj(a0 if a_const else acc(a[at(ao, as_, i, j, k, 0)])) * h
+                        gh0[at(g0o, g0s, i, j, k, 0)] = gv0
         for r in range(2 if backward else 1):  # r = 0: h / grad_x, r = 1: grad_a (unless summed)
             if r == 1 and summed:
                 break

@@ -104,8 +104,10 @@ def _numba_signatures():
     for acc in ("float32", "float64", "complex64", "complex128"):
         a = arr(nt[acc])
         i64, b = T.int64, T.boolean
-        sig = (b, a, i64, T.UniTuple(i64, 4), b, i64, a, i64, T.UniTuple(i64, 3), a, i64, T.UniTuple(i64, 2), b, a,
-               a, i64, T.UniTuple(i64, 4), i64, i64, i64, i64, i64, b, b)
+        flags = arr(T.boolean)
+        sig = (b, a, i64, T.UniTuple(i64, 4), b, i64, a, i64, T.UniTuple(i64, 3), a, i64, T.UniTuple(i64, 2), b,
+               flags, i64, T.UniTuple(i64, 3), i64, b, flags, a, a, i64, T.UniTuple(i64, 4), i64, i64, i64, i64, i64,
+               b, b)
         yield f"matrix_pass[{acc}]", acc, None, sig
 
 

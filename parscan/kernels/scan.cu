@@ -14,8 +14,10 @@
 //      grad_h0 (grad_a, when a is constant in time, as one partial sum per (channel, tile), summed
 //      over the tile's lanes in the block and over tiles by sum_parts, both in a fixed order; with one
 //      tile in time, the block's sum is grad_a itself and sum_parts does not run).
-// Resets (r, one byte a step, optional): where r[t] is set a[t] reads as 0 (the carried state is
-// dropped), in the forward and in every formula of the backward (grad_a[t] = 0 there).
+// Resets (r, one byte a step, optional): where r[t] is set the carried state is dropped (a[t] reads as
+// 0), in the forward and in every formula of the backward (grad_a[t] = 0 there).  Dropped, not
+// multiplied by 0: the step selects x[t] (0 * inf would be NaN), and a transfer pair carries a flag
+// "holds a reset" (h_out = H then, whatever h_in is), so a non-finite state never crosses a reset.
 // Tiles take virtual ids from an atomic counter (time tiles fastest), so a tile's predecessors have
 // always started.  64-bit indexing throughout.  float16 is stored as its bit pattern and accumulated
 // in float32; complex values are (re, im) pairs as NumPy stores them.
@@ -102,14 +104,21 @@ enum { EMPTY = 0, AGGREGATE = 1, INCLUSIVE = 2 };
 
 // Status entries are tile-major: entry (channel c, time tile u) is at u * nch + c, so the last lanes of
 // neighbouring channels (one warp in the channel-fast order) publish and poll neighbouring words.
+// A tile holding a reset (agg_r) publishes its inclusive prefix, agg_h, at once (it does not depend on
+// the tiles before), so the aggregates a tile walks over never hold a reset; it still looks back for
+// its own incoming state (its steps before the reset need it).
 template <class A>
 __device__ A look_back(int* flags, typename Acc<A>::real* st_a, typename Acc<A>::real* st_h,
-                       typename Acc<A>::real* st_i, i64 c, i64 nch, i64 tt, A agg_a, A agg_h) {
+                       typename Acc<A>::real* st_i, i64 c, i64 nch, i64 tt, A agg_a, A agg_h, bool agg_r) {
     typedef Acc<A> T;
     i64 s = tt - 1;
-    // the aggregate is published for successors to walk over, unless the predecessor is already
-    // inclusive (the common case): then this tile goes straight to its own inclusive prefix
-    if (atomicAdd(flags + s * nch + c, 0) != INCLUSIVE) {
+    if (agg_r) {
+        T::put(st_i, tt * nch + c, agg_h);
+        __threadfence();
+        atomicExch(flags + tt * nch + c, INCLUSIVE);
+    } else if (atomicAdd(flags + s * nch + c, 0) != INCLUSIVE) {
+        // the aggregate is published for successors to walk over, unless the predecessor is already
+        // inclusive (the common case): then this tile goes straight to its own inclusive prefix
         T::put(st_a, tt * nch + c, agg_a);
         T::put(st_h, tt * nch + c, agg_h);
         __threadfence();
@@ -123,9 +132,11 @@ __device__ A look_back(int* flags, typename Acc<A>::real* st_a, typename Acc<A>:
     __threadfence();
     A h = T::get(st_i, s * nch + c);
     for (i64 u = s + 1; u < tt; ++u) h = T::get(st_a, u * nch + c) * h + T::get(st_h, u * nch + c);
-    T::put(st_i, tt * nch + c, agg_a * h + agg_h);
-    __threadfence();
-    atomicExch(flags + tt * nch + c, INCLUSIVE);
+    if (!agg_r) {
+        T::put(st_i, tt * nch + c, agg_a * h + agg_h);
+        __threadfence();
+        atomicExch(flags + tt * nch + c, INCLUSIVE);
+    }
     return h;
 }
 
@@ -227,6 +238,7 @@ scan_kernel(OPERAND(const SA*, a), OPERAND(const S*, x), OPERAND(const S*, hh), 
     __shared__ A sC[THREADS];
     __shared__ A sT[THREADS * ITEMS + THREADS * ITEMS / 32];  // the coalescing transpose
     __shared__ unsigned char sF[THREADS * ITEMS];             // the tile's reset flags
+    __shared__ unsigned char sP[THREADS];                     // each lane pair's "holds a reset" (has_r)
     __shared__ i64 sV;
     A la[ITEMS], lx[ITEMS], lh[ITEMS];
     const int tid = threadIdx.x;
@@ -255,6 +267,8 @@ scan_kernel(OPERAND(const SA*, a), OPERAND(const S*, x), OPERAND(const S*, hh), 
                                                             (cgrp % nkb) * chans, C2, T, chans, lanes, chan_fast,
                                                             tid, cl, lane, live, base)
                               : 0u;
+    // the steps whose carried state is dropped: the forward's r[t] (bit m + 1), the backward's r[t + 1] (bit m)
+    const unsigned dm = BACKWARD ? rb & ((1u << ITEMS) - 1u) : rb >> 1;
 
     // 1. load (identity past the end and in dead channels) and fold.  An a constant in time (stride 0)
     // is read once.  The backward runs reversed time, step u is t = T - 1 - u: (conj(a[t + 1]), grad_h[t]),
@@ -268,7 +282,7 @@ scan_kernel(OPERAND(const SA*, a), OPERAND(const S*, x), OPERAND(const S*, hh), 
 #pragma unroll
         for (int m = 0; m < ITEMS; ++m) {  // conj, and the identities of steps outside the sequence
             const i64 u = t0 + m;
-            la[m] = !(live && u < T) ? one : u == 0 || (rb >> m & 1u) ? zero : Ops::conj(la[m]);
+            la[m] = !(live && u < T) ? one : u == 0 ? zero : Ops::conj(la[m]);
         }
         tile_load(lx, sT, coalesce, cl, lane, lanes, base,
                   [&](i64 u) { return live && u < T ? load<A>(x, AT(x, i, j, kk, T - 1 - u)) : zero; });
@@ -277,29 +291,44 @@ scan_kernel(OPERAND(const SA*, a), OPERAND(const S*, x), OPERAND(const S*, hh), 
                   [&](i64 u) { return !(live && u < T) ? one : a_const ? a0 : load<A>(a, AT(a, i, j, kk, u)); });
         tile_load(lx, sT, coalesce, cl, lane, lanes, base,
                   [&](i64 u) { return live && u < T ? load<A>(x, AT(x, i, j, kk, u)) : zero; });
-#pragma unroll
-        for (int m = 0; m < ITEMS; ++m)  // a reads as 0 at a reset (its flag is 0 outside the sequence)
-            if (rb >> (m + 1) & 1u) la[m] = zero;
     }
+    // the fold to (fa, fh) and ff, "holds a reset": at a dropped step the pair restarts at (0, x)
     A fa = one, fh = zero;
+    bool ff = false;
 #pragma unroll
     for (int m = 0; m < ITEMS; ++m) {
-        fa = fa * la[m];
-        fh = la[m] * fh + lx[m];
+        if (dm >> m & 1u) {
+            fa = zero;
+            fh = lx[m];
+            ff = true;
+        } else {
+            fa = fa * la[m];
+            fh = la[m] * fh + lx[m];
+        }
     }
-    // 2. inclusive scan of each channel's lane pairs
+    // 2. inclusive scan of each channel's lane pairs (a pair holding a reset keeps its own (A, H))
     sA[tid] = fa;
     sH[tid] = fh;
+    if (has_r) sP[tid] = ff;
     __syncthreads();
     for (int d = 1; d < lanes; d *= 2) {
         A pa = one, ph = zero;
-        if (lane >= d) { pa = sA[tid - d * step]; ph = sH[tid - d * step]; }
+        bool pf = false;
+        if (lane >= d) {
+            pa = sA[tid - d * step];
+            ph = sH[tid - d * step];
+            if (has_r) pf = sP[tid - d * step] != 0;
+        }
         __syncthreads();
         if (lane >= d) {
-            fh = fa * ph + fh;
-            fa = fa * pa;
+            if (!ff) {
+                fh = fa * ph + fh;
+                fa = fa * pa;
+                ff = pf;
+            }
             sA[tid] = fa;
             sH[tid] = fh;
+            if (has_r) sP[tid] = ff;
         }
         __syncthreads();
     }
@@ -310,18 +339,18 @@ scan_kernel(OPERAND(const SA*, a), OPERAND(const S*, x), OPERAND(const S*, hh), 
         if (time_tiles > 1 && live) {
             const i64 c = (i * C1 + j) * C2 + k, nch = C0 * C1 * C2;
             if (tt == 0) {
-                Ops::put(st_i, c, fa * hin + fh);
+                Ops::put(st_i, c, ff ? fh : fa * hin + fh);
                 __threadfence();
                 atomicExch(flags + c, INCLUSIVE);
             } else {
-                hin = look_back<A>(flags, st_a, st_h, st_i, c, nch, tt, fa, fh);
+                hin = look_back<A>(flags, st_a, st_h, st_i, c, nch, tt, fa, fh, ff);
             }
         }
         sC[cl] = hin;
     }
     __syncthreads();
     A h = sC[cl];
-    if (lane > 0) h = sA[tid - step] * h + sH[tid - step];
+    if (lane > 0) h = has_r && sP[tid - step] ? sH[tid - step] : sA[tid - step] * h + sH[tid - step];
     // 4. rescan from registers and write: h (forward) or grad_x = g and grad_a = g conj(h[t - 1])
     // (backward; h[-1] = h0).  Every thread, dead channels included, reaches every barrier.
     const bool summed = ga_st == 0;
@@ -336,7 +365,7 @@ scan_kernel(OPERAND(const SA*, a), OPERAND(const S*, x), OPERAND(const S*, hh), 
     for (int m = 0; m < ITEMS; ++m) {
         const i64 u = t0 + m;
         if (live && u < T) {
-            h = la[m] * h + lx[m];
+            h = dm >> m & 1u ? lx[m] : la[m] * h + lx[m];
             lx[m] = h;
             if (BACKWARD) {
                 const bool reset = rb >> (m + 1) & 1u;  // at t = T - 1 - u: a[t] reads as 0, grad_a[t] = 0
@@ -345,7 +374,7 @@ scan_kernel(OPERAND(const SA*, a), OPERAND(const S*, x), OPERAND(const S*, hh), 
                 else lh[m] = gv;
                 if (u == T - 1 && has_h0)
                     store(gh0, AT(gh0, i, j, k, 0),
-                          Ops::conj(reset ? zero : a_const ? a0 : load<A>(a, AT(a, i, j, k, 0))) * h);
+                          reset ? zero : Ops::conj(a_const ? a0 : load<A>(a, AT(a, i, j, k, 0))) * h);
             }
         }
     }
@@ -399,14 +428,20 @@ __global__ void sum_parts(const typename Acc<A>::real* parts, OPERAND(SG*, ga), 
 //   final (pass 3): per (b, c) one column, the state, from h0 (c = 0) or the end of chunk c - 1
 //     (carry[b, c - 1], contiguous (B, nch - 1, n)), writing h_t to out at every step.
 // Neighbouring columns take neighbouring batch rows when batch_fast (time-major data, as DEER's), else
-// neighbouring chunks.  The coefficient at step t is A[t + shift] (zero outside [0, T)), conjugated when conj_a: the
+// neighbouring chunks.  The coefficient at step t is A[t + shift] (none outside [0, T)), conjugated when conj_a: the
 // backward passes the transposed view, conj_a = 1 and shift = +-1 to run g_t = grad_h_t + A_{t+1}^H g_{t+1}.
+// Resets (has_r; R one byte a step, batch row b at (b / R_bin) * R_so + (b % R_bin) * R_si, time stride R_st,
+// zero strides where broadcast): where R[t + shift] is set the step has no coefficient either, v = f_t (the
+// state is dropped, not multiplied by 0), so P_c is 0 after a reset and s_c the scan from the chunk's last
+// reset; the aggregate pass also writes rc[b * nch + c], "chunk c dropped its incoming state", the resets
+// of the carry scan (H_c = s_c there, whatever H_{c-1} is).
 template <class S>
 __global__ void __launch_bounds__(THREADS)
 matrix_pass(int aggregate, const S* __restrict__ A, i64 A_sb, i64 A_st, i64 A_si, i64 A_sk, int conj_a,
             i64 shift, const S* __restrict__ x, i64 x_sb, i64 x_st, i64 x_si, const S* __restrict__ h0, i64 h0_sb,
-            i64 h0_si, int has_h0, const S* __restrict__ carry, S* __restrict__ out, i64 o_sb, i64 o_st,
-            i64 o_si, i64 o_sj, i64 B, i64 T, int n, i64 L, i64 nch, int reverse, int batch_fast) {
+            i64 h0_si, int has_h0, const unsigned char* __restrict__ R, i64 R_so, i64 R_si, i64 R_bin, i64 R_st,
+            int has_r, unsigned char* __restrict__ rc, const S* __restrict__ carry, S* __restrict__ out, i64 o_sb,
+            i64 o_st, i64 o_si, i64 o_sj, i64 B, i64 T, int n, i64 L, i64 nch, int reverse, int batch_fast) {
     typedef Acc<S> Ops;
     __shared__ S tile[2][THREADS];  // double-buffered: step s reads tile[s & 1], writes the other
     const int cpb = THREADS / n;
@@ -432,6 +467,8 @@ matrix_pass(int aggregate, const S* __restrict__ A, i64 A_sb, i64 A_st, i64 A_si
     }
     tile[0][tid] = v;
     __syncthreads();
+    const i64 r_row = has_r && live ? (b / R_bin) * R_so + (b % R_bin) * R_si : 0;
+    bool dropped = false;  // a step of the chunk without its coefficient
     // A column is active for a prefix of the steps, so an inactive column's stale buffer is never read.
     for (i64 s = 0; s < L; ++s) {
         const S* cur = tile[s & 1];
@@ -441,7 +478,9 @@ matrix_pass(int aggregate, const S* __restrict__ A, i64 A_sb, i64 A_st, i64 A_si
             const i64 t = reverse ? T - 1 - p : p;
             S acc = state ? x[b * x_sb + t * x_st + i * x_si] : Ops::zero();
             const i64 te = t + shift;
-            if (te >= 0 && te < T) {
+            const bool coef = te >= 0 && te < T && !(has_r && R[r_row + te * R_st]);
+            dropped = dropped || !coef;
+            if (coef) {
                 const S* row = A + b * A_sb + te * A_st + i * A_si;
                 if (conj_a) {
 #pragma unroll 2
@@ -458,4 +497,5 @@ matrix_pass(int aggregate, const S* __restrict__ A, i64 A_sb, i64 A_st, i64 A_si
         __syncthreads();
     }
     if (live && aggregate) out[b * o_sb + c * o_st + i * o_si + j * o_sj] = v;
+    if (live && aggregate && has_r && j == n && i == 0) rc[b * nch + c] = dropped;
 }

@@ -31,7 +31,7 @@ class ndarray(np.ndarray):  # noqa: N801 - CuPy's name
         # owns its own, on the current device
         view = self.base is not None and isinstance(obj, ndarray)
         self.extent = getattr(obj, "extent", None) if self.base is not None else None
-        self.dev_id = obj.dev_id if view else _current()
+        self.dev_id = obj.dev_id if view else _state.device
 
     @property
     def device(self):
@@ -109,7 +109,7 @@ DEVICES = 1  # "devices" the stand-in has; a test may set 2 to check placement o
 
 
 def _current() -> int:
-    return getattr(_state, "device", 0)
+    return _state.device
 
 
 class Device:
@@ -122,7 +122,7 @@ class Device:
         self.id = id
 
     def __enter__(self):
-        _state.stack = getattr(_state, "stack", []) + [_current()]
+        _state.stack = _state.stack + [_state.device]
         _state.device = self.id
         return self
 
@@ -214,7 +214,12 @@ class Launch:
 REC_DTYPE = np.dtype([("addr", "u8"), ("pc", "u8"), ("seq", "u8"), ("block", "u4"), ("thread", "u4"),
                       ("size", "u4"), ("store", "u4")])
 
-_state = threading.local()
+class _State(threading.local):
+    device = 0  # the thread's current device
+    stack = []  # noqa: RUF012 - replaced, never mutated (see Device)
+
+
+_state = _State()
 _lock = threading.Lock()  # the runtime is one global scheduler: one launch at a time
 
 

@@ -165,3 +165,56 @@ def test_device_arrays_in_and_out_auto_numba_and_host_arrays_refused(n):
         parscan.matrix_linear_scan_backward(A, x, x, backend="numba")
     with pytest.raises(parscan.BackendUnavailable, match="CuPy cannot use"):
         parscan.matrix_linear_scan(*_dev(A, x), backend="cupy")
+
+
+# ---- resets (issue #18): the kernel reads a byte a step (a view, broadcast by zero strides) ----------
+
+RESET_CASES = [  # (x shape, A shape, h0 shape or None, resets shape, reverse, dtype)
+    ((2, 24, 3), (2, 24, 3, 3), (2, 3), (24,), False, "float32"),
+    ((2, 24, 3), (1, 1, 3, 3), (2, 3), (2, 24), True, "complex128"),     # A constant; per batch row
+    ((2, 2, 11, 2), (2, 2, 11, 2, 2), (2, 2, 2), (2, 1, 11), True, "float32"),  # (B1, 1, T) over (B1, B2)
+    ((2, 24, 3), (2, 24, 3, 3), (2, 3), (24,), True, "float64"),
+    ((2, 2, 11, 2), (1, 11, 2, 2), None, (2, 1, 11), False, "complex64"),
+]
+
+
+@pytest.mark.parametrize("xs,As,hs,rs,reverse,dtype", RESET_CASES)
+def test_resets_match_the_reference(xs, As, hs, rs, reverse, dtype):
+    """Resets at t = 0, T - 1 and both sides of chunk edges (2 steps a chunk here) in some rows, the
+    forward and the backward (whose flag is read at t + 1) against the reference."""
+    rng = np.random.default_rng(sum(xs) + len(rs))
+    n, T = xs[-1], xs[-2]
+    x, A = _rand(rng, xs, dtype), _rand(rng, As, dtype, 0.6 / np.sqrt(n))
+    h0 = None if hs is None else _rand(rng, hs, dtype)
+    r = rng.random(rs) < 0.2
+    r[..., [0, 5, 6, T - 1]] |= rng.random(r.shape[:-1] + (4,)) < 0.5
+    dA, dx, dh0, dr = _dev(A, x, h0, r)
+    h = parscan.matrix_linear_scan(dA, dx, dh0, reverse=reverse, resets=dr)
+    want = matrix.matrix_linear_scan(A, x, h0, reverse=reverse, resets=r, backend="reference")
+    _close(h, want, dtype)
+    hh, gh = want.astype(dtype), _rand(rng, want.shape, dtype)
+    got = parscan.matrix_linear_scan_backward(dA, *_dev(hh, gh), dh0, reverse=reverse, resets=dr)
+    exp = parscan.matrix_linear_scan_backward(A, hh, gh, h0, reverse=reverse, resets=r, backend="reference")
+    for g, w in zip(got, exp):
+        assert (g is None) == (w is None)
+        if g is not None:
+            _close(g, w.astype(g.dtype), dtype)
+
+
+@pytest.mark.parametrize("reverse,dtype", [(False, "float32"), (True, "complex128")])
+def test_nonfinite_values_do_not_cross_a_reset(reverse, dtype):
+    """inf / NaN before a reset and a NaN h0: dropped within a chunk and by the carry scan (whose
+    resets are the chunks' "dropped the incoming state" flags), forward and backward."""
+    from reset_cases import assert_same_nonfinite, assert_some_of_both, poisoned_matrix
+
+    A, x, h0, r, gh = poisoned_matrix(np.random.default_rng(5), (2, 40, 3), (2, 40, 3, 3), dtype)
+    with np.errstate(invalid="ignore", over="ignore"):
+        want = matrix.matrix_linear_scan(A, x, h0, reverse=reverse, resets=r, backend="reference")
+        h = parscan.matrix_linear_scan(*_dev(A, x, h0), reverse=reverse, resets=to_device(r))
+        assert_some_of_both(want)
+        assert_same_nonfinite(host(h), want, dtype)
+        hh = want.astype(dtype)
+        exp = parscan.matrix_linear_scan_backward(A, hh, gh, h0, reverse=reverse, resets=r, backend="reference")
+        got = parscan.matrix_linear_scan_backward(*_dev(A, hh, gh, h0), reverse=reverse, resets=to_device(r))
+    for g, w in zip(got, exp):
+        assert_same_nonfinite(host(g), w, dtype)

@@ -69,3 +69,29 @@ def test_resets_match_the_reference(shape, axis, rshape, dtype, a_kind, with_h0,
         else:
             assert np.shape(g) == np.shape(w)
             assert_close(host(g), w, dtype)
+
+
+# inf / NaN before a reset (tests/reset_cases.py): dropped, not multiplied by 0, in the lanes' fold, the
+# block scan and the look-back (tiles of 128 steps time-fast, 32 channel-fast: some tiles without a reset
+# carry the poison into the ones with one)
+NONFINITE = [((1, 600), -1, "float32", "full", False), ((150, 3), 0, "complex128", "channel", True),
+             ((1, 600), -1, "complex64", "full", True), ((150, 3), 0, "float64", "full", False)]
+
+
+@pytest.mark.parametrize("shape,axis,dtype,a_kind,reverse", NONFINITE)
+def test_nonfinite_values_do_not_cross_a_reset(shape, axis, dtype, a_kind, reverse):
+    from reset_cases import assert_same_nonfinite, assert_some_of_both, poisoned
+
+    a, x, h0, r, gh = poisoned(np.random.default_rng(shape[axis]), shape, axis, dtype, a_kind, mirror=reverse)
+    kw = dict(axis=axis, reverse=reverse)
+    with np.errstate(invalid="ignore", over="ignore"):
+        want = reference.linear_scan(a, x, h0, resets=r, **kw)
+        h = parscan.linear_scan(to_device(a), to_device(x), to_device(h0), resets=to_device(r), **kw)
+        assert_some_of_both(want)
+        assert_same_nonfinite(host(h), want, dtype)
+        hs = want.astype(dtype)
+        exp = reference.linear_scan_backward(a, hs, gh, h0, resets=r, **kw)
+        got = parscan.linear_scan_backward(to_device(a), to_device(hs), to_device(gh), to_device(h0),
+                                           resets=to_device(r), **kw)
+    for g, w in zip(got, exp):
+        assert_same_nonfinite(host(g), w, dtype)

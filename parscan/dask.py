@@ -837,8 +837,9 @@ def linear_scan_backward(a, h, grad_h, h0=None, *, axis=-1, reverse=False, metho
                              "h0 must broadcast to h's shape without the time axis")
     r_dims = _value_or_dims(resets, "resets", shape, _all(shape), 0, "resets must broadcast to h's shape")
     full = tuple(range(h.ndim))
-    chunks, (ho_, go, ao, h0o, ro) = _layout(shape, [("h", h, full, 0), ("grad_h", grad_h, full, 0), ("a", a, a_dims, 0),
-                                                     ("h0", h0, h0_dims, 0), ("resets", resets, r_dims, 0)])
+    chunks, (ho_, go, ao, h0o, ro) = _layout(shape, [("h", h, full, 0), ("grad_h", grad_h, full, 0),
+                                                     ("a", a, a_dims, 0), ("h0", h0, h0_dims, 0),
+                                                     ("resets", resets, r_dims, 0)])
     ao.value, h0o.value = _taken(ao.value, dtype), _taken(h0o.value, dtype)
     spec = _Spec(False, h.ndim, axis, bool(reverse), backend, dtype, accumulation_dtype(dtype), _is_cupy(ho_.value))
     return _backward("linear-scan", spec, chunks, ho_, go, ao, h0o, ro, method, ga_dtype, gh0_dtype, h0 is not None)

@@ -1,48 +1,55 @@
 """Scans over Dask arrays: the linear scan of arrays too large for one machine, chunk by chunk.
 
-:func:`linear_scan`, :func:`linear_scan_backward` and :func:`matrix_linear_scan` take
-``dask.array.Array`` arguments chunked any way (along time, along channels, both, unevenly) and
-return lazy Dask arrays with x's chunks.  Their semantics, broadcasting and dtypes are those of the
-in-memory :func:`parscan.linear_scan`, :func:`parscan.linear_scan_backward` and
-:func:`parscan.matrix_linear_scan`, which run every chunk (NumPy chunks on the ``cpu`` backend, CuPy
-chunks on the GPU).  ``a``, ``x`` and ``h0`` may each be a Dask array, an in-memory array or a scalar.
+:func:`linear_scan`, :func:`linear_scan_backward`, :func:`matrix_linear_scan` and
+:func:`matrix_linear_scan_backward` take ``dask.array.Array`` arguments chunked any way (along time,
+along channels, both, unevenly) and return lazy Dask arrays.  Their semantics, broadcasting and dtypes
+are those of the in-memory :func:`parscan.linear_scan`, :func:`parscan.linear_scan_backward`,
+:func:`parscan.matrix_linear_scan` and :func:`parscan.matrix_linear_scan_backward`, which do all the
+arithmetic: every task is one call of the in-memory API on NumPy chunks (the ``cpu`` backend) or CuPy
+chunks (the GPU backends).  ``a``, ``x`` and ``h0`` may each be a Dask array, an in-memory array or a
+scalar; Python scalars are rounded to the result dtype as the in-memory API rounds them.
 
-The algorithm is the GPU kernels' at the scale of chunks.  A chunk of T_k steps maps a state
-``h_in`` to ``h_out = A_k h_in + H_k``, where ``A_k = a[s] a[s+1] ... a[s+T_k-1]`` (``a ** T_k`` for a
-decay constant in time, never materialised) and ``H_k`` is the chunk's last state when scanned from
-zero.  So, along time, per block of channels:
+The algorithm is the GPU kernels' at the scale of chunks.  A chunk maps the state before it to the
+state after it, ``h_out = A_k h_in + H_k``, so, along time, per block of channels:
 
-1. every chunk but the first and the last is scanned from zero and reduced to its pair
-   ``(A_k, H_k)`` (the scan itself is dropped); the first chunk is scanned from ``h0``: that is its
-   result, and its last state is the first carry;
-2. the pairs, the size of a chunk without its time axis, are combined along time into the carries
-   ``c_{k+1} = A_k c_k + H_k``: by a Brent-Kung tree of the associative
-   ``(A2, H2) o (A1, H1) = (A2 A1, A2 H1 + H2)`` (``method="blelloch"``, the default: 2 log2(chunks)
-   levels, about two tiny tasks a chunk) or a chain (``method="sequential"``: one task a chunk, as
-   many levels);
-3. every other chunk is scanned again from its carry, ``linear_scan(a_k, x_k, h0=c_k)``.
+1. the first chunk is scanned from ``h0`` (that is its result; its last state is the first carry);
+   every other chunk but the last is reduced to its transfer pair ``(A_k, H_k)``:
+   ``H_k`` is the last state of ``linear_scan(a_k, x_k)`` (from zero) and ``A_k``, the product of the
+   chunk's decays (0 if it holds a reset), is the last state of ``linear_scan(a_k, 0, h0=1,
+   resets=r_k)`` over an array of zeros broadcast (never materialised) to the shape of ``a_k`` and
+   ``r_k`` only: ``(T_k,)`` for a scalar decay, one task per chunk length for a decay constant in time;
+2. the carries ``c_k = A_k c_{k-1} + H_k`` are themselves a linear scan, along the chunk axis: one
+   small task per block of channels runs ``linear_scan(stack(A), stack(H), h0=c_0, axis=0)``
+   (``method="scan"``, the default), or a chain of one-pair scans, one task a chunk
+   (``method="sequential"``);
+3. every other chunk is scanned again from its carry, ``linear_scan(a_k, x_k, h0=c_{k-1})``.
+
+The matrix scan is the same with n x n pairs (``P_k`` is the last state of the matrix scan of zeros
+from the identity, one batch row per column).  The backwards run the construction in reversed time:
+each chunk's gradient flowing out of it is ``G_k = conj(A_k) G_{k+1} + D_k`` (``P_k^H`` for the
+matrix scan), with ``D_k`` the grad_h0 of the chunk's in-memory backward from no incoming gradient,
+and the chain of G is again one linear scan along the chunk axis (see :func:`linear_scan_backward`).
 
 Each chunk is read at most twice, no chunk is ever gathered with another or rechunked, blocks of
 channels are independent, and the graph has O(number of chunks) tasks.  float16 data is carried
-across chunks in float32 (the in-memory scan's accumulation type): pass 1 and the carries run in
-float32 and the second pass scans from the float32 carry and rounds the result to float16 once.
+across chunks in float32 (the in-memory scan's accumulation type): every chunk call computes in
+float32 (scalars rounded to float16 first) and the results are rounded to float16 once.
 
-The backward is the same construction in reversed time (see :func:`linear_scan_backward`).
+``resets`` (a Dask or in-memory bool array broadcastable to x, cut to x's chunks like ``a``) go to
+every chunk call, including the one that gives ``A_k``, so a chunk with a reset passes no state on.
 
-``resets`` (issue #18; a Dask or in-memory bool array broadcastable to x, cut to x's chunks like
-``a``) go to every chunk call, and a chunk with a reset has ``A_k = 0``: the product of its effective
-decays, which are 0 at reset steps (the matrix scan: ``P_k = 0`` for the batch rows with a reset).
-
-Chunks must line up: a dimension of ``a`` or ``h0`` that is not broadcast must be chunked like x's
-(a Dask array with other chunks raises ``ValueError`` with the ``rechunk`` that fixes it: parscan
-never moves data behind your back).  In-memory operands are cut to x's chunks; an in-memory x takes
-the chunks of a Dask ``a`` or ``h0`` where they have them and is one chunk elsewhere.
+Chunks must line up: a dimension that several Dask operands share (not broadcast) must be chunked the
+same way in each (otherwise ``ValueError`` names the ``rechunk`` that fixes it: parscan never moves
+data behind your back).  The result takes x's chunks where x covers a dimension, else those of the
+Dask operand that does (the matrix scan broadcasts x's leading dims like the in-memory one), else
+one chunk; in-memory operands are cut to those chunks.
 
 Scheduling: chunk calls use the in-memory backends, so on a host worker each task runs Numba's
 parallel kernels: set ``NUMBA_NUM_THREADS`` to the worker's thread count (``threads_per_worker``)
-to avoid oversubscribing cores.  Dask's threaded scheduler (and workers with several threads) call
-the kernels from several threads at once, which needs Numba's ``omp`` or ``tbb`` threading layer
-(``workqueue`` is not thread-safe).
+to avoid oversubscribing cores.  Dask's threaded scheduler (and workers with several threads) make
+calls from several threads at once; Numba's ``omp`` and ``tbb`` threading layers allow that, its
+``workqueue`` layer aborts the process on concurrent use, so under ``workqueue`` the host chunk calls
+of this module take a lock (one runs at a time in a process).
 
 >>> import dask.array as da, numpy as np, parscan.dask
 >>> x = da.ones(6, chunks=2, dtype=np.float32)
@@ -53,24 +60,28 @@ array([1.     , 1.5    , 1.75   , 1.875  , 1.9375 , 1.96875], dtype=float32)
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
-from functools import partial
+import sys
+import threading
+from dataclasses import dataclass
 
 import numpy as np
 
+from ._problem import accumulation_dtype
 from .matrix import matrix_linear_scan as _matrix_scan
+from .matrix import matrix_linear_scan_backward as _matrix_scan_backward
 from .scan import linear_scan as _scan
 from .scan import linear_scan_backward as _scan_backward
 
-__all__ = ["linear_scan", "linear_scan_backward", "matrix_linear_scan"]
+__all__ = ["linear_scan", "linear_scan_backward", "matrix_linear_scan", "matrix_linear_scan_backward"]
 
-#: how the chunk pairs are combined along time, unless a call says.  Chosen by measurement (``parscan
-#: bench --suite dask``, benchmarks/README.md): the tree is as fast as the chain when the chunks' own
-#: work dominates (1 GiB in 64 chunks) and up to twice as fast when the scheduler's latency does
-#: (small chunks, hundreds of them), where the chain waits one round trip per chunk.
-DEFAULT_METHOD = "blelloch"
-_METHODS = ("sequential", "blelloch")
+#: how the carries are computed along time, unless a call says: ``"scan"``, one linear scan of the
+#: stacked pairs per block of channels (graph depth 1), or ``"sequential"``, a chain of one-pair scans
+#: (depth = chunks).  Chosen by measurement (benchmarks/README.md, "Dask").
+DEFAULT_METHOD = "scan"
+_METHODS = ("scan", "sequential")
 _FANIN = 8  # reductions of broadcast gradients: a tree of sums with this fan-in
 
 
@@ -86,8 +97,7 @@ def _dask():
 # ---- operands ------------------------------------------------------------------------------------
 
 def _is_dask(v) -> bool:
-    da = _dask()
-    return isinstance(v, da.Array)
+    return isinstance(v, _dask().Array)
 
 
 def _arrayish(v):
@@ -98,6 +108,16 @@ def _arrayish(v):
 def _is_value(v) -> bool:
     """A value every task takes whole: a Python or NumPy scalar, or an in-memory 0-d array."""
     return not _is_dask(v) and (np.ndim(v) == 0 if not hasattr(v, "ndim") else v.ndim == 0)
+
+
+def _python_scalar(v) -> bool:
+    return isinstance(v, (int, float, complex)) and not isinstance(v, (bool, np.generic))
+
+
+def _taken(v, dtype):
+    """``v`` as the in-memory API takes it: a Python scalar rounded to the result dtype (a NumPy scalar
+    of that dtype, which keeps every chunk call's result dtype); anything else as it is."""
+    return np.asarray(v, dtype=dtype)[()] if _python_scalar(v) else v
 
 
 def _stub(v, shape=()):
@@ -114,10 +134,16 @@ def _check_known(v, name):
         raise ValueError(f"{name} has unknown chunk sizes; call {name}.compute_chunk_sizes() first")
 
 
-class _Placed:
-    """An operand lined up with x's blocks: ``value`` is a Dask array whose first ``len(dims)`` axes
-    map onto x's (core) axes ``dims`` (size 1 = broadcast) and whose ``event`` trailing axes are one
-    chunk each; or ``dims`` is None and ``value`` (a scalar or None) goes whole to every task."""
+def _check_array(v, name):
+    if v is not None and not hasattr(v, "ndim"):
+        raise TypeError(f"{name} must be an array (a Dask array, or NumPy/CuPy), got {type(v).__name__}")
+
+
+class _Op:
+    """An operand lined up with the result's blocks: ``value`` is a Dask array whose first
+    ``len(dims)`` axes map onto the result's core axes ``dims`` (size 1 = broadcast) and whose
+    ``event`` trailing axes are one chunk each; or ``dims`` is None and ``value`` (a scalar, a 0-d
+    in-memory array or None) goes whole to every task."""
 
     def __init__(self, value, dims=None, event=0):
         self.value, self.dims, self.event = value, dims, event
@@ -127,7 +153,7 @@ class _Placed:
         return self.dims is not None
 
     def arg(self, idx):
-        """The task argument for x's block ``idx``: a key of this array, or the value itself."""
+        """The task argument for the result's block ``idx``: a key of this array, or the value itself."""
         if self.dims is None:
             return self.value
         v = self.value
@@ -138,81 +164,74 @@ class _Placed:
         return self.dims is not None and any(dd == d and self.value.shape[j] != 1 for j, dd in enumerate(self.dims))
 
 
-def _targets(core_shape, axis, kind):
-    """x's core axes an operand's core axes are right-aligned onto: all of them (``a``), or all but
-    time (``h0``)."""
-    return list(range(len(core_shape))) if kind == "a" else [d for d in range(len(core_shape)) if d != axis]
-
-
-def _check_shape(v, name, core_shape, targets, event, fix):
-    """Right-aligned broadcasting of ``v``'s core axes onto x's axes ``targets`` (the in-memory rule)."""
+def _dims(v, name, core_shape, targets, event, fix):
+    """The result's core axes that ``v``'s core axes map onto (NumPy's right-aligned broadcasting onto
+    the axes ``targets``), or the in-memory API's error."""
     shape = tuple(v.shape)
-    core = shape[:len(shape) - event] if event else shape
+    core = shape[:len(shape) - event]
     want = tuple(core_shape[d] for d in targets)
-    if len(core) > len(want) or any(n not in (1, w) for n, w in zip(core[::-1], want[::-1])):
+    try:
+        ok = len(core) <= len(want) and np.broadcast_shapes(core, want) == want
+    except ValueError:
+        ok = False
+    if not ok:
         raise ValueError(f"{name} has shape {shape}, which does not broadcast to {want}; {fix}")
-    return targets[len(want) - len(core):]
+    return tuple(targets[len(want) - len(core):])
 
 
-def _x_chunks(x, core_shape, event, others):
-    """Chunks for an in-memory x: those of the Dask operands that cover an axis, else one chunk."""
-    chunks = []
+def _layout(core_shape, operands):
+    """The result's chunks along its core axes, and ``operands`` (``(name, value, dims, event)``, x
+    first) as :class:`_Op` s cut to them.  An axis takes the chunks of the first Dask operand that
+    covers it (one chunk if none does); every other Dask operand that covers it must match them."""
+    da = _dask()
+    chunks, source = [], []
     for d, n in enumerate(core_shape):
-        got = (n,)
-        for v, dims in others:
-            if _is_dask(v):
+        got = ((n,), None)
+        for name, v, dims, _ in operands:
+            if _is_dask(v) and dims is not None:
                 js = [j for j, dd in enumerate(dims) if dd == d and v.shape[j] != 1]
                 if js:
-                    got = v.chunks[js[0]]
+                    got = (tuple(int(c) for c in v.chunks[js[0]]), (name, js[0]))
                     break
-        chunks.append(got)
-    return tuple(chunks) + tuple((n,) for n in x.shape[len(core_shape):])
-
-
-def _place(v, name, x, dims, event):
-    """``v`` as a :class:`_Placed` lined up with x: in-memory arrays are cut to x's chunks; a Dask
-    array must already be chunked like x along the axes it shares with it."""
-    da = _dask()
-    if v is None or _is_value(v):
-        return _Placed(v)
-    core_nd = v.ndim - event
-    want = tuple((1,) if v.shape[j] == 1 else x.chunks[d] for j, d in enumerate(dims)) + \
-        tuple((n,) for n in v.shape[core_nd:])
-    if not _is_dask(v):
-        return _Placed(da.from_array(v, chunks=want), tuple(dims), event)
-    for j, d in enumerate(dims):
-        if v.shape[j] != 1 and tuple(v.chunks[j]) != tuple(x.chunks[d]):
-            raise ValueError(
-                f"{name} is chunked {v.chunks[j]} along its axis {j} but x is chunked {x.chunks[d]} along "
-                f"the matching axis {d}; parscan.dask never rechunks behind your back: pass "
-                f"{name}.rechunk({_fmt_chunks(want)}) (or rechunk x to match {name})")
-    for j in range(core_nd, v.ndim):
-        if len(v.chunks[j]) != 1:
-            raise ValueError(f"{name} is chunked along its axis {j} ({v.chunks[j]}); the matrix scan couples "
-                             f"the n components, so that axis must be one chunk: pass "
-                             f"{name}.rechunk({{{j}: -1}})")
-    return _Placed(v, tuple(dims), event)
-
-
-def _fmt_chunks(chunks):
-    return "(" + ", ".join(str(tuple(c)) if len(c) > 1 else f"({c[0]},)" for c in chunks) + ")"
-
-
-def _as_dask_x(x, name, core_shape, event, others):
-    """x (or h) as a Dask array: as it is, or an in-memory array cut into blocks (see the module doc)."""
-    da = _dask()
-    if _is_dask(x):
-        for j in range(len(core_shape), x.ndim):
-            if len(x.chunks[j]) != 1:
-                raise ValueError(f"{name} is chunked along its last axis ({x.chunks[j]}); the matrix scan "
-                                 f"couples the n components, so that axis must be one chunk: pass "
+        chunks.append(got[0])
+        source.append(got[1])
+    placed = []
+    for name, v, dims, event in operands:
+        if dims is None:
+            placed.append(_Op(v))
+            continue
+        core_nd = v.ndim - event
+        want = tuple((1,) if v.shape[j] == 1 else chunks[d] for j, d in enumerate(dims)) + \
+            tuple((n,) for n in v.shape[core_nd:])
+        if not _is_dask(v):
+            placed.append(_Op(da.from_array(v, chunks=want), dims, event))
+            continue
+        for j, d in enumerate(dims):
+            if v.shape[j] != 1 and tuple(v.chunks[j]) != chunks[d]:
+                other, oj = source[d]
+                raise ValueError(
+                    f"{name} is chunked {v.chunks[j]} along its axis {j} but {other} is chunked {chunks[d]} "
+                    f"along its matching axis {oj}; parscan.dask never rechunks behind your back: pass "
+                    f"{name}.rechunk({want!r}) (or rechunk {other} to match {name})")
+        for j in range(core_nd, v.ndim):
+            if len(v.chunks[j]) != 1:
+                raise ValueError(f"{name} is chunked along its axis {j} ({v.chunks[j]}); the matrix scan couples "
+                                 f"the n components, so that axis must be one chunk: pass "
                                  f"{name}.rechunk({{{j}: -1}})")
-        return x
-    return da.from_array(x, chunks=_x_chunks(x, core_shape, event, others))
+        placed.append(_Op(v, dims, event))
+    return tuple(chunks), placed
 
 
-def _acc(dtype) -> np.dtype:
-    return np.dtype(np.float32) if np.dtype(dtype) == np.float16 else np.dtype(dtype)
+def _value_or_dims(v, name, core_shape, targets, event, fix):
+    return None if v is None or _is_value(v) else _dims(v, name, core_shape, targets, event, fix)
+
+
+def _all(core_shape):
+    return list(range(len(core_shape)))
+
+
+def _but(core_shape, axis):
+    return [d for d in range(len(core_shape)) if d != axis]
 
 
 def _wide_for(dtype, acc) -> np.dtype:
@@ -220,120 +239,221 @@ def _wide_for(dtype, acc) -> np.dtype:
     return acc if np.dtype(dtype).kind == "c" else np.empty(0, acc).real.dtype
 
 
-def _dtype_of(v):
-    return np.asarray(v).dtype if not hasattr(v, "dtype") else np.dtype(v.dtype)
-
-
 # ---- the chunk tasks (module-level functions: they are pickled to workers) ------------------------
 
-def _tail(v, axis, at):
-    """The state at index ``at`` (-1 or 0) of ``axis``, copied (a view would pin the chunk)."""
-    idx = (slice(None),) * (axis % v.ndim) + (at,)
-    return v[idx].copy()
+@dataclass(frozen=True)
+class _Spec:
+    """What every task of one call needs to know: the scan (``matrix``), the result's number of axes and
+    time axis, direction, backend, the result dtype and the type carried between chunks in (float32
+    for float16 data), and whether chunks are CuPy arrays."""
+
+    matrix: bool
+    ndim: int
+    axis: int
+    reverse: bool
+    backend: str | None
+    dtype: np.dtype
+    acc: np.dtype
+    cupy: bool
+
+    @property
+    def xp(self):
+        if self.cupy:
+            import cupy  # noqa: PLC0415
+
+            return cupy
+        return np
+
+    @property
+    def widened(self) -> bool:
+        """Whether chunk calls compute in the carry type rather than the result dtype (float16)."""
+        return self.acc != self.dtype
+
+
+_WORKQUEUE_LOCK = threading.Lock()
+_LAYER: list = []  # Numba's threading layer in this process, once it has started
+
+
+def _guard(spec):
+    """A lock around host chunk calls while Numba's threading layer may be ``workqueue`` (which aborts
+    the process when two threads launch parallel kernels at once): until the layer has started (the
+    first parallel launch names it; starting it here would fix its thread count before Dask's ``env=``
+    reaches Numba's config) and for good under ``workqueue``; nothing under ``omp`` or ``tbb``."""
+    if spec.cupy:
+        return contextlib.nullcontext()
+    if not _LAYER:
+        import numba  # noqa: PLC0415
+
+        try:
+            _LAYER.append(numba.threading_layer())
+        except ValueError:  # not started yet: this call may start it
+            return _WORKQUEUE_LOCK
+    return _WORKQUEUE_LOCK if _LAYER[0] == "workqueue" else contextlib.nullcontext()
+
+
+def _run(spec, a, x, h0, r):
+    """One chunk scanned by the in-memory API."""
+    with _guard(spec):
+        if spec.matrix:
+            return _matrix_scan(a, x, h0, reverse=spec.reverse, backend=spec.backend, resets=r)
+        return _scan(a, x, h0, axis=spec.axis, reverse=spec.reverse, backend=spec.backend, resets=r)
+
+
+def _run_backward(spec, a, h, g, h0, r):
+    with _guard(spec):
+        if spec.matrix:
+            return _matrix_scan_backward(a, h, g, h0, reverse=spec.reverse, backend=spec.backend, resets=r)
+        return _scan_backward(a, h, g, h0, axis=spec.axis, reverse=spec.reverse, backend=spec.backend, resets=r)
+
+
+def _step(spec):
+    """The index, along time, of a chunk's last step in scan order."""
+    at = 0 if spec.reverse else -1
+    return (Ellipsis, at, slice(None)) if spec.matrix else (slice(None),) * spec.axis + (at,)
+
+
+def _last(spec, h, dtype=None):
+    """A chunk's last state in scan order, without the time axis (a copy: a view would pin the chunk)."""
+    v = h[_step(spec)]
+    return v.copy() if dtype is None else v.astype(dtype, copy=True)
+
+
+def _zero_state(spec, like):
+    """A zero state in the carry type (it also makes the call's result dtype the carry type, which a, x
+    alone may not give when h0 widens the result)."""
+    return spec.xp.zeros(like.shape[-1:], spec.acc) if spec.matrix else spec.acc.type(0)
+
+
+def _carried(spec, v, like):
+    """The first chunk's initial state: ``v`` (taken) as it is, or widened to the carry type where the
+    chunk calls compute in it (float16 data; None becomes zeros)."""
+    if not spec.widened:
+        return v
+    return _zero_state(spec, like) if v is None else v.astype(spec.acc)
+
+
+def _widen(v, dtype):
+    return v if dtype is None or v is None else v.astype(dtype)
+
+
+def _conj(v):
+    return v.conj() if v.dtype.kind == "c" else v
 
 
 def _cast(v, dtype):
     return v.astype(dtype, copy=False)
 
 
-def _decay_product(a, length, axis, ndim, acc):
-    """``a[s] ... a[s+L-1]`` over a block of ``length`` steps, without its time axis: ``a ** L`` where a
-    is a value or constant in time (never materialised), else the product along time."""
-    if not hasattr(a, "ndim") or a.ndim == 0:
-        return np.power(acc.type(a), length)  # a NumPy scalar: combines with NumPy or CuPy states
-    a = a.reshape((1,) * (ndim - a.ndim) + a.shape)
-    if a.shape[axis] == 1:
-        return np.power(a.astype(acc).squeeze(axis), length)
-    return a.prod(axis=axis, dtype=acc)
-
-
-def _reset_any(r, axis, ndim):
-    """Whether a block of ``resets`` has a reset anywhere along time, without its time axis (None: no
-    resets)."""
-    if r is None:
-        return None
-    r = r.reshape((1,) * (ndim - r.ndim) + r.shape)
-    return r.any(axis=axis)
-
-
-def _cut(A, any_reset):
-    """A block's decay product with a reset in the block: 0 (the state before the block never reaches
-    past the reset)."""
-    if any_reset is None:
-        return A
-    return np.where(any_reset, 0, A).astype(A.dtype, copy=False)  # CuPy blocks: cupy.where, by dispatch
-
-
-def _compose(first, second):
-    """The pair of a span followed by another: ``(A2 A1, A2 H1 + H2)``; ``A1`` None for a span that
-    starts at the sequence's beginning (its A is never needed)."""
-    A1, H1 = first
-    A2, H2 = second
-    return (None if A1 is None else A2 * A1), A2 * H1 + H2
-
-
-def _compose_matrix(first, second):
-    P1, H1 = first
-    P2, H2 = second
-    return (None if P1 is None else P2 @ P1), (P2 @ H1[..., None])[..., 0] + H2
-
-
-def _start(state):
-    """The carry out of the first chunk as the head of the pair sequence."""
-    return None, state
-
-
-def _fwd_first(a, x, h0, r, *, axis, reverse, acc, backend):
-    """The first chunk scanned from h0 in the carry type (float16 data: float32)."""
-    h0 = acc.type(0) if h0 is None else (h0.astype(acc) if hasattr(h0, "astype") else acc.type(h0))
-    return _scan(a, x, h0, axis=axis, reverse=reverse, backend=backend, resets=r)
-
-
-def _fwd_pair(a, x, r, *, axis, reverse, acc, backend):
-    """A chunk scanned from zero, reduced to its pair ``(A, H)`` (A = 0 when the chunk has a reset)."""
-    h = _scan(a, x, acc.type(0), axis=axis, reverse=reverse, backend=backend, resets=r)
-    A = _cut(_decay_product(a, x.shape[axis], axis, x.ndim, acc), _reset_any(r, axis, x.ndim))
-    return A, _tail(h, axis, 0 if reverse else -1)
-
-
-def _fwd_second(a, x, pair, r, *, axis, reverse, dtype, backend):
-    """A chunk scanned from its incoming carry (the state of the pair before it)."""
-    return _cast(_scan(a, x, pair[1], axis=axis, reverse=reverse, backend=backend, resets=r), dtype)
-
-
-def _fwd_only(a, x, h0, r, *, axis, reverse, backend):
-    return _scan(a, x, h0, axis=axis, reverse=reverse, backend=backend, resets=r)
-
-
-def _bwd_pair(a, g, r, *, axis, reverse, acc, backend):
-    """The backward's pair of a chunk: ``(conj(A), conj(a[s]) g[s])`` with ``g`` from zero incoming
-    gradient (grad_h0 of a call with a per-channel h0; h is not read: it only feeds grad_a); with
-    resets, a reads as 0 at reset steps (A = 0 when the chunk has one)."""
-    xp_zero = np.zeros_like(g, shape=(), dtype=acc)
-    h = np.broadcast_to(xp_zero, g.shape)
-    chan = g.shape[:axis] + g.shape[axis + 1:]
-    h0 = np.zeros_like(g, shape=chan, dtype=acc)
-    _, _, d = _scan_backward(a, h, g, h0, axis=axis, reverse=reverse, backend=backend, resets=r)
-    A = _cut(_decay_product(a, g.shape[axis], axis, g.ndim, acc), _reset_any(r, axis, g.ndim))
-    return (A.conj() if A.dtype.kind == "c" else A), d
-
-
-def _bwd_call(a, h, g, h0, carry, r, *, axis, reverse, acc, widen_a, widen_h0, backend):
-    """``linear_scan_backward`` of a chunk whose gradient receives ``carry`` (the conj(a) g flowing in
-    from the chunk after it, added to grad_h at the chunk's last step; None for the last chunk)."""
-    if carry is not None:
-        g = g.astype(acc, copy=True)
-        g[(slice(None),) * axis + (0 if reverse else -1,)] += carry[1]
-    if widen_a is not None:
-        a = a.astype(widen_a) if hasattr(a, "astype") else widen_a.type(a)
-    if widen_h0 is not None and h0 is not None:
-        h0 = h0.astype(widen_h0) if hasattr(h0, "astype") else widen_h0.type(h0)
-    return _scan_backward(a, h, g, h0, axis=axis, reverse=reverse, backend=backend, resets=r)
-
-
 def _item(t, i, dtype=None):
     v = t[i]
     return v if dtype is None else v.astype(dtype, copy=False)
+
+
+def _decay(spec, a, r, length):
+    """The product of a chunk's decays, 0 where the chunk holds a reset: the last state of the
+    in-memory scan of zeros from a state of 1 (the identity, one batch row per column, for the matrix
+    scan), over an array broadcast to the shape of ``a`` and ``r`` only (never materialised).  It runs
+    in float64 (complex128 for a complex ``a``): a product of many decays rounds L times and, for a
+    decay near 1 over a long chunk, crosses the slow denormal range much later than in float32; the
+    result is rounded to the carry type once."""
+    xp = spec.xp
+    complex_a = np.iscomplexobj(a)
+    zdt = np.dtype(np.complex128 if complex_a else np.float64)
+    out = spec.acc if complex_a else np.empty(0, spec.acc).real.dtype
+    zero = xp.zeros((), zdt)
+    if spec.matrix:
+        n = a.shape[-1]
+        lead = np.broadcast_shapes(a.shape[:-3], () if r is None else np.shape(r)[:-1])
+        cols = None if r is None else (r if r.ndim == 0 else r[..., None, :])
+        h = _run(spec, a[..., None, :, :, :], xp.broadcast_to(zero, lead + (n, length, n)), xp.eye(n, dtype=zdt),
+                 cols)
+        return _last(spec, h, out).swapaxes(-1, -2)  # row j of the scan is P e_j, column j of P
+    shape = np.broadcast_shapes(np.shape(a), () if r is None else np.shape(r))
+    shape = list((1,) * (spec.ndim - len(shape)) + shape)
+    shape[spec.axis] = length
+    return _last(spec, _run(spec, a, xp.broadcast_to(zero, tuple(shape)), zdt.type(1), r), out)
+
+
+def _chain(spec, start, pairs, decays, adjoint):
+    """The carries after each pair, ``c_j = A_j c_{j-1} + H_j`` from ``c_{-1} = start``: the in-memory
+    scan of the stacked pairs along a new chunk axis.  ``pairs``: ``(A, H)`` with A None where
+    ``decays`` gives it (shared by chunks of one length); ``adjoint``: the backward's chain, whose
+    pairs ``(A, D)`` combine as ``(conj(A), D)`` (``(P^H, D)`` for the matrix scan)."""
+    xp = spec.xp
+    As = [p[0] if d is None else d for p, d in zip(pairs, decays)]
+    if adjoint:
+        As = [_conj(A).swapaxes(-1, -2) if spec.matrix else _conj(A) for A in As]
+    with _guard(spec):
+        if spec.matrix:
+            return _matrix_scan(xp.stack(As, axis=-3), xp.stack([p[1] for p in pairs], axis=-2), start,
+                                backend=spec.backend)
+        return _scan(xp.stack(As), xp.stack([p[1] for p in pairs]), start, axis=0, backend=spec.backend)
+
+
+def _pick(spec, carries, j):
+    """Carry ``j`` of :func:`_chain`'s result (all of it for ``j`` None: a link of the chain)."""
+    if j is None:
+        return carries
+    return carries[..., j, :] if spec.matrix else carries[j]
+
+
+def _link(spec, prev, pair, decay, adjoint):
+    """One link of ``method="sequential"``: the carry after one more pair."""
+    return _pick(spec, _chain(spec, prev, [pair], [decay], adjoint), 0)
+
+
+def _fwd_only(spec, a, x, h0, r):
+    """A block with a single time chunk: the in-memory call itself."""
+    return _run(spec, a, x, h0, r)
+
+
+def _fwd_head(spec, a, x, h0, r):
+    """The first chunk, scanned from h0 in the carry type."""
+    return _run(spec, a, x, _carried(spec, h0, x), r)
+
+
+def _fwd_pair(spec, a, x, r, shared):
+    """A chunk reduced to its pair ``(A, H)`` (A None when a task shared by chunks of its length gives it)."""
+    H = _last(spec, _run(spec, a, x, _zero_state(spec, x), r))
+    return (None if shared else _decay(spec, a, r, x.shape[-2 if spec.matrix else spec.axis])), H
+
+
+def _fwd_second(spec, a, x, carries, j, r):
+    """A chunk scanned again from its incoming carry, rounded to the result dtype."""
+    return _cast(_run(spec, a, x, _pick(spec, carries, j), r), spec.dtype)
+
+
+def _hprev(spec, h, chan_shape):
+    """The state before the next chunk (the last of this one) in the carry type, as that chunk's h0;
+    broadcast to the result block's shape (the matrix scan's leading dims may broadcast h)."""
+    v = _last(spec, h, spec.acc)
+    return v if chan_shape is None or tuple(v.shape) == chan_shape else spec.xp.broadcast_to(v, chan_shape).copy()
+
+
+def _bwd_call(spec, a, h, g, h0, carries, j, r, widen_a, widen_h0, shape):
+    """The in-memory backward of a chunk whose gradient receives the carry (the gradient flowing in from
+    the chunk after it, added to grad_h at the chunk's last step: one copy of that chunk of grad_h;
+    None for the last chunk).  ``shape``: the result block's (matrix scan: h and grad_h broadcast)."""
+    xp = spec.xp
+    if shape is not None and tuple(h.shape) != shape:
+        h, g = xp.broadcast_to(h, shape), xp.broadcast_to(g, shape)
+    if carries is not None:
+        g = g.astype(spec.acc, copy=True)
+        g[_step(spec)] += _pick(spec, carries, j)
+    return _run_backward(spec, _widen(a, widen_a), h, g, _widen(h0, widen_h0), r)
+
+
+def _bwd_pair(spec, a, g, r, shared, shape):
+    """The backward's pair of a chunk: ``(A, D)``, D the grad_h0 of its in-memory backward from no
+    incoming gradient (h is not read for it: it only feeds grad_a); :func:`_chain` combines them as
+    ``(conj(A), D)`` (``(P^H, D)``)."""
+    xp = spec.xp
+    if shape is not None and tuple(g.shape) != shape:
+        g = xp.broadcast_to(g, shape)
+    zero_h = xp.broadcast_to(xp.zeros((), spec.acc), g.shape)
+    chan = g.shape[:-2] + g.shape[-1:] if spec.matrix else g.shape[:spec.axis] + g.shape[spec.axis + 1:]
+    D = _run_backward(spec, a, zero_h, g, xp.zeros(chan, spec.acc), r)[2]
+    return (None if shared else _decay(spec, a, r, g.shape[-2 if spec.matrix else spec.axis])), D
 
 
 def _sum(*parts):
@@ -343,81 +463,16 @@ def _sum(*parts):
     return total
 
 
-def _matrix_product(A, length, reverse, acc):
-    """The ordered product of a block's matrices: ``A[e-1] ... A[s]`` (``A[s] ... A[e-1]`` in reverse),
-    by pairwise products (log2(L) batched matmuls); ``A ** L`` for A constant in time."""
-    A = A.astype(acc, copy=False)
-    if A.shape[-3] == 1:
-        return np.linalg.matrix_power(A[..., 0, :, :], length)
-    if reverse:
-        A = A[..., ::-1, :, :]
-    while A.shape[-3] > 1:
-        L = A.shape[-3]
-        prod = A[..., 1:L:2, :, :] @ A[..., 0:L - 1:2, :, :]  # later @ earlier
-        A = np.concatenate([prod, A[..., L - 1:, :, :]], axis=-3) if L % 2 else prod
-    return A[..., 0, :, :]
-
-
-def _mat_first(A, x, h0, r, *, reverse, acc, backend):
-    if h0 is None:
-        h0 = np.zeros_like(x, shape=x.shape[-1:], dtype=acc)
-    return _matrix_scan(A, x, h0.astype(acc, copy=False), reverse=reverse, backend=backend, resets=r)
-
-
-def _mat_pair(A, x, r, *, reverse, acc, backend):
-    h = _matrix_scan(A, x, np.zeros_like(x, shape=x.shape[-1:], dtype=acc), reverse=reverse, backend=backend,
-                     resets=r)
-    P = _matrix_product(A, x.shape[-2], reverse, acc)
-    any_r = _reset_any(r, -1, x.ndim - 1)
-    return _cut(P, None if any_r is None else any_r[..., None, None]), _tail(h, -2, 0 if reverse else -1)
-
-
-def _mat_second(A, x, pair, r, *, reverse, dtype, backend):
-    return _cast(_matrix_scan(A, x, pair[1], reverse=reverse, backend=backend, resets=r), dtype)
-
-
-def _mat_only(A, x, h0, r, *, reverse, backend):
-    return _matrix_scan(A, x, h0, reverse=reverse, backend=backend, resets=r)
-
-
 # ---- graphs ---------------------------------------------------------------------------------------
 
 class _Keys:
-    """Fresh keys ``(name, *idx)`` for the intermediate tasks of one graph."""
+    """Fresh keys ``(name, n)`` for the intermediate tasks of one graph."""
 
     def __init__(self, name):
         self.name, self.n = name, itertools.count()
 
     def __call__(self, tag):
         return (f"{self.name}-{tag}", next(self.n))
-
-
-def _prefix(dsk, items, compose, method, new):
-    """Keys of the inclusive prefixes ``items[0] o ... o items[j]`` of the pair sequence ``items``."""
-    if method == "sequential":
-        out = [items[0]]
-        for it in items[1:]:
-            k = new("carry")
-            dsk[k] = (compose, out[-1], it)
-            out.append(k)
-        return out
-    if len(items) <= 1:  # Brent-Kung: combine neighbours, recurse on the half, fill in the evens
-        return list(items)
-    up = []
-    for i in range(len(items) // 2):
-        k = new("up")
-        dsk[k] = (compose, items[2 * i], items[2 * i + 1])
-        up.append(k)
-    pre = _prefix(dsk, up, compose, method, new)
-    out = [items[0]]
-    for j in range(1, len(items)):
-        if j % 2:
-            out.append(pre[j // 2])
-        else:
-            k = new("down")
-            dsk[k] = (compose, pre[j // 2 - 1], items[j])
-            out.append(k)
-    return out
 
 
 def _tree_sum(dsk, keys, new):
@@ -446,43 +501,155 @@ def _at(cidx, axis, k):
 def _method(method):
     method = DEFAULT_METHOD if method is None else method
     if method not in _METHODS:
-        raise ValueError(f"method must be 'sequential' or 'blelloch' (or None for {DEFAULT_METHOD!r}), "
-                         f"got {method!r}")
+        raise ValueError(f"method must be 'scan' or 'sequential' (or None for {DEFAULT_METHOD!r}), got {method!r}")
     return method
 
 
-def _forward_graph(name, x, core_nd, axis, reverse, a, h0, r, method, tasks):
-    """The forward scan's tasks (see the module doc); output keys ``(name, *block index)``.  ``r``: the
-    placed resets (value None for none)."""
-    only, first, pair, second, compose, dtype, acc = tasks
-    nb = x.numblocks[:core_nd]
-    nt = nb[axis]
-    order = list(range(nt))[::-1] if reverse else list(range(nt))
-    tail_at = 0 if reverse else -1
+class _Decays:
+    """Keys of the decay products shared by chunks of one length: where neither ``a`` nor the resets
+    vary along time, ``A_k`` depends only on the chunk's length (one task per length and block of a)."""
+
+    def __init__(self, dsk, spec, a, r, new):
+        self.dsk, self.spec, self.a, self.r, self.new = dsk, spec, a, r, new
+        self.shared = not (a.covers(spec.axis) or r.covers(spec.axis))
+        self.keys = {}
+
+    def __call__(self, idx, length):
+        if not self.shared:
+            return None
+        ak, rk = self.a.arg(idx), self.r.arg(idx)
+        key = (repr(ak), repr(rk), length)
+        if key not in self.keys:
+            k = self.keys[key] = self.new("decay")
+            self.dsk[k] = (_decay, self.spec, ak, rk, length)
+        return self.keys[key]
+
+
+def _carry_tasks(dsk, spec, new, start, pairs, decays, method, adjoint):
+    """Tasks for the carries after each of ``pairs`` (keys) from ``start``: ``[(key, j)]``, the carry
+    after pair j being ``_pick(key, j)``.  ``decays``: the shared decay keys (None: in the pair)."""
+    if not pairs:
+        return []
+    if method == "scan":
+        k = new("carries")
+        dsk[k] = (_chain, spec, start, list(pairs), list(decays), adjoint)
+        return [(k, j) for j in range(len(pairs))]
+    out, prev = [], start
+    for pk, dk in zip(pairs, decays):
+        k = new("link")
+        dsk[k] = (_link, spec, prev, pk, dk, adjoint)
+        out.append((k, None))
+        prev = k
+    return out
+
+
+def _block_shape(chunks, idx):
+    return tuple(c[i] for c, i in zip(chunks, idx))
+
+
+def _forward_graph(name, spec, chunks, x, a, h0, r, method):
+    """The forward scan's tasks (module doc); output keys ``(name, *block index)``."""
+    axis = spec.axis
+    core_nb = tuple(len(c) for c in chunks[:len(chunks) - spec.matrix])
+    nt = core_nb[axis]
+    order = list(range(nt))[::-1] if spec.reverse else list(range(nt))
+    ev = (0,) if spec.matrix else ()
     new = _Keys(name)
-    ev = (0,) * (x.ndim - core_nd)
     dsk = {}
-    for cidx in _channel_blocks(nb, axis):
+    decays = _Decays(dsk, spec, a, r, new)
+    for cidx in _channel_blocks(core_nb, axis):
         idx = [_at(cidx, axis, k) for k in order]  # in scan order
-        xk = [(x.name,) + i + ev for i in idx]
+        out = [(name,) + i + ev for i in idx]
         if nt == 1:
-            dsk[(name,) + idx[0] + ev] = (only, a.arg(idx[0]), xk[0], h0.arg(cidx), r.arg(idx[0]))
+            dsk[out[0]] = (_fwd_only, spec, a.arg(idx[0]), x.arg(idx[0]), h0.arg(cidx), r.arg(idx[0]))
             continue
-        head = (name,) + idx[0] + ev
-        if dtype != acc:  # float16: the first chunk in float32, rounded once; the carry stays float32
-            head = new("first")
-            dsk[(name,) + idx[0] + ev] = (_cast, head, dtype)
-        dsk[head] = (first, a.arg(idx[0]), xk[0], h0.arg(cidx), r.arg(idx[0]))
-        items = [new("start")]
-        dsk[items[0]] = (_start, (_tail, head, axis, tail_at))
+        head = new("head") if spec.widened else out[0]
+        dsk[head] = (_fwd_head, spec, a.arg(idx[0]), x.arg(idx[0]), h0.arg(cidx), r.arg(idx[0]))
+        if spec.widened:
+            dsk[out[0]] = (_cast, head, spec.dtype)
+        start = new("last")
+        dsk[start] = (_last, spec, head)
+        pairs, shared = [], []
         for p in range(1, nt - 1):
-            k = new("pair")
-            dsk[k] = (pair, a.arg(idx[p]), xk[p], r.arg(idx[p]))
-            items.append(k)
-        carries = _prefix(dsk, items, compose, method, new)
+            shared.append(decays(idx[p], chunks[axis][idx[p][axis]]))
+            pairs.append(new("pair"))
+            dsk[pairs[-1]] = (_fwd_pair, spec, a.arg(idx[p]), x.arg(idx[p]), r.arg(idx[p]), shared[-1] is not None)
+        # (key, j): the carry into chunk p is _pick(key, j)
+        incoming = [(start, None)] + _carry_tasks(dsk, spec, new, start, pairs, shared, method, False)
         for p in range(1, nt):
-            dsk[(name,) + idx[p] + ev] = (second, a.arg(idx[p]), xk[p], carries[p - 1], r.arg(idx[p]))
+            key, j = incoming[p - 1]
+            dsk[out[p]] = (_fwd_second, spec, a.arg(idx[p]), x.arg(idx[p]), key, j, r.arg(idx[p]))
     return dsk
+
+
+def _backward_graph(name, spec, chunks, h, g, a, h0, r, method, widen_a, widen_h0, dtype):
+    """The backward's tasks: grad_x blocks ``(name-grad-x, *block)`` and the parts of grad_a and grad_h0
+    (the chunk calls, keyed by the block of a / h0 they contribute to)."""
+    axis = spec.axis
+    core_nb = tuple(len(c) for c in chunks[:len(chunks) - spec.matrix])
+    nt = core_nb[axis]
+    order = list(range(nt))[::-1] if spec.reverse else list(range(nt))
+    ev = (0,) if spec.matrix else ()
+    new = _Keys(name)
+    dsk, ga_parts, gh0_parts = {}, {}, {}
+    decays = _Decays(dsk, spec, a, r, new)
+    gx_name = name + "-grad-x"
+    for cidx in _channel_blocks(core_nb, axis):
+        idx = [_at(cidx, axis, k) for k in order]  # in the forward's scan order
+        shapes = [_block_shape(chunks, i + ev) for i in idx] if spec.matrix else [None] * nt
+        chan = None
+        if spec.matrix:
+            chan = shapes[0][:-2] + shapes[0][-1:]
+        calls = [new("call") for _ in range(nt)]
+        h0s = [h0.arg(cidx)]  # each chunk's h0: the user's, then the state before the chunk
+        for p in range(1, nt):
+            h0s.append(new("hprev"))
+            dsk[h0s[p]] = (_hprev, spec, h.arg(idx[p - 1]), chan)
+        incoming = [(None, None)] * nt  # the gradient flowing into chunk p from the one after it
+        if nt > 1:
+            start = new("start")  # the last chunk (no incoming gradient): its grad_h0 starts the chain
+            dsk[start] = (_item, calls[nt - 1], 2)
+            pairs, shared = [], []
+            for p in range(nt - 2, 0, -1):
+                shared.append(decays(idx[p], chunks[axis][idx[p][axis]]))
+                pairs.append(new("pair"))
+                dsk[pairs[-1]] = (_bwd_pair, spec, a.arg(idx[p]), g.arg(idx[p]), r.arg(idx[p]), shared[-1] is not None,
+                                  shapes[p])
+            incoming[nt - 2] = (start, None)
+            # pair j is chunk nt-2-j's; the gradient after it flows into chunk nt-3-j
+            for j, kj in enumerate(_carry_tasks(dsk, spec, new, start, pairs, shared, method, True)):
+                incoming[nt - 3 - j] = kj
+        for p in range(nt):
+            key, j = incoming[p]
+            dsk[calls[p]] = (_bwd_call, spec, a.arg(idx[p]), h.arg(idx[p]), g.arg(idx[p]), h0s[p], key, j,
+                             r.arg(idx[p]), widen_a, widen_h0 if p == 0 else None, shapes[p])
+            dsk[(gx_name,) + idx[p] + ev] = (_item, calls[p], 1, dtype)
+            ga_parts.setdefault(_part_index(a, idx[p]), []).append(calls[p])
+        gh0_parts.setdefault(_part_index(h0, cidx), []).append(calls[0])
+    return dsk, gx_name, ga_parts, gh0_parts
+
+
+def _part_index(p, idx):
+    """The block of operand ``p`` that the result's block ``idx`` contributes its gradient to (() for a
+    value)."""
+    if not p.is_array:
+        return ()
+    v = p.value
+    return tuple(0 if v.shape[j] == 1 else idx[d] for j, d in enumerate(p.dims)) + (0,) * p.event
+
+
+def _reduce_parts(dsk, name, parts, which, dtype, new):
+    """Blocks ``(name, *block)`` of a gradient: item ``which`` of the calls on each block, summed over
+    the calls that share it (a broadcast operand), in a tree."""
+    for bidx, calls in parts.items():
+        if len(calls) == 1:
+            dsk[(name,) + bidx] = (_item, calls[0], which, dtype)
+            continue
+        keys = []
+        for c in calls:
+            keys.append(new("part"))
+            dsk[keys[-1]] = (_item, c, which)
+        dsk[(name,) + bidx] = (_cast, _tree_sum(dsk, keys, new), dtype)
 
 
 def _array(dsk, name, deps, chunks, dtype, meta):
@@ -494,8 +661,53 @@ def _array(dsk, name, deps, chunks, dtype, meta):
 
 
 def _meta(like, dtype, ndim):
-    m = like._meta
-    return np.empty_like(m, shape=(0,) * ndim, dtype=dtype)
+    return np.empty_like(like._meta, shape=(0,) * ndim, dtype=dtype)
+
+
+def _is_cupy(like) -> bool:
+    cp = sys.modules.get("cupy")
+    return cp is not None and isinstance(like._meta, cp.ndarray)
+
+
+def _tokenize(*args):
+    from dask.base import tokenize  # noqa: PLC0415
+
+    return tokenize(*args)
+
+
+def _widening(spec, p, nblocks, dtype):
+    """The type a broadcast operand is widened to in the chunk calls, so that its gradient's parts are
+    summed across blocks in the accumulation type (None: no parts to sum, or it has that type)."""
+    across = math.prod(nblocks) if not p.is_array else \
+        math.prod(n for d, n in enumerate(nblocks) if not p.covers(d))
+    w = _wide_for(dtype, spec.acc)
+    return w if across > 1 and np.dtype(dtype) != w else None
+
+
+def _backward(kind, spec, chunks, h, g, a, h0, r, method, ga_dtype, gh0_dtype, has_h0):
+    """The backward's three lazy results from the placed operands."""
+    token = _tokenize(kind, h.value, g.value, a.value, h0.value, r.value, spec, method)
+    name = f"parscan-{kind}-backward-{token}"
+    nblocks = tuple(len(c) for c in chunks[:len(chunks) - spec.matrix])
+    widen_a = _widening(spec, a, nblocks, ga_dtype)
+    widen_h0 = _widening(spec, h0, nblocks, gh0_dtype) if has_h0 else None
+    dsk, gx_name, ga_parts, gh0_parts = _backward_graph(name, spec, chunks, h, g, a, h0, r, method, widen_a,
+                                                        widen_h0, spec.dtype)
+    new = _Keys(name + "-sum")
+    ga_name, gh0_name = name + "-grad-a", name + "-grad-h0"
+    _reduce_parts(dsk, ga_name, ga_parts, 0, ga_dtype, new)
+    if has_h0:
+        _reduce_parts(dsk, gh0_name, gh0_parts, 2, gh0_dtype, new)
+    like = h.value
+    deps = [h.value, g.value, a.value, h0.value, r.value]
+    grad_x = _array(dsk, gx_name, deps, chunks, spec.dtype, _meta(like, spec.dtype, len(chunks)))
+
+    def of(p, nm, dt):
+        if p.is_array:
+            return _array(dsk, nm, deps, p.value.chunks, dt, _meta(like, dt, p.value.ndim))
+        return _array(dsk, nm, deps, (), dt, _meta(like, dt, 0))
+
+    return of(a, ga_name, ga_dtype), grad_x, (of(h0, gh0_name, gh0_dtype) if has_h0 else None)
 
 
 # ---- public API -----------------------------------------------------------------------------------
@@ -506,8 +718,9 @@ def linear_scan(a, x, h0=None, *, axis=-1, reverse=False, method=None, backend=N
     The semantics of :func:`parscan.linear_scan` (``h[-1] = h0``, or 0; ``reverse=True`` runs
     ``h[t] = a[t] * h[t+1] + x[t]`` from ``h[T] = h0``), chunk by chunk: each time chunk k is reduced
     to ``(A_k, H_k)`` (product of its decays, last state from zero), the carries
-    ``c_{k+1} = A_k c_k + H_k`` are combined along time, and each chunk is scanned from its carry
-    (module doc).  Every chunk is read at most twice and never gathered; the result has x's chunks.
+    ``c_k = A_k c_{k-1} + H_k`` are a linear scan along the chunk axis, and each chunk is scanned again
+    from its carry (module doc).  Every chunk is read at most twice and never gathered; the result has
+    x's chunks.
 
     Parameters
     ----------
@@ -515,30 +728,28 @@ def linear_scan(a, x, h0=None, *, axis=-1, reverse=False, method=None, backend=N
         Decays, broadcastable to ``x.shape`` (a scalar, a per-channel constant with a size-1 time
         axis, or a full array).  Axes it shares with x (not broadcast) must be chunked like x's.
     x : dask array or array
-        Inputs; NumPy or CuPy chunks.  An in-memory x takes the chunks of a Dask ``a``/``h0`` (one
-        chunk along axes they do not cover).
+        Inputs; NumPy or CuPy chunks.  An in-memory x takes the chunks of a Dask ``a``/``h0``/``resets``
+        (one chunk along axes they do not cover).
     h0 : dask array, array or scalar, optional
         Initial state, broadcastable to x's shape without ``axis``; zeros when None.
     axis : int
         The time axis.
     reverse : bool
         Run backwards in time.
-    method : {None, "sequential", "blelloch"}
-        How the chunk pairs are combined along time: a chain (``"sequential"``, depth = chunks) or a
-        Brent-Kung tree (``"blelloch"``, depth 2 log2(chunks)); None: :data:`DEFAULT_METHOD`.
+    method : {None, "scan", "sequential"}
+        How the carries are computed: one in-memory scan of the stacked pairs per block of channels
+        (``"scan"``) or a chain of one-pair scans (``"sequential"``); None: :data:`DEFAULT_METHOD`.
     backend : str, optional
-        Passed to :func:`parscan.linear_scan` for every chunk (None: "cpu" for NumPy chunks, "cupy"
-        for CuPy chunks).
+        Passed to the in-memory API for every chunk (None: "cpu" for NumPy chunks, "cupy" for CuPy).
     resets : dask array or bool array, optional
         Broadcastable to x's shape (typically (T,)): where true the carried state is dropped,
         ``h[t] = x[t]`` (``reverse``: the state from t+1 is dropped), as :func:`parscan.linear_scan`.
-        Chunked like x along the axes they share (in-memory resets are cut to x's chunks).  A chunk
-        with a reset passes on no state from before it: its decay product is 0.
+        Chunked like x along the axes they share (in-memory resets are cut to x's chunks).
 
     Returns
     -------
     h : dask array with x's shape and chunks, dtype the NumPy result type of a, x and h0 (Python
-        scalars weak), as :func:`parscan.linear_scan`.
+        scalars weak, rounded to it), as :func:`parscan.linear_scan`.
 
     Examples
     --------
@@ -552,42 +763,25 @@ def linear_scan(a, x, h0=None, *, axis=-1, reverse=False, method=None, backend=N
     for v, n in ((a, "a"), (x, "x"), (h0, "h0"), (resets, "resets")):
         _check_known(v, n)
     # the in-memory API checks the arguments and gives the result dtype, on empty stand-ins
-    dtype = _scan(_stub(a), _stub(x, (0,) * np.ndim(x)), _stub(h0), axis=axis, reverse=reverse, backend=backend,
-                  resets=_stub(resets)).dtype
+    dtype = np.dtype(_scan(_stub(a), _stub(x, (0,) * np.ndim(x)), _stub(h0), axis=axis, reverse=reverse,
+                           backend=backend, resets=_stub(resets)).dtype)
     method = _method(method)
     axis = axis % x.ndim
     shape = tuple(x.shape)
-    fix_a = ("a must broadcast to x's shape; for a decay constant in time give a a size-1 time axis "
-             "(e.g. a[..., None] when axis=-1)")
-    fix_h0 = "h0 must broadcast to x's shape without the time axis"
-    a_dims = None if _is_value(a) else _check_shape(a, "a", shape, _targets(shape, axis, "a"), 0, fix_a)
-    h0_dims = None if h0 is None or _is_value(h0) else _check_shape(
-        h0, "h0", shape, _targets(shape, axis, "h0"), 0, fix_h0)
-    r_dims = _resets_dims(resets, shape, axis)
-    x = _as_dask_x(x, "x", shape, 0, [(a, a_dims), (h0, h0_dims), (resets, r_dims)])
-    pa = _place(a, "a", x, a_dims, 0)
-    ph0 = _place(h0, "h0", x, h0_dims, 0)
-    pr = _place(resets, "resets", x, r_dims, 0)
-    acc = _acc(dtype)
-    kw = dict(axis=axis, reverse=bool(reverse), backend=backend)
-    tasks = (partial(_fwd_only, **kw), partial(_fwd_first, acc=acc, **kw), partial(_fwd_pair, acc=acc, **kw),
-             partial(_fwd_second, dtype=dtype, **kw), _compose, dtype, acc)
-    from dask.base import tokenize  # noqa: PLC0415
-
-    name = "parscan-linear-scan-" + tokenize(pa.value, x, ph0.value, axis, reverse, method, backend, dtype,
-                                             pr.value)
-    dsk = _forward_graph(name, x, x.ndim, axis, reverse, pa, ph0, pr, method, tasks)
-    return _array(dsk, name, [x, pa.value, ph0.value, pr.value], x.chunks, dtype, _meta(x, dtype, x.ndim))
-
-
-def _resets_dims(resets, core_shape, axis):
-    """x's axes that ``resets``' axes map onto (right-aligned broadcasting, as ``a``), or None for no
-    resets or a 0-d array (every task takes it whole)."""
-    if resets is None or _is_value(resets):
-        return None
-    return _check_shape(resets, "resets", core_shape, _targets(core_shape, axis, "a"), 0,
-                        "resets must broadcast to x's shape (without the matrix scan's state axis): e.g. shape "
-                        "(T,) for resets shared by every channel")
+    a_dims = _value_or_dims(a, "a", shape, _all(shape), 0,
+                            "a must broadcast to x's shape; for a decay constant in time give a a size-1 time "
+                            "axis (e.g. a[..., None] when axis=-1)")
+    h0_dims = _value_or_dims(h0, "h0", shape, _but(shape, axis), 0,
+                             "h0 must broadcast to x's shape without the time axis")
+    r_dims = _value_or_dims(resets, "resets", shape, _all(shape), 0,
+                            "resets must broadcast to x's shape: e.g. shape (T,) for resets shared by every channel")
+    chunks, (xo, ao, ho, ro) = _layout(shape, [("x", x, tuple(range(x.ndim)), 0), ("a", a, a_dims, 0),
+                                               ("h0", h0, h0_dims, 0), ("resets", resets, r_dims, 0)])
+    ao.value, ho.value = _taken(ao.value, dtype), _taken(ho.value, dtype)
+    spec = _Spec(False, x.ndim, axis, bool(reverse), backend, dtype, accumulation_dtype(dtype), _is_cupy(xo.value))
+    name = "parscan-linear-scan-" + _tokenize(xo.value, ao.value, ho.value, ro.value, spec, method)
+    dsk = _forward_graph(name, spec, chunks, xo, ao, ho, ro, method)
+    return _array(dsk, name, [xo.value, ao.value, ho.value, ro.value], chunks, dtype, _meta(xo.value, dtype, x.ndim))
 
 
 def linear_scan_backward(a, h, grad_h, h0=None, *, axis=-1, reverse=False, method=None, backend=None,
@@ -600,15 +794,16 @@ def linear_scan_backward(a, h, grad_h, h0=None, *, axis=-1, reverse=False, metho
         grad_a[t] = g[t] * conj(h[t-1])                    (h[-1] = h0, or 0)
         grad_h0   = conj(a[0]) * g[0]
 
-    chunk by chunk in reversed time: a chunk [s, e) scanned with no incoming gradient gives
-    ``D = conj(a[s]) g[s]`` (its grad_h0), and the gradient flowing out of it is
-    ``c_out = conj(A) c_in + D`` with ``A`` the product of its decays; ``c_in`` enters the chunk as an
-    addition to ``grad_h`` at its last step (one copy of that chunk of grad_h), and ``h[s-1]``, the
-    previous chunk's last state, is the chunk's h0.  grad_a and grad_h0 are summed over what a and h0
-    were broadcast along (a tree of sums across chunks, in the accumulation type).
+    chunk by chunk in reversed time: chunk k's in-memory backward with no incoming gradient gives
+    ``D_k`` (its grad_h0), and the gradient flowing out of it is ``G_k = conj(A_k) G_{k+1} + D_k``
+    (``A_k`` the product of its decays): a linear scan along the chunk axis (``method``, as in
+    :func:`linear_scan`).  ``G_{k+1}`` enters chunk k as an addition to ``grad_h`` at its last step
+    (one copy of that chunk of grad_h), and ``h`` at the step before the chunk, the previous chunk's
+    last state, is the chunk's h0.  grad_a and grad_h0 are summed over what a and h0 were broadcast
+    along (a tree of sums across chunks, in the accumulation type).
 
     ``resets``: the forward's (as in :func:`linear_scan`): a reads as 0 at reset steps, so a chunk with
-    a reset passes no gradient on to the chunks before it (its ``A`` is 0), and grad_a is 0 there.
+    a reset passes no gradient on to the chunks before it, and grad_a is 0 there.
 
     Returns lazy Dask arrays: grad_x with h's shape and chunks; grad_a with a's shape (a Dask array
     also for an in-memory or scalar a) and dtype; grad_h0 with h0's shape and dtype, or None.  h and
@@ -629,128 +824,83 @@ def linear_scan_backward(a, h, grad_h, h0=None, *, axis=-1, reverse=False, metho
             raise TypeError(f"{n} must be an array (a Dask array, or NumPy/CuPy), got {type(v).__name__}")
     for v, n in ((a, "a"), (h, "h"), (grad_h, "grad_h"), (h0, "h0"), (resets, "resets")):
         _check_known(v, n)
-    if tuple(grad_h.shape) != tuple(h.shape):
-        raise ValueError(f"grad_h has shape {tuple(grad_h.shape)} but h has shape {tuple(h.shape)}; "
-                         f"they must match (grad_h = dL/dh)")
+    _same_shape_and_chunks(h, grad_h)
     sa, sx, sh0 = _scan_backward(_stub(a), _stub(h, (0,) * h.ndim), _stub(grad_h, (0,) * h.ndim), _stub(h0),
                                  axis=axis, reverse=reverse, backend=backend, resets=_stub(resets))
-    dtype = np.dtype(sx.dtype)
-    ga_dtype, gh0_dtype = np.dtype(sa.dtype), None if sh0 is None else np.dtype(sh0.dtype)
+    dtype, ga_dtype = np.dtype(sx.dtype), np.dtype(sa.dtype)
+    gh0_dtype = None if sh0 is None else np.dtype(sh0.dtype)
     method = _method(method)
     axis = axis % h.ndim
     shape = tuple(h.shape)
-    a_dims = None if _is_value(a) else _check_shape(a, "a", shape, _targets(shape, axis, "a"), 0,
-                                                   "a must broadcast to h's shape (it is the forward's a)")
-    h0_dims = None if h0 is None or _is_value(h0) else _check_shape(
-        h0, "h0", shape, _targets(shape, axis, "h0"), 0, "h0 must broadcast to h's shape without the time axis")
+    a_dims = _value_or_dims(a, "a", shape, _all(shape), 0, "a must broadcast to h's shape (it is the forward's a)")
+    h0_dims = _value_or_dims(h0, "h0", shape, _but(shape, axis), 0,
+                             "h0 must broadcast to h's shape without the time axis")
+    r_dims = _value_or_dims(resets, "resets", shape, _all(shape), 0, "resets must broadcast to h's shape")
+    full = tuple(range(h.ndim))
+    chunks, (ho_, go, ao, h0o, ro) = _layout(shape, [("h", h, full, 0), ("grad_h", grad_h, full, 0),
+                                                     ("a", a, a_dims, 0), ("h0", h0, h0_dims, 0),
+                                                     ("resets", resets, r_dims, 0)])
+    ao.value, h0o.value = _taken(ao.value, dtype), _taken(h0o.value, dtype)
+    spec = _Spec(False, h.ndim, axis, bool(reverse), backend, dtype, accumulation_dtype(dtype), _is_cupy(ho_.value))
+    return _backward("linear-scan", spec, chunks, ho_, go, ao, h0o, ro, method, ga_dtype, gh0_dtype, h0 is not None)
+
+
+def _same_shape_and_chunks(h, grad_h):
+    if tuple(grad_h.shape) != tuple(h.shape):
+        raise ValueError(f"grad_h has shape {tuple(grad_h.shape)} but h has shape {tuple(h.shape)}; "
+                         f"they must match (grad_h = dL/dh)")
     if _is_dask(h) and _is_dask(grad_h) and tuple(h.chunks) != tuple(grad_h.chunks):
         raise ValueError(f"grad_h is chunked {grad_h.chunks} but h is chunked {h.chunks}; they must match: pass "
                          f"grad_h.rechunk(h.chunks)")
-    r_dims = _resets_dims(resets, shape, axis)
-    others = [(a, a_dims), (h0, h0_dims), (resets, r_dims)]
-    if _is_dask(grad_h) and not _is_dask(h):
-        h = _as_dask_x(h, "h", shape, 0, [(grad_h, tuple(range(h.ndim)))])
-    h = _as_dask_x(h, "h", shape, 0, others)
-    grad_h = grad_h if _is_dask(grad_h) else _dask().from_array(grad_h, chunks=h.chunks)
-    pa = _place(a, "a", h, a_dims, 0)
-    ph0 = _place(h0, "h0", h, h0_dims, 0)
-    pr = _place(resets, "resets", h, r_dims, 0)
-    acc = _acc(dtype)
-    from dask.base import tokenize  # noqa: PLC0415
-
-    name = "parscan-linear-scan-backward-" + tokenize(pa.value, h, grad_h, ph0.value, axis, reverse, method,
-                                                     backend, dtype, pr.value)
-    nb = h.numblocks
-    nt = nb[axis]
-    order = list(range(nt))[::-1] if reverse else list(range(nt))
-    tail_at = 0 if reverse else -1
-    new = _Keys(name)
-
-    def widen(p, dt):
-        """A broadcast operand whose gradient is summed across blocks: the type to sum its parts in
-        (the accumulation type), or None when it has that type already."""
-        across = math.prod(nb) if not p.is_array else math.prod(n for d, n in enumerate(nb) if not p.covers(d))
-        w = _wide_for(dt, acc)
-        return w if across > 1 and dt != w else None
-
-    kw = dict(axis=axis, reverse=bool(reverse), backend=backend)
-    call = partial(_bwd_call, acc=acc, widen_a=widen(pa, ga_dtype),
-                   widen_h0=None if h0 is None else widen(ph0, gh0_dtype), **kw)
-    pair = partial(_bwd_pair, acc=acc, **kw)
-    dsk = {}
-    ga_parts, gh0_parts = {}, {}
-    gx_name = name + "-grad-x"
-    for cidx in _channel_blocks(nb, axis):
-        idx = [_at(cidx, axis, k) for k in order]  # in the forward's scan order
-        hk = [(h.name,) + i for i in idx]
-        gk = [(grad_h.name,) + i for i in idx]
-        calls = [new("call") for _ in range(nt)]
-        h0s = [ph0.arg(cidx)]  # each chunk's h0: the user's, then the state before the chunk
-        for p in range(1, nt):
-            h0s.append(new("hprev"))
-            dsk[h0s[p]] = (_cast, (_tail, hk[p - 1], axis, tail_at), acc)
-        carries = [None] * nt  # the gradient flowing into each chunk from the one after it
-        if nt > 1:
-            # the last chunk (no incoming gradient) starts the sequence with its grad_h0, conj(a[s]) g[s]
-            items = [new("start")]
-            dsk[items[0]] = (_start, (_item, calls[nt - 1], 2))
-            for p in range(nt - 2, 0, -1):
-                items.append(new("pair"))
-                dsk[items[-1]] = (pair, pa.arg(idx[p]), gk[p], pr.arg(idx[p]))
-            for j, k in enumerate(_prefix(dsk, items, _compose, method, new)):
-                carries[nt - 2 - j] = k  # the prefix through chunk nt-1-j flows into chunk nt-2-j
-        for p in range(nt):
-            dsk[calls[p]] = (call, pa.arg(idx[p]), hk[p], gk[p], h0s[p], carries[p], pr.arg(idx[p]))
-            dsk[(gx_name,) + idx[p]] = (_item, calls[p], 1, dtype)
-            ga_parts.setdefault(_part_index(pa, idx[p]), []).append(calls[p])
-        if h0 is not None:
-            gh0_parts.setdefault(_part_index(ph0, cidx), []).append(calls[0])
-    ga_name, gh0_name = name + "-grad-a", name + "-grad-h0"
-    _reduce_parts(dsk, ga_name, ga_parts, 0, ga_dtype, new)
-    if h0 is not None:
-        _reduce_parts(dsk, gh0_name, gh0_parts, 2, gh0_dtype, new)
-    deps = [h, grad_h, pa.value, ph0.value, pr.value]
-    grad_x = _array(dsk, gx_name, deps, h.chunks, dtype, _meta(h, dtype, h.ndim))
-    grad_a = _array(dsk, ga_name, deps, pa.value.chunks if pa.is_array else (), ga_dtype,
-                    _meta(h, ga_dtype, pa.value.ndim if pa.is_array else 0))
-    grad_h0 = None if h0 is None else _array(dsk, gh0_name, deps, ph0.value.chunks if ph0.is_array else (),
-                                             gh0_dtype, _meta(h, gh0_dtype, ph0.value.ndim if ph0.is_array else 0))
-    return grad_a, grad_x, grad_h0
 
 
-def _part_index(p, idx):
-    """The block of operand ``p`` that x's block ``idx`` contributes its gradient to (() for a value)."""
-    if not p.is_array:
-        return ()
-    v = p.value
-    return tuple(0 if v.shape[j] == 1 else idx[d] for j, d in enumerate(p.dims))
+def _matrix_shapes(A, x, h0, resets, xname):
+    """Checks of a matrix-scan call's shapes the empty stand-ins cannot make (they have no batch), and
+    the result's core shape ``lead + (T,)``."""
+    if x.ndim < 2:
+        raise ValueError(f"{xname} must have shape (..., T, n), got {tuple(x.shape)}")
+    T, n = x.shape[-2:]
+    if A.ndim < 3 or tuple(A.shape[-2:]) != (n, n) or A.shape[-3] not in (1, T):
+        raise ValueError(f"A must have shape (..., T, n, n) or (..., 1, n, n) with n = {n} and T = {T}, "
+                         f"got {tuple(A.shape)}")
+    if h0 is not None and (h0.ndim < 1 or tuple(h0.shape[-1:]) != (n,)):
+        raise ValueError(f"h0 must have shape (..., {n}), got {tuple(h0.shape)}")
+    try:
+        lead = np.broadcast_shapes(tuple(x.shape[:-2]), tuple(A.shape[:-3]),
+                                   () if h0 is None else tuple(h0.shape[:-1]))
+    except ValueError:
+        raise ValueError(f"the leading dims of A {tuple(A.shape[:-3])}, {xname} {tuple(x.shape[:-2])} and h0 do not "
+                         f"broadcast") from None
+    return lead + (T,)
 
 
-def _reduce_parts(dsk, name, parts, which, dtype, new):
-    """Blocks ``(name, *block)`` of a gradient: item ``which`` of the calls on each block, summed over
-    the calls that share it (a broadcast operand), in a tree."""
-    for bidx, calls in parts.items():
-        if len(calls) == 1:
-            dsk[(name,) + bidx] = (_item, calls[0], which, dtype)
-            continue
-        keys = []
-        for c in calls:
-            keys.append(new("part"))
-            dsk[keys[-1]] = (_item, c, which)
-        dsk[(name,) + bidx] = (_cast, _tree_sum(dsk, keys, new), dtype)
+def _matrix_operands(core, A, x, h0, resets, xname, extra=()):
+    """The matrix scan's operands lined up with the result's blocks (x's leading dims may broadcast)."""
+    axis = len(core) - 1
+    x_dims = _dims(x, xname, core, _all(core), 1, f"{xname}'s leading dims must broadcast to the result's")
+    A_dims = _dims(A, "A", core, _all(core), 2, "A's leading dims must broadcast to the result's")
+    h0_dims = None if h0 is None else _dims(h0, "h0", core, _but(core, axis), 1,
+                                            "h0 must broadcast to the result's shape without T")
+    r_dims = _value_or_dims(resets, "resets", core, _all(core), 0,
+                            f"resets must broadcast to {xname}'s shape without its last (state) axis: e.g. shape "
+                            f"(T,) for resets shared by the batch")
+    ops = [(xname, x, x_dims, 1)] + [(nm, v, x_dims, 1) for nm, v in extra] + \
+        [("A", A, A_dims, 2), ("h0", h0, h0_dims, 1), ("resets", resets, r_dims, 0)]
+    return _layout(core, ops)
 
 
 def matrix_linear_scan(A, x, h0=None, *, reverse=False, method=None, backend=None, resets=None):
     """``h_t = A_t h_{t-1} + x_t`` for Dask arrays: x (..., T, n), A (..., T or 1, n, n), h0 (..., n).
 
-    The semantics and dtypes of :func:`parscan.matrix_linear_scan`, chunk by chunk along time
-    (axis -2 of x) as :func:`linear_scan` does, with n x n pairs: a chunk maps ``h_in`` to
-    ``P_k h_in + H_k`` with ``P_k = A_{e-1} ... A_s`` (``A ** T_k`` for A constant in time) and the
-    carries are ``c_{k+1} = P_k c_k + H_k``.  The n axis (and A's two) must be one chunk; leading
-    axes and time may be chunked any way, A's and h0's leading axes like x's where not broadcast.
-    x must carry the result's leading shape (broadcast x first if A or h0 add batch axes).
-    ``resets`` (broadcastable to x's shape without n, ``(..., T)``; chunked like x there): as
-    :func:`parscan.matrix_linear_scan`; a chunk with a reset has ``P_k = 0``.
+    The semantics and dtypes of :func:`parscan.matrix_linear_scan` (leading dims of A, x and h0
+    broadcast; the result has their broadcast shape), chunk by chunk along time (axis -2 of x) as
+    :func:`linear_scan` does, with n x n pairs: a chunk maps ``h_in`` to ``P_k h_in + H_k`` with
+    ``P_k = A_{e-1} ... A_s`` (the last state of the in-memory matrix scan of zeros from the identity),
+    and the carries ``c_k = P_k c_{k-1} + H_k`` are a matrix scan along the chunk axis.  The n axis (and
+    A's two) must be one chunk; leading axes and time may be chunked any way (shared axes alike in
+    every Dask operand).  Where x is broadcast along a leading axis its one block serves every block of
+    the result (the in-memory call broadcasts it; nothing is materialised or rechunked).  ``resets``
+    (broadcastable to the result's shape without n, ``(..., T)``): as :func:`parscan.matrix_linear_scan`.
 
     Examples
     --------
@@ -766,47 +916,69 @@ def matrix_linear_scan(A, x, h0=None, *, reverse=False, method=None, backend=Non
     _dask()
     x, A, h0, resets = _arrayish(x), _arrayish(A), _arrayish(h0), _arrayish(resets)
     for v, n in ((A, "A"), (x, "x"), (h0, "h0"), (resets, "resets")):
-        if v is not None and not hasattr(v, "ndim"):
-            raise TypeError(f"{n} must be an array (a Dask array, or NumPy/CuPy), got {type(v).__name__}")
+        _check_array(v, n)
         _check_known(v, n)
-    if x.ndim < 2:
-        raise ValueError(f"x must have shape (..., T, n), got {tuple(x.shape)}")
+    core = _matrix_shapes(A, x, h0, resets, "x")
     n = x.shape[-1]
     # argument checks and the result dtype by the in-memory API on empty stand-ins (T = 0, no batch)
-    A_stub = _stub(A, (0,) + tuple(A.shape[-2:])) if A.ndim >= 3 else A
-    dtype = np.dtype(_matrix_scan(A_stub, _stub(x, (0, n)), None if h0 is None else _stub(h0, tuple(h0.shape[-1:])),
-                                  reverse=reverse, backend=backend,
+    dtype = np.dtype(_matrix_scan(_stub(A, (0 if A.shape[-3] != 1 else 1, n, n)), _stub(x, (0, n)),
+                                  None if h0 is None else _stub(h0, (n,)), reverse=reverse, backend=backend,
                                   resets=None if resets is None else _stub(resets, (0,))).dtype)
     method = _method(method)
-    T = x.shape[-2]
-    if A.shape[-3] not in (1, T):
-        raise ValueError(f"A must have shape (..., T, n, n) or (..., 1, n, n) with n = {n} and T = {T}, "
-                         f"got {tuple(A.shape)}")
-    core = tuple(x.shape[:-1])  # (..., T): the axes that are chunked; n is one chunk
-    axis = len(core) - 1
-    lead = core[:-1]
-    try:
-        full = np.broadcast_shapes(lead, tuple(A.shape[:-3]), () if h0 is None else tuple(h0.shape[:-1]))
-    except ValueError:
-        raise ValueError(f"the leading dims of A {tuple(A.shape[:-3])}, x {lead} and h0 do not broadcast") from None
-    if full != lead:
-        raise ValueError(f"x has leading shape {lead} but A and h0 broadcast it to {full}; parscan.dask keeps x's "
-                         f"chunks, so give x the full shape first (dask.array.broadcast_to(x, {full + (T, n)}))")
-    A_dims = _check_shape(A, "A", core, _targets(core, axis, "a"), 2, "A's leading dims must broadcast to x's")
-    h0_dims = None if h0 is None else _check_shape(h0, "h0", core, _targets(core, axis, "h0"), 1,
-                                                   "h0 must broadcast to x's shape without T")
-    r_dims = _resets_dims(resets, core, axis)
-    x = _as_dask_x(x, "x", core, 1, [(A, A_dims), (h0, h0_dims), (resets, r_dims)])
-    pA = _place(A, "A", x, A_dims, 2)
-    ph0 = _place(h0, "h0", x, h0_dims, 1)
-    pr = _place(resets, "resets", x, r_dims, 0)
-    acc = _acc(dtype)
-    kw = dict(reverse=bool(reverse), backend=backend)
-    tasks = (partial(_mat_only, **kw), partial(_mat_first, acc=acc, **kw), partial(_mat_pair, acc=acc, **kw),
-             partial(_mat_second, dtype=dtype, **kw), _compose_matrix, dtype, acc)
-    from dask.base import tokenize  # noqa: PLC0415
+    chunks, (xo, Ao, ho, ro) = _matrix_operands(core, A, x, h0, resets, "x")
+    chunks = chunks + ((n,),)
+    spec = _Spec(True, len(chunks), len(core) - 1, bool(reverse), backend, dtype, accumulation_dtype(dtype),
+                 _is_cupy(xo.value))
+    name = "parscan-matrix-linear-scan-" + _tokenize(xo.value, Ao.value, ho.value, ro.value, spec, method)
+    dsk = _forward_graph(name, spec, chunks, xo, Ao, ho, ro, method)
+    return _array(dsk, name, [xo.value, Ao.value, ho.value, ro.value], chunks, dtype,
+                  _meta(xo.value, dtype, len(chunks)))
 
-    name = "parscan-matrix-linear-scan-" + tokenize(pA.value, x, ph0.value, reverse, method, backend, dtype,
-                                                    pr.value)
-    dsk = _forward_graph(name, x, len(core), axis, reverse, pA, ph0, pr, method, tasks)
-    return _array(dsk, name, [x, pA.value, ph0.value, pr.value], x.chunks, dtype, _meta(x, dtype, x.ndim))
+
+def matrix_linear_scan_backward(A, h, grad_h, h0=None, *, reverse=False, method=None, backend=None, resets=None):
+    """``(grad_A, grad_x, grad_h0)`` of ``h = matrix_linear_scan(A, x, h0, reverse=reverse)`` for Dask arrays.
+
+    As :func:`parscan.matrix_linear_scan_backward` (forward direction; ``reverse=True`` mirrors time)::
+
+        g_t = grad_h_t + A_{t+1}^H g_{t+1}   (g_T = 0)    grad_x_t = g_t
+        grad_A_t = g_t h_{t-1}^H                          grad_h0 = A_0^H g_0
+
+    chunk by chunk in reversed time as :func:`linear_scan_backward`: the gradient flowing out of chunk
+    k is ``G_k = P_k^H G_{k+1} + D_k`` (``P_k`` the chunk's ordered product of A, ``D_k`` the grad_h0 of
+    its in-memory backward from no incoming gradient), a matrix scan along the chunk axis.  grad_A has
+    A's shape and dtype and grad_h0 h0's (summed over what they were broadcast along, across chunks in
+    the accumulation type), grad_x the result's shape and h's chunks; h and grad_h must have the same
+    shape and chunks.
+
+    Examples
+    --------
+    >>> import dask.array as da, numpy as np, parscan.dask
+    >>> A = np.array([[[0.5, 0.0], [0.0, 0.5]]])
+    >>> h = parscan.dask.matrix_linear_scan(A, da.ones((3, 2), chunks=(1, 2)))
+    >>> gA, gx, gh0 = parscan.dask.matrix_linear_scan_backward(A, h, da.ones((3, 2), chunks=(1, 2)))
+    >>> gx.compute()
+    array([[1.75, 1.75],
+           [1.5 , 1.5 ],
+           [1.  , 1.  ]])
+    """
+    _dask()
+    h, grad_h, A, h0, resets = _arrayish(h), _arrayish(grad_h), _arrayish(A), _arrayish(h0), _arrayish(resets)
+    for v, n in ((A, "A"), (h, "h"), (grad_h, "grad_h"), (h0, "h0"), (resets, "resets")):
+        _check_array(v, n)
+        _check_known(v, n)
+    _same_shape_and_chunks(h, grad_h)
+    core = _matrix_shapes(A, h, h0, resets, "h")
+    n = h.shape[-1]
+    sA, sx, sh0 = _matrix_scan_backward(_stub(A, (0 if A.shape[-3] != 1 else 1, n, n)), _stub(h, (0, n)),
+                                        _stub(grad_h, (0, n)), None if h0 is None else _stub(h0, (n,)),
+                                        reverse=reverse, backend=backend,
+                                        resets=None if resets is None else _stub(resets, (0,)))
+    dtype, ga_dtype = np.dtype(sx.dtype), np.dtype(sA.dtype)
+    gh0_dtype = None if sh0 is None else np.dtype(sh0.dtype)
+    method = _method(method)
+    chunks, (ho_, go, Ao, h0o, ro) = _matrix_operands(core, A, h, h0, resets, "h", extra=[("grad_h", grad_h)])
+    chunks = chunks + ((n,),)
+    spec = _Spec(True, len(chunks), len(core) - 1, bool(reverse), backend, dtype, accumulation_dtype(dtype),
+                 _is_cupy(ho_.value))
+    return _backward("matrix-linear-scan", spec, chunks, ho_, go, Ao, h0o, ro, method, ga_dtype, gh0_dtype,
+                     h0 is not None)

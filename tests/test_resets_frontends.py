@@ -453,7 +453,7 @@ def test_dask_scan_and_backward_with_resets_equal_the_reference(chunking, revers
                 np.testing.assert_allclose(u, v, rtol=50 * TOL[dtype], atol=50 * TOL[dtype])
 
 
-def test_dask_matrix_scan_with_resets_equals_in_memory():
+def test_dask_matrix_scan_and_backward_with_resets_equal_in_memory():
     da = pytest.importorskip("dask.array")
     import dask
 
@@ -462,19 +462,27 @@ def test_dask_matrix_scan_with_resets_equals_in_memory():
     rng = np.random.default_rng(13)
     B, T, n = 2, 20, 3
     A, x = 0.5 * rng.standard_normal((B, T, n, n)) / np.sqrt(n), rng.standard_normal((B, T, n))
-    h0 = rng.standard_normal((B, n))
+    h0, gh = rng.standard_normal((B, n)), rng.standard_normal((B, T, n))
     rows = rng.random((B, T)) < 0.2
     rows[:, [6, 13]] = True  # chunk starts and ends below
     rows[0, 5] = True
+    chunks = ((1, 1), (6, 7, 7))
     for reverse in (False, True):
-        for rd, rm in ((rows, rows), (da.from_array(rows, chunks=((1, 1), (6, 7, 7))), rows),
-                       (rows[0], rows[0])):
-            want = _mloop(A, x, h0, reverse, rm)
-            h = pdask.matrix_linear_scan(da.from_array(A, chunks=((1, 1), (6, 7, 7), (n,), (n,))),
-                                         da.from_array(x, chunks=((1, 1), (6, 7, 7), (n,))), h0, reverse=reverse,
-                                         resets=rd, backend="cpu")
-            with dask.config.set(scheduler="synchronous"):
-                assert_close(h.compute(), want, "float64")
+        for rd, rm in ((rows, rows), (da.from_array(rows, chunks=chunks), rows), (rows[0], rows[0])):
+            for Am, Ad in ((A, da.from_array(A, chunks=chunks + ((n,), (n,)))), (A[:, :1], A[:, :1])):
+                want = _mloop(np.broadcast_to(Am, A.shape), x, h0, reverse, rm)
+                h = pdask.matrix_linear_scan(Ad, da.from_array(x, chunks=chunks + ((n,),)), h0, reverse=reverse,
+                                             resets=rd, backend="cpu")
+                wb = parscan.matrix_linear_scan_backward(Am, want, gh, h0, reverse=reverse, resets=rm, backend="cpu")
+                gb = pdask.matrix_linear_scan_backward(Ad, da.from_array(want, chunks=chunks + ((n,),)),
+                                                       da.from_array(gh, chunks=chunks + ((n,),)), h0,
+                                                       reverse=reverse, resets=rd, backend="cpu")
+                with dask.config.set(scheduler="synchronous"):
+                    got = dask.compute(h, *gb)
+                assert_close(got[0], want, "float64")
+                for g, w in zip(got[1:], wb):
+                    assert g.shape == w.shape
+                    assert_close(g, w, "float64")
 
 
 def test_dask_resets_errors():

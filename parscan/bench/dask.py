@@ -5,18 +5,23 @@ elements, 1 GiB, in 64 time chunks, and 2^22 in 256 small chunks, where the carr
 ``--quick``: 2^22 in 16 and 2^20 in 64) on ``LocalCluster(n_workers=2, threads_per_worker=1,
 processes=True)`` (each worker's Numba pinned to one thread), timed as:
 
-- ``parscan.dask`` with the chunk pairs combined by a chain (``sequential``) and by a Brent-Kung tree
-  (``blelloch``);
+- ``parscan.dask`` with the carries computed by one scan of the stacked chunk pairs (``scan``, the
+  default) and by a chain of one-pair scans (``sequential``);
 - ``dask.array.cumsum`` of the same x: the same graph shape (a scan along chunks, a carry between
-  them) with a cheaper operator, the yardstick: target parscan.dask <= 1.5x its time;
-- one in-memory :func:`parscan.linear_scan` of the same data in this process (all of Numba's threads).
+  them) with a cheaper operator, the yardstick: target parscan.dask <= 1.5x its time (``vs_cumsum``);
+- one in-memory :func:`parscan.linear_scan` of the same data in this process, on all of Numba's
+  threads here (its ``threads``); ``vs_in_memory`` is each Dask row's time over it.
 
 x is generated on the workers (``dask.array.random``) and persisted before timing; a timed run builds
 the graph and persists the result on the workers (nothing is gathered), then releases it.  Rounds are
-round-robin (cumsum, sequential, blelloch), and each ratio is a median over the rounds' ratios.
+round-robin (cumsum, scan, sequential), and each ratio is a median over the rounds' ratios.
 Correctness (the last chunk against the in-memory scan) is checked before timing.  Throughput is
-reported per worker: elements / second / worker and GB/s / worker at 8 bytes an element (x read, h
-written once: the minimum).
+reported per worker (elements / second / worker and GB/s / worker at 8 bytes an element: x read, h
+written once, the minimum) and per compute thread (``threads``: one per worker, Numba pinned to one).
+
+Each worker re-reads Numba's configuration before its first task: a spawned worker imports ``__main__``
+(which imports parscan, hence Numba) before Dask applies ``env=``, so Numba would otherwise keep the
+default thread count, and its next compilation would refuse the new one.
 """
 
 from __future__ import annotations
@@ -60,6 +65,12 @@ def _timed_persist(client, make, wait):
     return t
 
 
+def _reload_numba_config():
+    import numba  # noqa: PLC0415
+
+    numba.core.config.reload_config()
+
+
 def suite_dask(ctx):
     try:
         import dask.array as da
@@ -76,6 +87,7 @@ def suite_dask(ctx):
     cluster = LocalCluster(n_workers=WORKERS, threads_per_worker=1, processes=True, dashboard_address=None,
                            silence_logs=logging.ERROR, env={"NUMBA_NUM_THREADS": "1"})
     client = Client(cluster, timeout=120)
+    client.run(_reload_numba_config)
     try:
         for n, nchunks in _configs(quick):
             times, mem = _measure(client, da, wait, pdask, linear_scan, n, nchunks, repeats)
@@ -92,13 +104,13 @@ def _measure(client, da, wait, pdask, linear_scan, n, nchunks, repeats):
     wait(x)
     makers = {
         "dask.array.cumsum": lambda: da.cumsum(x),
+        "parscan.dask scan": lambda: pdask.linear_scan(DECAY, x, method="scan"),
         "parscan.dask sequential": lambda: pdask.linear_scan(DECAY, x, method="sequential"),
-        "parscan.dask blelloch": lambda: pdask.linear_scan(DECAY, x, method="blelloch"),
     }
     # correctness first: the last chunk (every carry feeds it) against the in-memory scan
     xm = np.concatenate(client.gather(client.compute(x.to_delayed().ravel().tolist())))
     want = linear_scan(DECAY, xm)
-    for method in ("sequential", "blelloch"):
+    for method in ("scan", "sequential"):
         last = pdask.linear_scan(DECAY, x, method=method).blocks[-1].compute()
         if not np.allclose(last, want[-last.size:], rtol=1e-4, atol=1e-3):
             raise AssertionError(f"parscan.dask ({method}) disagrees with parscan.linear_scan")
@@ -114,19 +126,24 @@ def _measure(client, da, wait, pdask, linear_scan, n, nchunks, repeats):
 
 
 def _rows(times, mem, n, nchunks):
+    import numba  # noqa: PLC0415
+
     rows = []
-    common = dict(suite="dask", elements=n, chunks=nchunks, workers=WORKERS, dtype="float32")
+    common = dict(suite="dask", elements=n, chunks=nchunks, dtype="float32")
     base = np.asarray(times["dask.array.cumsum"])
+    m_mem = _stats(mem)[0]
     for k, ts in times.items():
         m, lo, hi = _stats(ts)
-        row = dict(common, name=k, s=m, s_range=[lo, hi],
-                   melem_s_per_worker=n / m / WORKERS / 1e6, gbps_per_worker=8 * n / m / WORKERS / 1e9)
+        row = dict(common, name=k, workers=WORKERS, threads=WORKERS, s=m, s_range=[lo, hi],
+                   melem_s_per_worker=n / m / WORKERS / 1e6, gbps_per_worker=8 * n / m / WORKERS / 1e9,
+                   melem_s_per_thread=n / m / WORKERS / 1e6, vs_in_memory=m / m_mem)
         if k != "dask.array.cumsum":
             r = np.asarray(ts) / base
             row.update(vs_cumsum=float(np.median(r)), vs_cumsum_range=[float(r.min()), float(r.max())],
                        target="<= 1.5", meets=bool(np.median(r) <= 1.5))
         rows.append(row)
     m, lo, hi = _stats(mem)
-    rows.append(dict(common, name="parscan.linear_scan in memory", workers=1, s=m, s_range=[lo, hi],
-                     melem_s_per_worker=n / m / 1e6, gbps_per_worker=8 * n / m / 1e9))
+    threads = numba.get_num_threads()  # the in-memory scan runs on all of them
+    rows.append(dict(common, name="parscan.linear_scan in memory", workers=0, threads=threads, s=m, s_range=[lo, hi],
+                     melem_s_per_thread=n / m / threads / 1e6, vs_in_memory=1.0))
     return rows

@@ -20,7 +20,8 @@ The backward is the same machinery run backwards in time on
 ``g[t] = grad_h[t] + conj(a[t+1]) g[t+1]``, with the chunk pair ``(A, H) = (prod conj(a), conj(a[s]) g_local[s])``
 (the last chunk is the one scanned in phase 1) and ``grad_a`` / ``grad_h0`` computed in the same pass.
 float16 accumulates in float32 (see ``_half``).  Results depend only on the problem and the thread
-count (no atomics): they are bitwise repeatable.
+count (no atomics): they are bitwise repeatable.  Parallel launches are safe from many threads under
+every Numba threading layer (``_threads``).
 
 Resets (issue #18) are read in the kernels, one byte a step (``r[rb + t * rs]``, broadcast by zero
 strides, never materialised): where set, a is never read (it counts as 0: inf or nan in a there cannot
@@ -42,6 +43,7 @@ from numba.extending import overload
 
 from ._half import conj, host_view, load, load_as, store
 from ._problem import run_backward, run_forward
+from ._threads import parallel_launch
 
 MAX_BLOCK = 4096  # channels per channel-inner task (states live in a small local array)
 WHOLE_ROW = 2048  # channel-inner rows up to this many channels are never split between tasks
@@ -1077,8 +1079,9 @@ def forward_launcher(problem):
     down = walk_down(shape, xs, False)
 
     def run(a, x, h0, out, resets=None):
-        _forward(view(a), ao, as_, view(x), xo, xs, dummy if h0 is None else view(h0), ho, hs, has_h0,
-                 view(out), oo, os_, _flags(resets), ro, rs_, shape, zero, one, bs, nch, nparts, down)
+        with parallel_launch():
+            _forward(view(a), ao, as_, view(x), xo, xs, dummy if h0 is None else view(h0), ho, hs, has_h0,
+                     view(out), oo, os_, _flags(resets), ro, rs_, shape, zero, one, bs, nch, nparts, down)
     return run
 
 
@@ -1109,10 +1112,11 @@ def backward_launcher(problem):
     down = walk_down(shape, gs, True)
 
     def run(a, h, grad_h, h0, grad_x, grad_a, grad_h0, resets=None):
-        _backward(view(a), ao, as_, view(h), hO, hS, view(grad_h), go, gs, dummy if h0 is None else view(h0),
-                  h0o, h0s, has_h0, view(grad_x), xo, xs, view(grad_a), ao2, as2,
-                  wdummy if grad_h0 is None else view(grad_h0), g0o, g0s, _flags(resets), ro, rs_, shape, zero, one,
-                  bs, nch, nparts, down)
+        with parallel_launch():
+            _backward(view(a), ao, as_, view(h), hO, hS, view(grad_h), go, gs, dummy if h0 is None else view(h0),
+                      h0o, h0s, has_h0, view(grad_x), xo, xs, view(grad_a), ao2, as2,
+                      wdummy if grad_h0 is None else view(grad_h0), g0o, g0s, _flags(resets), ro, rs_, shape, zero,
+                      one, bs, nch, nparts, down)
     return run
 
 

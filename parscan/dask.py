@@ -47,9 +47,9 @@ one chunk; in-memory operands are cut to those chunks.
 Scheduling: chunk calls use the in-memory backends, so on a host worker each task runs Numba's
 parallel kernels: set ``NUMBA_NUM_THREADS`` to the worker's thread count (``threads_per_worker``)
 to avoid oversubscribing cores.  Dask's threaded scheduler (and workers with several threads) make
-calls from several threads at once; Numba's ``omp`` and ``tbb`` threading layers allow that, its
-``workqueue`` layer aborts the process on concurrent use, so under ``workqueue`` the host chunk calls
-of this module take a lock (one runs at a time in a process).
+calls from several threads at once, which the in-memory API takes under every Numba threading layer
+(under ``workqueue``, which aborts on concurrent parallel launches, the cpu backend serialises them:
+see ``parscan._threads``).
 
 >>> import dask.array as da, numpy as np, parscan.dask
 >>> x = da.ones(6, chunks=2, dtype=np.float32)
@@ -60,11 +60,9 @@ array([1.     , 1.5    , 1.75   , 1.875  , 1.9375 , 1.96875], dtype=float32)
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
 import sys
-import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -270,40 +268,17 @@ class _Spec:
         return self.acc != self.dtype
 
 
-_WORKQUEUE_LOCK = threading.Lock()
-_LAYER: list = []  # Numba's threading layer in this process, once it has started
-
-
-def _guard(spec):
-    """A lock around host chunk calls while Numba's threading layer may be ``workqueue`` (which aborts
-    the process when two threads launch parallel kernels at once): until the layer has started (the
-    first parallel launch names it; starting it here would fix its thread count before Dask's ``env=``
-    reaches Numba's config) and for good under ``workqueue``; nothing under ``omp`` or ``tbb``."""
-    if spec.cupy:
-        return contextlib.nullcontext()
-    if not _LAYER:
-        import numba  # noqa: PLC0415
-
-        try:
-            _LAYER.append(numba.threading_layer())
-        except ValueError:  # not started yet: this call may start it
-            return _WORKQUEUE_LOCK
-    return _WORKQUEUE_LOCK if _LAYER[0] == "workqueue" else contextlib.nullcontext()
-
-
 def _run(spec, a, x, h0, r):
     """One chunk scanned by the in-memory API."""
-    with _guard(spec):
-        if spec.matrix:
-            return _matrix_scan(a, x, h0, reverse=spec.reverse, backend=spec.backend, resets=r)
-        return _scan(a, x, h0, axis=spec.axis, reverse=spec.reverse, backend=spec.backend, resets=r)
+    if spec.matrix:
+        return _matrix_scan(a, x, h0, reverse=spec.reverse, backend=spec.backend, resets=r)
+    return _scan(a, x, h0, axis=spec.axis, reverse=spec.reverse, backend=spec.backend, resets=r)
 
 
 def _run_backward(spec, a, h, g, h0, r):
-    with _guard(spec):
-        if spec.matrix:
-            return _matrix_scan_backward(a, h, g, h0, reverse=spec.reverse, backend=spec.backend, resets=r)
-        return _scan_backward(a, h, g, h0, axis=spec.axis, reverse=spec.reverse, backend=spec.backend, resets=r)
+    if spec.matrix:
+        return _matrix_scan_backward(a, h, g, h0, reverse=spec.reverse, backend=spec.backend, resets=r)
+    return _scan_backward(a, h, g, h0, axis=spec.axis, reverse=spec.reverse, backend=spec.backend, resets=r)
 
 
 def _step(spec):
@@ -383,11 +358,10 @@ def _chain(spec, start, pairs, decays, adjoint):
     As = [p[0] if d is None else d for p, d in zip(pairs, decays)]
     if adjoint:
         As = [_conj(A).swapaxes(-1, -2) if spec.matrix else _conj(A) for A in As]
-    with _guard(spec):
-        if spec.matrix:
-            return _matrix_scan(xp.stack(As, axis=-3), xp.stack([p[1] for p in pairs], axis=-2), start,
-                                backend=spec.backend)
-        return _scan(xp.stack(As), xp.stack([p[1] for p in pairs]), start, axis=0, backend=spec.backend)
+    if spec.matrix:
+        return _matrix_scan(xp.stack(As, axis=-3), xp.stack([p[1] for p in pairs], axis=-2), start,
+                            backend=spec.backend)
+    return _scan(xp.stack(As), xp.stack([p[1] for p in pairs]), start, axis=0, backend=spec.backend)
 
 
 def _pick(spec, carries, j):

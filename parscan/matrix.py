@@ -52,6 +52,7 @@ from numba import njit, prange
 from . import _backends
 from ._arrays import array_module, as_flags, as_operand, check_same_place, give_back
 from ._problem import _as_strided, _check_grad_outs, check_out
+from ._threads import parallel_launch
 from .kernels import matrix_launch
 from .scan import _grad_outs, linear_scan, linear_scan_backward
 
@@ -453,8 +454,10 @@ def matrix_linear_scan(A, x, h0=None, *, reverse=False, backend=None, resets=Non
             res = _reference_forward(Ab, xb, hb, reverse, R)
         else:
             res = np.empty_like(xb) if target is None else target
-            (_forward_cpu_serial if _serial(xb.shape[0], T, n) else _forward_cpu)(
-                Ab, xb, hb, res, bool(reverse), _NO_RESETS if R is None else R)
+            serial = _serial(xb.shape[0], T, n)
+            with contextlib.nullcontext() if serial else parallel_launch():
+                (_forward_cpu_serial if serial else _forward_cpu)(Ab, xb, hb, res, bool(reverse),
+                                                                  _NO_RESETS if R is None else R)
     if oo is not None:
         return _deliver(res.reshape(lead + (T, n)), oo, out, None, target is not None and res is target)
     return give_back(res.reshape(lead + (T, n)).astype(dt, copy=False), xo)
@@ -530,8 +533,10 @@ def matrix_linear_scan_backward(A, h, grad_h, h0=None, *, reverse=False, backend
                 gA = gA_t
                 gA[...] = 0  # the kernel sums into it
             gh0 = np.empty_like(h0b)
-            kernel = _backward_cpu_serial if _serial(hb.shape[0], T, n) else _backward_cpu
-            kernel(Ab, hb, gb, h0b, gx, gA, gh0, bool(reverse), _NO_RESETS if R is None else R)
+            serial = _serial(hb.shape[0], T, n)
+            with contextlib.nullcontext() if serial else parallel_launch():
+                (_backward_cpu_serial if serial else _backward_cpu)(Ab, hb, gb, h0b, gx, gA, gh0, bool(reverse),
+                                                                    _NO_RESETS if R is None else R)
     A_there, x_there = gA_t is not None and gA is gA_t, gx_t is not None and gx is gx_t
     if not A_there:
         gA = _reduce(gA.reshape(lead + gA.shape[1:]), Aa.shape)

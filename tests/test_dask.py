@@ -258,7 +258,7 @@ def test_real_decay_with_complex_data(chunking):
 
 def test_threaded_scheduler():
     """Dask's threaded scheduler runs chunk calls from several threads at once (Numba's omp or tbb
-    layer here; under workqueue parscan.dask serialises them: see test_workqueue_threading_layer)."""
+    layer here; under workqueue the cpu backend serialises them: see test_workqueue_threading_layer)."""
     rng = _rng("threads")
     chunks = ((2, 2), (60, 60, 40, 40))
     x, a, gh = rand(rng, (4, 200), "float32"), rand(rng, (4, 200), "float32", "a"), rand(rng, (4, 200), "float32")
@@ -278,7 +278,7 @@ def test_threaded_scheduler():
 
 def test_workqueue_threading_layer():
     """Under Numba's workqueue layer two threads launching parallel kernels at once abort the process;
-    parscan.dask serialises its host chunk calls there, so the threaded scheduler completes."""
+    the cpu backend serialises its parallel launches there, so the threaded scheduler completes."""
     code = textwrap.dedent("""
         import numpy as np, dask, dask.array as da, numba, parscan, parscan.dask as pdask
         x = da.random.default_rng(0).standard_normal((64, 2**17), chunks=(32, 2**15), dtype=np.float32)

@@ -171,3 +171,40 @@ def test_backward_out_is_replayed_into_the_given_arrays(a_kind):
     with pytest.raises(ValueError, match="overlaps an input"):  # the same signature, out over h this time
         parscan.linear_scan_backward(a, h, gh, h0, out=(outs[0], h, outs[2]))
     assert np.array_equal(h, parscan.linear_scan(a, x, h0))  # and h was not written
+
+
+def test_many_threads_under_numbas_workqueue_layer():
+    """Numba's workqueue threading layer (where neither TBB nor OpenMP is installed) aborts the process
+    when two threads launch parallel kernels at once: the cpu backend's parallel launches (and the matrix
+    scan's) take a lock under it, so many threads calling at once still get every result right."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import threading, numpy as np, numba, parscan
+        from parscan import reference
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((4, 2**15)); a = rng.uniform(0.5, 1, (4, 1))
+        xm = rng.standard_normal((64, 300, 2)); A = 0.4 * rng.standard_normal((64, 1, 2, 2))
+        want, wantm = reference.linear_scan(a, x), parscan.matrix_linear_scan(A, xm, backend="reference")
+        errors, start = [], threading.Barrier(4)
+        def work():
+            start.wait()
+            try:
+                for _ in range(6):
+                    assert np.allclose(parscan.linear_scan(a, x), want)
+                    assert np.allclose(parscan.linear_scan_backward(a, want, x)[1], reference.linear_scan_backward(a, want, x)[1])
+                    assert np.allclose(parscan.matrix_linear_scan(A, xm), wantm)
+            except Exception as e:
+                errors.append(repr(e))
+        ts = [threading.Thread(target=work) for _ in range(4)]
+        [t.start() for t in ts]; [t.join() for t in ts]
+        assert not errors, errors[:2]
+        assert numba.threading_layer() == "workqueue", numba.threading_layer()
+        print("ok")
+    """)
+    env = dict(os.environ, NUMBA_THREADING_LAYER="workqueue", NUMBA_NUM_THREADS="2")
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), (r.returncode, r.stdout[-2000:], r.stderr[-2000:])

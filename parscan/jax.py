@@ -23,10 +23,18 @@ There is no second planner and no second copy of the math: the callbacks call
 
 Gradients.  Each scan is a ``jax.custom_vjp`` whose backward is parscan's fused backward (grads for
 a, x and h0; a's summed over the dimensions it was broadcast along).  JAX's convention for complex
-numbers is the transpose without conjugation; parscan's backward follows PyTorch's (conjugated), so
-the JAX backward is ``conj(parscan_backward(conj(grad_h)))`` (complex dtypes only).  Forward mode
-(``jax.jvp``, ``jax.jacfwd``) is not available: JAX raises ``TypeError: can't apply forward-mode
-autodiff (jvp) to a custom_vjp function``; use reverse mode (``jax.vjp``, ``jax.jacrev``).
+numbers is the transpose without conjugation; parscan's backward follows PyTorch's (``conj(a)`` and
+``conj(h)`` in its recurrences), so the JAX backward is parscan's backward of ``conj(a)``, ``conj(h)``
+and ``conj(h0)`` with JAX's cotangent as it is (the conjugates cancel; complex dtypes only: one
+elementwise pass over h, and over a and h0 where they are complex).  Forward mode (``jax.jvp``,
+``jax.jacfwd``, ``jax.linearize``) is not available: eagerly parscan raises a ``TypeError`` that says
+so; under ``jax.jit`` (or from ``jax.linearize``'s function) JAX raises its own ``TypeError: can't
+apply forward-mode autodiff (jvp) to a custom_vjp function``.  Use reverse mode (``jax.vjp``,
+``jax.grad``, ``jax.jacrev``).
+
+Compilation.  The callbacks are made once for each set of static arguments (axis, direction, whether h0
+is given, ...) and reused: JAX keys its compiled computations on the callback object, so eager calls
+compile XLA once per shape and dtype, like a jitted function.
 
 vmap.  The callbacks are called once with the whole batch (``vmap_method="expand_dims"``: batched
 operands gain a leading batch axis, unbatched ones a leading axis of size 1 that broadcasts, never
@@ -36,26 +44,33 @@ materialised); the time axis is counted from the end, so no Python loop runs ove
 Copies.  The forward writes into XLA's buffer, and the backward writes grad_x (and grad_a of a full a)
 into XLA's buffers (``linear_scan_backward(..., out=...)``); a grad_a summed over broadcast dimensions
 and grad_h0 are copied in (their size is a's or h0's).  The matrix scan returns new arrays, which the
-callbacks copy into XLA's output buffers (one copy of each result).  bfloat16,
-which NumPy and CuPy lack, is computed in float32 (a cast copy each way, in JAX); complex
-cotangents are conjugated in JAX (one elementwise pass each way).  Everything else reaches the
-kernels as it is.
+callbacks copy into XLA's output buffers (one copy of each result).  :class:`GILRLSTM`'s forward and
+backward are the layer's own, which allocate their results: the forward copies h, the final state and
+the eight intermediates its backward needs into XLA's buffers, the backward the gradients (dx and the
+parameters').  bfloat16, which NumPy and CuPy lack, is computed in float32 (a cast copy each way, in
+JAX); complex gradients conjugate h (above).  Everything else reaches the kernels as it is.
 
 GPU memory.  parscan's own temporaries (the look-back's status words, a reduced grad_a before it is
-copied, the matrix scan's results) come from CuPy's memory pool, beside XLA's: leave room for them when XLA preallocates
-(``XLA_PYTHON_CLIENT_MEM_FRACTION``; about 2x the gradients of the largest scan).
+copied, the matrix scan's results) come from CuPy's memory pool, beside XLA's: leave room for them
+when XLA preallocates (``XLA_PYTHON_CLIENT_MEM_FRACTION``, or ``XLA_PYTHON_CLIENT_PREALLOCATE=false``;
+about 2x the gradients of the largest scan).
 
 Errors.  Wrong dtypes, shapes or axes raise at trace time the exceptions parscan raises for NumPy
 arrays, with the same messages (the checks run on zero-stride stand-ins of the arguments: no memory,
-no compute).
+no compute).  What depends on the device (the matrix scan's resets, which its CUDA kernels do not take
+yet) raises when XLA lowers the computation for it, from the jit call, before anything runs.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import ctypes
 import functools
+import importlib
 import math
+import mmap
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -100,11 +115,49 @@ def _cupy_view(cp, buf, device):
     return cp.ndarray(shape, dtype, cp.cuda.MemoryPointer(mem, 0), cai.get("strides"))
 
 
+def _numpy_madvises_hugepages():
+    """Whether NumPy asks Linux for transparent huge pages on its large allocations (its default there;
+    ``NUMPY_MADVISE_HUGEPAGE=0`` turns it off)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    for mod in ("numpy._core.multiarray", "numpy.core.multiarray"):
+        try:
+            return bool(importlib.import_module(mod)._get_madvise_hugepage())
+        except (ImportError, AttributeError):
+            continue
+    return False
+
+
+_HUGE_MIN = 1 << 22  # NumPy's threshold: 4 MiB
+_MADV_HUGEPAGE = 14
+_madvise = None
+if _numpy_madvises_hugepages():
+    try:
+        _madvise = ctypes.CDLL(None, use_errno=True).madvise
+        _madvise.argtypes, _madvise.restype = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_int
+    except (OSError, AttributeError):  # pragma: no cover - no libc madvise
+        _madvise = None
+
+
+def _hugepages(arr):
+    """Ask for transparent huge pages on a large output buffer of XLA's before it is first written, as
+    NumPy does for its own allocations: XLA's fresh buffers over 32 MiB are new mappings each call, and
+    faulting them in 4 KiB pages from the scan's threads costs about as much as the scan itself (a hint:
+    the contents and the mapping stay XLA's)."""
+    if _madvise is not None and arr.nbytes >= _HUGE_MIN:
+        start = arr.ctypes.data
+        skip = -start % mmap.PAGESIZE
+        _madvise(start + skip, arr.nbytes - skip, _MADV_HUGEPAGE)  # failures leave the pages as they were
+    return arr
+
+
 def _host_view(buf, writeable):
     arr = np.asarray(buf)  # a view of XLA's memory (Buffer.__array__ is zero-copy on the CPU)
     if not writeable:
         arr = arr.view()
         arr.flags.writeable = False  # inputs are never written
+    else:
+        _hugepages(arr)
     return arr
 
 
@@ -333,7 +386,7 @@ def linear_scan(a, x, h0=None, *, axis=-1, reverse=False, resets=None):
 
         g[t] = dL/dh[t] + a[t+1] g[t+1],   dL/da[t] = g[t] h[t-1],   dL/dh0 = a[0] g[0]
 
-    Forward-mode differentiation (``jax.jvp``) raises JAX's ``TypeError`` for custom_vjp functions.
+    Forward-mode differentiation (``jax.jvp``, ``jax.jacfwd``) raises a ``TypeError``: use reverse mode.
 
     Examples
     --------
@@ -456,7 +509,8 @@ def matrix_linear_scan(A, x, h0=None, *, reverse=False, resets=None):
     :func:`parscan.matrix_linear_scan_backward` (JAX's convention: ``g_t = dL/dh_t + A_{t+1}^T
     g_{t+1}``, ``dL/dA_t = g_t h_{t-1}^T``, ``dL/dh0 = A_0^T g_0``), summed over broadcast dims.
     ``resets`` (bool, broadcastable to the result's shape without n, ``(..., T)``; no gradient): A_t
-    reads as 0 where true, ``h_t = x_t`` (host arrays only: the CUDA kernels do not take them yet).
+    reads as 0 where true, ``h_t = x_t`` (on the CPU only for now: a computation for a CUDA GPU raises
+    ``NotImplementedError`` when it is lowered, as the CUDA kernels do not take them yet).
 
     Examples
     --------
@@ -575,7 +629,8 @@ class GILRLSTM:
     ``U (n, 4n)``, ``b (4n,)``); :meth:`init` gives the initial values of ``parscan.GILRLSTM`` with
     the same seed.  x is (T, B, m), time-major; ``state`` is ``(s0, c0)``, each (B, n), or None
     (zeros); ``resets`` (``layer(params, x, state, resets)``), a bool array of shape (T,) or (T, B),
-    restarts the layer where a packed sequence starts (see :class:`parscan.layers.GILRLSTM`).  The call is jittable and differentiable in params, x and state (``jax.grad``,
+    restarts the layer where a packed sequence starts (see :class:`parscan.layers.GILRLSTM`).  The call is
+    jittable and differentiable in params, x and state (``jax.grad``,
     ``jax.value_and_grad``): forward and backward are the layer's own hand-written passes, run on
     XLA's buffers through ``jax.experimental.buffer_callback`` (both scans are ``linear_scan`` calls),
     so the gradients are exactly ``parscan.GILRLSTM.backward``'s.  Under ``jax.vmap`` the callbacks

@@ -1042,3 +1042,22 @@ def test_gilr_lstm_with_resets_matches_the_numpy_layer():
         assert np.all(np.asarray(got[2])[0] == 0)  # row 0 restarts at step 0: s0 gets no gradient
         with pytest.raises(ValueError, match=r"resets must have shape \(T,\) = \(10,\) or \(T, B\)"):
             layer(params, x, None, resets[:5])
+
+
+# ------------------------------------------------------------------------------- the benchmark suite
+
+def test_bench_suite_runs(tmp_path, monkeypatch):
+    """parscan bench --suite jax end to end on a tiny shape (timings recorded, never asserted): the cpu suite's
+    shapes (here one), both directions, the lax.scan extrapolation, the cpu backend's own time, the target."""
+    from parscan import bench
+
+    monkeypatch.setattr(bench.cpu, "_cpu_shapes", lambda quick: [(4, 2**8, "channel-contiguous")])
+    monkeypatch.setattr(bench.jax, "LAX_SCAN_MAX_T", 2**7)  # the loop is timed on the first 128 steps
+    monkeypatch.setattr(bench, "_plots", lambda rows, out, meta: [])  # (no jax plot; spares matplotlib's import)
+    meta, rows, skipped = bench.run(["jax"], quick=True, out=str(tmp_path), repeats=2, progress=False)
+    assert [(r["shape"], r["direction"]) for r in rows] == [([2**8, 4], "forward"), ([2**8, 4], "forward+backward")]
+    for r in rows:
+        assert r["ms"] > 0 and r["cpu_backend_ms"] > 0 and isinstance(r["target_met"], bool)
+        assert r["speedup_associative_scan"] > 0 and r["speedup_lax_scan"] > 0
+        assert r["lax_scan_extrapolated_from"] == 2**7
+    assert "## jax" in (tmp_path / "bench.md").read_text()

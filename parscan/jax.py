@@ -156,7 +156,7 @@ def _host_view(buf, writeable):
     if not writeable:
         arr = arr.view()
         arr.flags.writeable = False  # inputs are never written
-    else:
+    elif arr.nbytes >= _HUGE_MIN:
         _hugepages(arr)
     return arr
 

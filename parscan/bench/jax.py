@@ -132,6 +132,10 @@ def suite_jax(ctx):
     except ImportError as exc:
         return [dict(suite="jax", name="parscan.jax", skipped=f"jax not importable ({exc})")]
     on_gpu = jax.default_backend() == "gpu"
+    if not on_gpu and ctx.get("gpu_backends"):
+        return [dict(suite="jax", name="parscan.jax", skipped=f"a CUDA device is here but JAX's backend is "
+                     f"{jax.default_backend()!r} (no CUDA plugin): install jax[cuda12] or jax[cuda13] to time the "
+                     f"GPU path")]
     device = jax.devices()[0]
     rows, cases = [], []
     for shape, axis, lay in _shapes(ctx, on_gpu):

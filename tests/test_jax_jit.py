@@ -599,6 +599,34 @@ def test_import_without_buffer_callback_names_the_jax_needed(monkeypatch):
         spec.loader.exec_module(mod)
 
 
+def test_large_host_outputs_get_the_hugepage_hint():
+    """XLA's large CPU output buffers (>= 4 MiB, NumPy's threshold) are advised MADV_HUGEPAGE before the scan
+    writes them, small ones and inputs never; the results are unchanged."""
+    if pj._madvise is None:
+        pytest.skip("NumPy does not ask for huge pages here (not Linux, or NUMPY_MADVISE_HUGEPAGE=0)")
+    calls, orig = [], pj._madvise
+
+    def record(addr, length, advice):
+        calls.append((addr, length, advice))
+        return orig(addr, length, advice)
+
+    rng = np.random.default_rng(25)
+    x = rand(rng, (2, 2**20), "float32")  # 8 MiB
+    a = rand(rng, (2, 1), "float32", "a")
+    pj._madvise = record
+    try:
+        h = jax.block_until_ready(jax.jit(pj.linear_scan)(a, x))
+        assert len(calls) == 1, calls  # the forward's output, from its first whole page to its end
+        addr, length, advice = calls[0]
+        assert advice == 14 and addr % 4096 == 0 and x.nbytes - 4096 < length <= x.nbytes
+        calls.clear()
+        jax.block_until_ready(jax.jit(pj.linear_scan)(a, x[:, :1000]))
+        assert calls == []
+    finally:
+        pj._madvise = orig
+    np.testing.assert_array_equal(np.asarray(h), parscan.linear_scan(a, x))
+
+
 def _lowered_for_cuda(f, *args):
     """``f`` jitted and lowered for CUDA (no GPU needed): the StableHLO text."""
     traced = jax.jit(f).trace(*args)
@@ -811,6 +839,8 @@ def on_xlas_stream_without_host_round_trips():
     import cupy as cp
 
     spin = cp.RawKernel(_SPIN, "parscan_test_spin")
+    spin((1,), (1,), (np.int64(1),))  # compiled and loaded before anything is patched
+    cp.cuda.Device().synchronize()
     seen, orig = [], pj._arrays
 
     def refuse(what):

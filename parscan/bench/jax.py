@@ -13,8 +13,8 @@ says so).  On the CPU each row also has ``cpu_backend_ms``: the cpu backend call
 of the arrays in the same round (the forward into a preallocated out; forward+backward adds
 ``linear_scan_backward`` with fresh gradients), i.e. what the scan itself costs without JAX around it.
 
-The full CPU run takes about 15 minutes on two idle cores (associative_scan's backward at 2^24 elements
-dominates); ``--repeats`` sets the rounds.
+The CPU run holds a, x and w of every shape (3.6 GB at 2^24 elements) and takes tens of minutes on two
+cores (associative_scan at 2^24 elements dominates); ``--repeats`` sets the rounds.
 
 Target (issue #16): on the device >= 10x associative_scan at (8, 1536, 65,536) (``target_met`` in that row);
 on the CPU, faster than both at every shape (``target_met`` in every CPU row: both speedups above 1).
@@ -83,12 +83,13 @@ def _implementations(jax, jnp, lax, pj, axis):
     return out
 
 
-def _cpu_backend(a, x, w, axis):
-    """(forward, forward+backward) of the cpu backend itself on NumPy copies of the arrays, as calls."""
+def _cpu_backend(a, x, w, axis, outs):
+    """(forward, forward+backward) of the cpu backend itself on the arrays (read-only NumPy views of JAX's
+    buffers), as calls; the forward's out is one of ``outs`` (one per size, shared by the shapes)."""
     from ..scan import linear_scan, linear_scan_backward
 
-    a, x, w = (np.array(v) for v in (a, x, w))
-    out = np.empty_like(x)
+    a, x, w = (np.asarray(v) for v in (a, x, w))
+    out = outs.setdefault((x.size, x.dtype.str), np.empty(x.size, x.dtype)).reshape(x.shape)
 
     def fwd():
         linear_scan(a, x, axis=axis, out=out, backend="cpu")
@@ -137,7 +138,7 @@ def suite_jax(ctx):
                      f"{jax.default_backend()!r} (no CUDA plugin): install jax[cuda12] or jax[cuda13] to time the "
                      f"GPU path")]
     device = jax.devices()[0]
-    rows, cases = [], []
+    rows, cases, outs = [], [], {}
     for shape, axis, lay in _shapes(ctx, on_gpu):
         rng = np.random.default_rng(0)
         put = lambda v: jax.device_put(v, device)  # noqa: E731
@@ -156,7 +157,7 @@ def suite_jax(ctx):
             args = short if (name == "lax.scan" and short is not None) else (a, x, w)
             jax.block_until_ready(f(*args[:2]))
             jax.block_until_ready(fb(*args))
-        direct = None if on_gpu else _cpu_backend(a, x, w, axis)
+        direct = None if on_gpu else _cpu_backend(a, x, w, axis, outs)
         times = {(n, d): [] for n in list(impls) + ["cpu backend"] for d in ("forward", "forward+backward")}
         cases.append((shape, axis, lay, impls, (a, x, w), short, direct, times))
         ctx["progress"].step(f"jax {shape} {lay}")

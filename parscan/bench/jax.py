@@ -13,8 +13,9 @@ says so).  On the CPU each row also has ``cpu_backend_ms``: the cpu backend call
 of the arrays in the same round (the forward into a preallocated out; forward+backward adds
 ``linear_scan_backward`` with fresh gradients), i.e. what the scan itself costs without JAX around it.
 
-The CPU run holds a, x and w of every shape (3.6 GB at 2^24 elements) and takes tens of minutes on two
-cores (associative_scan at 2^24 elements dominates); ``--repeats`` sets the rounds.
+The CPU run holds a, x and w of every shape (3.6 GB at 2^24 elements; 6.3 GB peak RSS) and takes a while
+on two cores (12 minutes with ``--repeats 5`` on a loaded 2-core VM: compiling, checking and warming up at
+2^24 elements, associative_scan above all); ``--repeats`` sets the rounds.
 
 Target (issue #16): on the device >= 10x associative_scan at (8, 1536, 65,536) (``target_met`` in that row);
 on the CPU, faster than both at every shape (``target_met`` in every CPU row: both speedups above 1).

@@ -12,7 +12,9 @@ callback its input buffers and the output buffers it has allocated, and the call
 public functions on them, zero-copy:
 
 - on the CPU the buffers are NumPy views of XLA's memory and the ``cpu`` backend writes the scan
-  straight into XLA's output buffer (``parscan.linear_scan(..., out=<XLA's buffer>)``);
+  straight into XLA's output buffer (``parscan.linear_scan(..., out=<XLA's buffer>)``; output buffers
+  of 32 MiB and more are first advised to use transparent huge pages on Linux, as NumPy does for its
+  own arrays: see :func:`_hugepages`);
 - on a CUDA GPU the buffers are CuPy views of XLA's device memory (through
   ``__cuda_array_interface__``) and the ``cupy`` backend's kernels are queued on XLA's computation
   stream (``cupy.cuda.ExternalStream(ctx.stream)``): no copy, no host round trip, no synchronisation.
@@ -128,7 +130,7 @@ def _numpy_madvises_hugepages():
     return False
 
 
-_HUGE_MIN = 1 << 22  # NumPy's threshold: 4 MiB
+_HUGE_MIN = 1 << 25  # 32 MiB: glibc maps allocations this large afresh each time (smaller ones reuse its heap)
 _MADV_HUGEPAGE = 14
 _madvise = None
 if _numpy_madvises_hugepages():
@@ -142,8 +144,9 @@ if _numpy_madvises_hugepages():
 def _hugepages(arr):
     """Ask Linux for transparent huge pages on a large output buffer of XLA's before it is first written,
     as NumPy does for its own allocations (``madvise(MADV_HUGEPAGE)``).  XLA's CPU buffers come from
-    malloc, which maps those over 32 MiB afresh for every call: faulting them in 4 KiB pages from the
-    scan's threads cost ~40% of a 2^24-element scan under jit here (2-core VM).  Only a hint: the
+    malloc, which maps those of 32 MiB and more afresh for every call: faulting them in 4 KiB pages from
+    the scan's threads cost ~40% of a 2^23..2^24-element float32 scan under jit here (2-core VM; smaller
+    buffers reuse malloc's heap, already faulted in, where the hint gains nothing).  Only a hint: the
     contents and the mapping stay XLA's, and a refusal leaves the pages as they were."""
     if _madvise is not None and arr.nbytes >= _HUGE_MIN:
         start = arr.ctypes.data

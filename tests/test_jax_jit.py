@@ -600,8 +600,8 @@ def test_import_without_buffer_callback_names_the_jax_needed(monkeypatch):
 
 
 def test_large_host_outputs_get_the_hugepage_hint():
-    """XLA's large CPU output buffers (>= 4 MiB, NumPy's threshold) are advised MADV_HUGEPAGE before the scan
-    writes them, small ones and inputs never; the results are unchanged."""
+    """XLA's large CPU output buffers (>= 32 MiB, which malloc maps afresh each call) are advised MADV_HUGEPAGE
+    before the scan writes them, smaller ones and inputs never; the results are unchanged."""
     if pj._madvise is None:
         pytest.skip("NumPy does not ask for huge pages here (not Linux, or NUMPY_MADVISE_HUGEPAGE=0)")
     calls, orig = [], pj._madvise
@@ -611,7 +611,7 @@ def test_large_host_outputs_get_the_hugepage_hint():
         return orig(addr, length, advice)
 
     rng = np.random.default_rng(25)
-    x = rand(rng, (2, 2**20), "float32")  # 8 MiB
+    x = rand(rng, (2, 2**22), "float32")  # 32 MiB
     a = rand(rng, (2, 1), "float32", "a")
     pj._madvise = record
     try:
@@ -620,7 +620,7 @@ def test_large_host_outputs_get_the_hugepage_hint():
         addr, length, advice = calls[0]
         assert advice == 14 and addr % 4096 == 0 and x.nbytes - 4096 < length <= x.nbytes
         calls.clear()
-        jax.block_until_ready(jax.jit(pj.linear_scan)(a, x[:, :1000]))
+        jax.block_until_ready(jax.jit(pj.linear_scan)(a, x[:, :2**21]))  # 16 MiB
         assert calls == []
     finally:
         pj._madvise = orig

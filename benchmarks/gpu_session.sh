@@ -35,7 +35,11 @@ for stage in "$@"; do
       python -m parscan bench --suite roofline,paper,peers,latency --out "$OUT/bench" > "$OUT/bench.txt" 2>&1
       echo "bench rc=$?" >> "$OUT/bench.txt" ;;
     frameworks)
-      python -m parscan bench --suite jax,dask --out "$OUT/frameworks" > "$OUT/frameworks.txt" 2>&1
+      # JAX's GPU devices first (the jax suite times the GPU path only where JAX has a CUDA backend); XLA
+      # allocates on demand, leaving the device's memory to CuPy too (parscan's kernels, dask's chunks)
+      python -c "import jax; print('jax', jax.__version__, jax.devices())" > "$OUT/frameworks.txt" 2>&1
+      XLA_PYTHON_CLIENT_PREALLOCATE=false python -m parscan bench --suite jax,dask --out "$OUT/frameworks" \
+        >> "$OUT/frameworks.txt" 2>&1
       echo "frameworks rc=$?" >> "$OUT/frameworks.txt" ;;
     deer)
       python -m parscan bench --suite deer-gpu --out "$OUT/deer" > "$OUT/deer.txt" 2>&1

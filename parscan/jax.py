@@ -12,7 +12,9 @@ callback its input buffers and the output buffers it has allocated, and the call
 public functions on them, zero-copy:
 
 - on the CPU the buffers are NumPy views of XLA's memory and the ``cpu`` backend writes the scan
-  straight into XLA's output buffer (``parscan.linear_scan(..., out=<XLA's buffer>)``);
+  straight into XLA's output buffer (``parscan.linear_scan(..., out=<XLA's buffer>)``; output buffers
+  of 32 MiB and more are first advised to use transparent huge pages on Linux, as NumPy does for its
+  own arrays: see :func:`_hugepages`);
 - on a CUDA GPU the buffers are CuPy views of XLA's device memory (through
   ``__cuda_array_interface__``) and the ``cupy`` backend's kernels are queued on XLA's computation
   stream (``cupy.cuda.ExternalStream(ctx.stream)``): no copy, no host round trip, no synchronisation.
@@ -23,10 +25,18 @@ There is no second planner and no second copy of the math: the callbacks call
 
 Gradients.  Each scan is a ``jax.custom_vjp`` whose backward is parscan's fused backward (grads for
 a, x and h0; a's summed over the dimensions it was broadcast along).  JAX's convention for complex
-numbers is the transpose without conjugation; parscan's backward follows PyTorch's (conjugated), so
-the JAX backward is ``conj(parscan_backward(conj(grad_h)))`` (complex dtypes only).  Forward mode
-(``jax.jvp``, ``jax.jacfwd``) is not available: JAX raises ``TypeError: can't apply forward-mode
-autodiff (jvp) to a custom_vjp function``; use reverse mode (``jax.vjp``, ``jax.jacrev``).
+numbers is the transpose without conjugation; parscan's backward follows PyTorch's (``conj(a)`` and
+``conj(h)`` in its recurrences), so the JAX backward is parscan's backward of ``conj(a)``, ``conj(h)``
+and ``conj(h0)`` with JAX's cotangent as it is (the conjugates cancel; complex dtypes only: one
+elementwise pass over h, and over a and h0 where they are complex).  Forward mode (``jax.jvp``,
+``jax.jacfwd``, ``jax.linearize``) is not available: eagerly parscan raises a ``TypeError`` that says
+so; under ``jax.jit`` (or from ``jax.linearize``'s function) JAX raises its own ``TypeError: can't
+apply forward-mode autodiff (jvp) to a custom_vjp function``.  Use reverse mode (``jax.vjp``,
+``jax.grad``, ``jax.jacrev``).
+
+Compilation.  The callbacks are made once for each set of static arguments (axis, direction, whether h0
+is given, ...) and reused: JAX keys its compiled computations on the callback object, so eager calls
+compile XLA once per shape and dtype, like a jitted function.
 
 vmap.  The callbacks are called once with the whole batch (``vmap_method="expand_dims"``: batched
 operands gain a leading batch axis, unbatched ones a leading axis of size 1 that broadcasts, never
@@ -36,33 +46,49 @@ materialised); the time axis is counted from the end, so no Python loop runs ove
 Copies.  The forward writes into XLA's buffer, and the backward writes grad_x (and grad_a of a full a)
 into XLA's buffers (``linear_scan_backward(..., out=...)``); a grad_a summed over broadcast dimensions
 and grad_h0 are copied in (their size is a's or h0's).  The matrix scan returns new arrays, which the
-callbacks copy into XLA's output buffers (one copy of each result).  bfloat16,
-which NumPy and CuPy lack, is computed in float32 (a cast copy each way, in JAX); complex
-cotangents are conjugated in JAX (one elementwise pass each way).  Everything else reaches the
-kernels as it is.
+callbacks copy into XLA's output buffers (one copy of each result).  :class:`GILRLSTM`'s forward and
+backward are the layer's own, which allocate their results: the forward copies h, the final state and
+the eight intermediates its backward needs into XLA's buffers, the backward the gradients (dx and the
+parameters').  bfloat16, which NumPy and CuPy lack, is computed in float32 (a cast copy each way, in
+JAX); complex gradients conjugate h (above).  Everything else reaches the kernels as it is.
 
 GPU memory.  parscan's own temporaries (the look-back's status words, a reduced grad_a before it is
-copied, the matrix scan's results) come from CuPy's memory pool, beside XLA's: leave room for them when XLA preallocates
-(``XLA_PYTHON_CLIENT_MEM_FRACTION``; about 2x the gradients of the largest scan).
+copied, the matrix scan's results) come from CuPy's memory pool, beside XLA's: leave room for them
+when XLA preallocates (``XLA_PYTHON_CLIENT_MEM_FRACTION``, or ``XLA_PYTHON_CLIENT_PREALLOCATE=false``;
+about 2x the gradients of the largest scan).
 
 Errors.  Wrong dtypes, shapes or axes raise at trace time the exceptions parscan raises for NumPy
 arrays, with the same messages (the checks run on zero-stride stand-ins of the arguments: no memory,
-no compute).
+no compute).  What depends on the device (the matrix scan's resets, which its CUDA kernels do not take
+yet) raises when XLA lowers the computation for it, from the jit call, before anything runs.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import ctypes
 import functools
+import importlib
 import math
+import mmap
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental.buffer_callback import buffer_callback
+
+MIN_JAX = "0.6.1"  # the first release with jax.experimental.buffer_callback (and its vmap_method)
+try:
+    from jax.experimental.buffer_callback import buffer_callback
+except ImportError as exc:  # pragma: no cover - depends on the installed jax
+    raise ImportError(f"parscan.jax needs jax >= {MIN_JAX} (jax.experimental.buffer_callback); this is jax "
+                      f"{jax.__version__}: pip install -U 'jax>={MIN_JAX}'") from exc
+from jax.extend.core import Primitive
+from jax.interpreters import batching, mlir
 
 from . import layers as _layers
+from . import matrix as _matrix
 from ._arrays import as_flags, as_operand
 from ._problem import _broadcast, _h0_view, _resets_view, normalize_axis
 from .matrix import _check as _matrix_check
@@ -91,11 +117,51 @@ def _cupy_view(cp, buf, device):
     return cp.ndarray(shape, dtype, cp.cuda.MemoryPointer(mem, 0), cai.get("strides"))
 
 
+def _numpy_madvises_hugepages():
+    """Whether NumPy asks Linux for transparent huge pages on its large allocations (its default there;
+    ``NUMPY_MADVISE_HUGEPAGE=0`` turns it off)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    for mod in ("numpy._core.multiarray", "numpy.core.multiarray"):
+        try:
+            return bool(importlib.import_module(mod)._get_madvise_hugepage())
+        except (ImportError, AttributeError):
+            continue
+    return False
+
+
+_HUGE_MIN = 1 << 25  # 32 MiB: glibc maps allocations this large afresh each time (smaller ones reuse its heap)
+_MADV_HUGEPAGE = 14
+_madvise = None
+if _numpy_madvises_hugepages():
+    try:
+        _madvise = ctypes.CDLL(None, use_errno=True).madvise
+        _madvise.argtypes, _madvise.restype = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_int
+    except (OSError, AttributeError):  # pragma: no cover - no libc madvise
+        _madvise = None
+
+
+def _hugepages(arr):
+    """Ask Linux for transparent huge pages on a large output buffer of XLA's before it is first written,
+    as NumPy does for its own allocations (``madvise(MADV_HUGEPAGE)``).  XLA's CPU buffers come from
+    malloc, which maps those of 32 MiB and more afresh for every call: faulting them in 4 KiB pages from
+    the scan's threads cost ~40% of a 2^23..2^24-element float32 scan under jit here (2-core VM; smaller
+    buffers reuse malloc's heap, already faulted in, where the hint gains nothing).  Only a hint: the
+    contents and the mapping stay XLA's, and a refusal leaves the pages as they were."""
+    if _madvise is not None and arr.nbytes >= _HUGE_MIN:
+        start = arr.ctypes.data
+        skip = -start % mmap.PAGESIZE
+        _madvise(start + skip, arr.nbytes - skip, _MADV_HUGEPAGE)  # failures leave the pages as they were
+    return arr
+
+
 def _host_view(buf, writeable):
     arr = np.asarray(buf)  # a view of XLA's memory (Buffer.__array__ is zero-copy on the CPU)
     if not writeable:
         arr = arr.view()
         arr.flags.writeable = False  # inputs are never written
+    elif arr.nbytes >= _HUGE_MIN:
+        _hugepages(arr)
     return arr
 
 
@@ -120,6 +186,13 @@ def _fit(xp, v, shape):
     """``v`` broadcast (a zero-stride view) to ``shape``: under vmap an unbatched operand has a batch
     axis of 1 where the results have the batch size."""
     return v if tuple(v.shape) == tuple(shape) else xp.broadcast_to(v, shape)
+
+
+def _memo(factory):
+    """``factory(*static)`` memoised: one callback object for each set of static arguments.  JAX keys its
+    compiled computations (the eager dispatch cache, jit's lowering) on the callback, which hashes by
+    identity: a new function object per call would compile XLA again on every eager call."""
+    return functools.lru_cache(maxsize=None)(factory)
 
 
 def _call(callback, outs, args, vmap_method="expand_dims"):
@@ -190,6 +263,23 @@ def _sds(v):
     return jax.ShapeDtypeStruct(v.shape, v.dtype)
 
 
+_NO_JVP = "can't apply forward-mode autodiff"
+
+
+@contextlib.contextmanager
+def _reverse_mode_only(name):
+    """JAX's error for forward mode through a custom_vjp, where it is raised inside the call (eager
+    ``jax.jvp`` / ``jax.jacfwd``), as parscan's: what has no forward mode and what to use instead."""
+    try:
+        yield
+    except TypeError as exc:
+        if _NO_JVP not in str(exc):
+            raise
+        raise TypeError(f"parscan.jax.{name} has no forward-mode derivative (jax.jvp, jax.jacfwd, jax.linearize): "
+                        f"its derivative is parscan's fused backward, a jax.custom_vjp; differentiate in reverse "
+                        f"mode instead (jax.vjp, jax.grad, jax.jacrev)") from exc
+
+
 # ----------------------------------------------------------------------------- linear_scan
 
 def _optional(has_h0, rest):
@@ -199,21 +289,30 @@ def _optional(has_h0, rest):
     return h0, (rest.pop(0) if rest else None)
 
 
-def _scan_callback(axis, reverse, has_h0, ctx, out, a, x, *opt):
-    with _arrays(ctx, [out], [a, x, *opt]) as (xp, (o,), (av, xv, *optv)):
-        h0v, rv = _optional(has_h0, optv)
-        _scan(av, _fit(xp, xv, o.shape), h0v, axis=axis, reverse=reverse, out=o, resets=rv)
+@_memo
+def _scan_callback(axis, reverse, has_h0):
+    def callback(ctx, out, a, x, *opt):
+        with _arrays(ctx, [out], [a, x, *opt]) as (xp, (o,), (av, xv, *optv)):
+            h0v, rv = _optional(has_h0, optv)
+            _scan(av, _fit(xp, xv, o.shape), h0v, axis=axis, reverse=reverse, out=o, resets=rv)
+
+    return callback
 
 
-def _scan_backward_callback(axis, reverse, has_h0, ctx, outs, a, h, g, *opt):
-    with _arrays(ctx, outs, [a, h, g, *opt]) as (xp, outs, (av, hv, gv, *optv)):
-        h0v, rv = _optional(has_h0, optv)
-        ga_o, gx_o = outs[0], outs[1]
-        h0v = _fit(xp, h0v, outs[2].shape) if h0v is not None else None
-        # into XLA's buffers: grad_x (and a full grad_a) computed there, a reduced grad_a and grad_h0 copied in
-        _scan_backward(_fit(xp, av, ga_o.shape), _fit(xp, hv, gx_o.shape), _fit(xp, gv, gx_o.shape), h0v,
-                       axis=axis, reverse=reverse, resets=rv,
-                       out=(ga_o, gx_o, outs[2] if h0v is not None else None))
+@_memo
+def _scan_backward_callback(axis, reverse, has_h0):
+    def callback(ctx, outs, a, h, g, *opt):
+        with _arrays(ctx, outs, [a, h, g, *opt]) as (xp, outs, (av, hv, gv, *optv)):
+            h0v, rv = _optional(has_h0, optv)
+            ga_o, gx_o = outs[0], outs[1]
+            h0v = _fit(xp, h0v, outs[2].shape) if h0v is not None else None
+            # into XLA's buffers: grad_x (and a full grad_a) computed there, a reduced grad_a and grad_h0
+            # copied in
+            _scan_backward(_fit(xp, av, ga_o.shape), _fit(xp, hv, gx_o.shape), _fit(xp, gv, gx_o.shape), h0v,
+                           axis=axis, reverse=reverse, resets=rv,
+                           out=(ga_o, gx_o, outs[2] if h0v is not None else None))
+
+    return callback
 
 
 def _present(*vs):
@@ -222,7 +321,7 @@ def _present(*vs):
 
 def _scan_call(a, x, h0, r, axis, reverse):
     dtype = np.result_type(*(v.dtype for v in (a, x, h0) if v is not None))
-    return _call(functools.partial(_scan_callback, axis, reverse, h0 is not None),
+    return _call(_scan_callback(axis, reverse, h0 is not None),
                  jax.ShapeDtypeStruct(x.shape, dtype), (a, x) + _present(h0, r))
 
 
@@ -239,11 +338,11 @@ def _scan_fwd(a, x, h0, r, axis, reverse, x_dtype):
 def _scan_bwd(axis, reverse, x_dtype, res, ct):
     a, h, h0, r = res
     outs = (_sds(a), _sds(h)) + (() if h0 is None else (_sds(h0),))
-    args = (a, h, _conj(ct)) + _present(h0, r)
-    grads = _call(functools.partial(_scan_backward_callback, axis, reverse, h0 is not None), outs, args)
-    ga, gx = _conj(grads[0]), _conj(grads[1])
-    gh0 = None if h0 is None else _conj(grads[2])
-    return ga, _as_primal(gx, x_dtype), gh0, None  # resets: no gradient
+    # JAX's convention (no conjugates) from parscan's backward: conjugated a, h and h0 (see the module doc)
+    args = (_conj(a), _conj(h), ct) + _present(_conj(h0), r)
+    grads = _call(_scan_backward_callback(axis, reverse, h0 is not None), outs, args)
+    gh0 = None if h0 is None else grads[2]
+    return grads[0], _as_primal(grads[1], x_dtype), gh0, None  # resets: no gradient
 
 
 _scan_vjp.defvjp(_scan_fwd, _scan_bwd)
@@ -291,7 +390,7 @@ def linear_scan(a, x, h0=None, *, axis=-1, reverse=False, resets=None):
 
         g[t] = dL/dh[t] + a[t+1] g[t+1],   dL/da[t] = g[t] h[t-1],   dL/dh0 = a[0] g[0]
 
-    Forward-mode differentiation (``jax.jvp``) raises JAX's ``TypeError`` for custom_vjp functions.
+    Forward-mode differentiation (``jax.jvp``, ``jax.jacfwd``) raises a ``TypeError``: use reverse mode.
 
     Examples
     --------
@@ -305,35 +404,55 @@ def linear_scan(a, x, h0=None, *, axis=-1, reverse=False, resets=None):
     (a, x, h0), res, work = _jax_inputs((a, x, h0))
     a = _lead(a, x.ndim)
     h0 = None if h0 is None else _lead(h0, x.ndim - 1)
-    h = _scan_vjp(a, x, h0, _resets_operand(resets, x.ndim), ax - x.ndim, bool(reverse), jnp.dtype(x.dtype))
+    with _reverse_mode_only("linear_scan"):
+        h = _scan_vjp(a, x, h0, _resets_operand(resets, x.ndim), ax - x.ndim, bool(reverse), jnp.dtype(x.dtype))
     return h if h.dtype == res else h.astype(res)
 
 
 # ----------------------------------------------------------------------------- matrix_linear_scan
 
-def _matrix_callback(reverse, has_h0, ctx, out, A, x, *opt):
-    with _arrays(ctx, [out], [A, x, *opt]) as (xp, (o,), (Av, xv, *optv)):
-        h0v, rv = _optional(has_h0, optv)
-        if rv is not None:  # the in-memory call broadcasts x with A's and h0's leading dims, not with resets'
-            xv = _fit(xp, xv, o.shape)
-        o[...] = _matrix_scan(Av, xv, h0v, reverse=reverse, resets=rv)  # a copy: a new array
+def _matrix_into(out, A, x, h0, reverse, resets):
+    """parscan.matrix_linear_scan into XLA's buffer ``out``.  It returns a new array today, copied in
+    (one copy); once it takes ``out=``, this is ``_matrix_scan(..., out=out)``."""
+    out[...] = _matrix_scan(A, x, h0, reverse=reverse, resets=resets)
 
 
-def _matrix_backward_callback(reverse, has_h0, ctx, outs, A, h, g, *opt):
-    with _arrays(ctx, outs, [A, h, g, *opt]) as (xp, outs, (Av, hv, gv, *optv)):
-        h0v, rv = _optional(has_h0, optv)
-        h0v = _fit(xp, h0v, outs[2].shape) if h0v is not None else None
-        gA, gx, gh0 = _matrix_scan_backward(_fit(xp, Av, outs[0].shape), _fit(xp, hv, outs[1].shape),
-                                            _fit(xp, gv, outs[1].shape), h0v, reverse=reverse, resets=rv)
-        outs[0][...] = gA
-        outs[1][...] = gx
-        if h0v is not None:
-            outs[2][...] = gh0
+def _matrix_backward_into(outs, A, h, g, h0, reverse, resets):
+    """parscan.matrix_linear_scan_backward into XLA's buffers ``outs = (gA, gx, gh0 or None)``: copied
+    in today; once it takes ``out=``, this is ``_matrix_scan_backward(..., out=outs)``."""
+    for o, v in zip(outs, _matrix_scan_backward(A, h, g, h0, reverse=reverse, resets=resets)):
+        if o is not None:
+            o[...] = v
+
+
+@_memo
+def _matrix_callback(reverse, has_h0):
+    def callback(ctx, out, A, x, *opt):
+        with _arrays(ctx, [out], [A, x, *opt]) as (xp, (o,), (Av, xv, *optv)):
+            h0v, rv = _optional(has_h0, optv)
+            if rv is not None:  # the in-memory call broadcasts x with A's and h0's leading dims, not with resets'
+                xv = _fit(xp, xv, o.shape)
+            _matrix_into(o, Av, xv, h0v, reverse, rv)
+
+    return callback
+
+
+@_memo
+def _matrix_backward_callback(reverse, has_h0):
+    def callback(ctx, outs, A, h, g, *opt):
+        with _arrays(ctx, outs, [A, h, g, *opt]) as (xp, outs, (Av, hv, gv, *optv)):
+            h0v, rv = _optional(has_h0, optv)
+            h0v = _fit(xp, h0v, outs[2].shape) if h0v is not None else None
+            _matrix_backward_into((outs[0], outs[1], outs[2] if h0v is not None else None),
+                                  _fit(xp, Av, outs[0].shape), _fit(xp, hv, outs[1].shape),
+                                  _fit(xp, gv, outs[1].shape), h0v, reverse, rv)
+
+    return callback
 
 
 def _matrix_call(A, x, h0, r, reverse, out_shape):
     dtype = np.result_type(*(v.dtype for v in (A, x, h0) if v is not None))
-    return _call(functools.partial(_matrix_callback, reverse, h0 is not None), jax.ShapeDtypeStruct(out_shape, dtype),
+    return _call(_matrix_callback(reverse, h0 is not None), jax.ShapeDtypeStruct(out_shape, dtype),
                  (A, x) + _present(h0, r))
 
 
@@ -350,17 +469,36 @@ def _matrix_fwd(A, x, h0, r, reverse, out_shape, x_meta):
 def _matrix_bwd(reverse, out_shape, x_meta, res, ct):
     (x_shape, x_dtype), (A, h, h0, r) = x_meta, res
     outs = (_sds(A), _sds(h)) + (() if h0 is None else (_sds(h0),))
-    args = (A, h, _conj(ct)) + _present(h0, r)
-    grads = _call(functools.partial(_matrix_backward_callback, reverse, h0 is not None), outs, args)
-    gA, gx = _conj(grads[0]), _conj(grads[1])
+    args = (_conj(A), _conj(h), ct) + _present(_conj(h0), r)  # JAX's convention, as _scan_bwd
+    grads = _call(_matrix_backward_callback(reverse, h0 is not None), outs, args)
+    gA, gx = grads[0], grads[1]
     # x broadcasts against A's and h0's leading dims: sum over the ones it was broadcast along
     axes = tuple(d for d, (n, m) in enumerate(zip(x_shape[:-2], gx.shape[:-2])) if n == 1 and m != 1)
     if axes:
         gx = gx.sum(axis=axes, keepdims=True)
-    return gA, _as_primal(gx, x_dtype), None if h0 is None else _conj(grads[2]), None
+    return gA, _as_primal(gx, x_dtype), None if h0 is None else grads[2], None
 
 
 _matrix_vjp.defvjp(_matrix_fwd, _matrix_bwd)
+
+
+# The matrix scan's CUDA kernels do not take resets yet (parscan.matrix raises _no_cuda_resets' error, which
+# inside XLA's callback would surface only when the computation runs): an identity on the resets that raises
+# that error when XLA lowers the computation for CUDA, i.e. from the jit (or eager) call, before anything runs.
+_NO_CUDA_RESETS = getattr(_matrix, "_no_cuda_resets", None)  # gone once the kernels take resets
+_cuda_resets_guard = Primitive("parscan_matrix_resets_guard")
+_cuda_resets_guard.def_impl(lambda r: r)
+_cuda_resets_guard.def_abstract_eval(lambda r: r)
+batching.primitive_batchers[_cuda_resets_guard] = lambda args, dims: (_cuda_resets_guard.bind(*args), dims[0])
+mlir.register_lowering(_cuda_resets_guard, lambda ctx, r: [r])
+
+
+def _refuse_cuda_resets(ctx, r):
+    _NO_CUDA_RESETS(True)  # raises NotImplementedError with the reason and what to do instead
+    return [r]  # pragma: no cover
+
+
+mlir.register_lowering(_cuda_resets_guard, _refuse_cuda_resets, platform="cuda")
 
 
 def matrix_linear_scan(A, x, h0=None, *, reverse=False, resets=None):
@@ -375,7 +513,8 @@ def matrix_linear_scan(A, x, h0=None, *, reverse=False, resets=None):
     :func:`parscan.matrix_linear_scan_backward` (JAX's convention: ``g_t = dL/dh_t + A_{t+1}^T
     g_{t+1}``, ``dL/dA_t = g_t h_{t-1}^T``, ``dL/dh0 = A_0^T g_0``), summed over broadcast dims.
     ``resets`` (bool, broadcastable to the result's shape without n, ``(..., T)``; no gradient): A_t
-    reads as 0 where true, ``h_t = x_t`` (host arrays only: the CUDA kernels do not take them yet).
+    reads as 0 where true, ``h_t = x_t`` (on the CPU only for now: a computation for a CUDA GPU raises
+    ``NotImplementedError`` when it is lowered, as the CUDA kernels do not take them yet).
 
     Examples
     --------
@@ -397,8 +536,11 @@ def matrix_linear_scan(A, x, h0=None, *, reverse=False, resets=None):
     k = len(lead)
     A, x = _lead(A, k + 3), _lead(x, k + 2)
     h0 = None if h0 is None else _lead(h0, k + 1)
-    h = _matrix_vjp(A, x, h0, _resets_operand(resets, k + 1), bool(reverse), tuple(lead) + (T, n),
-                    (tuple(x.shape), jnp.dtype(x.dtype)))
+    r = _resets_operand(resets, k + 1)
+    if r is not None and _NO_CUDA_RESETS is not None:
+        r = _cuda_resets_guard.bind(r)
+    with _reverse_mode_only("matrix_linear_scan"):
+        h = _matrix_vjp(A, x, h0, r, bool(reverse), tuple(lead) + (T, n), (tuple(x.shape), jnp.dtype(x.dtype)))
     return h if h.dtype == res else h.astype(res)
 
 
@@ -422,26 +564,34 @@ def _layer(meta, xp, params):
     return layer
 
 
-def _gilr_callback(meta, ctx, outs, *ins):
-    with _arrays(ctx, outs, ins) as (xp, outs, ins):
-        params, (x, s0, c0), r = ins[:7], ins[7:10], (ins[10] if len(ins) > 10 else None)
-        h, (sT, cT), cache = _layer(meta, xp, params).forward(x, (s0, c0), r)
-        _, _, _, g, j, s, _, f, i, o, z, c, _ = cache
-        for dst, src in zip(outs, (h, sT, cT, g, j, s, f, i, o, z, c)):
-            dst[...] = src  # copies: the layer allocates its results
+@_memo
+def _gilr_callback(meta):
+    def callback(ctx, outs, *ins):
+        with _arrays(ctx, outs, ins) as (xp, outs, ins):
+            params, (x, s0, c0), r = ins[:7], ins[7:10], (ins[10] if len(ins) > 10 else None)
+            h, (sT, cT), cache = _layer(meta, xp, params).forward(x, (s0, c0), r)
+            _, _, _, g, j, s, _, f, i, o, z, c, _ = cache
+            for dst, src in zip(outs, (h, sT, cT, g, j, s, f, i, o, z, c)):
+                dst[...] = src  # copies: the layer allocates its results
+
+    return callback
 
 
-def _gilr_backward_callback(meta, ctx, outs, *ins):
-    with _arrays(ctx, outs, ins) as (xp, outs, ins):
-        params, (x, s0, c0), saved, (gh, gs, gc) = ins[:7], ins[7:10], ins[10:18], ins[18:21]
-        g, j, s, f, i, o, z, c = saved
-        T, B = x.shape[:2]
-        r = _layers._resets(xp, ins[21], T, B) if len(ins) > 21 else None
-        sp = _layers._zero_at(xp, r, xp.concatenate([s0[None], s[:-1]], axis=0)) if len(s) else s
-        cache = (x, s0, c0, g, j, s, sp, f, i, o, z, c, r)
-        dx, grads, (ds0, dc0) = _layer(meta, xp, params).backward(gh, cache, (gs, gc))
-        for dst, src in zip(outs, [grads[k] for k in _PARAMS] + [dx, ds0, dc0]):
-            dst[...] = src
+@_memo
+def _gilr_backward_callback(meta):
+    def callback(ctx, outs, *ins):
+        with _arrays(ctx, outs, ins) as (xp, outs, ins):
+            params, (x, s0, c0), saved, (gh, gs, gc) = ins[:7], ins[7:10], ins[10:18], ins[18:21]
+            g, j, s, f, i, o, z, c = saved
+            T, B = x.shape[:2]
+            r = _layers._resets(xp, ins[21], T, B) if len(ins) > 21 else None
+            sp = _layers._zero_at(xp, r, xp.concatenate([s0[None], s[:-1]], axis=0)) if len(s) else s
+            cache = (x, s0, c0, g, j, s, sp, f, i, o, z, c, r)
+            dx, grads, (ds0, dc0) = _layer(meta, xp, params).backward(gh, cache, (gs, gc))
+            for dst, src in zip(outs, [grads[k] for k in _PARAMS] + [dx, ds0, dc0]):
+                dst[...] = src  # copies: the layer allocates its results
+
+    return callback
 
 
 def _gilr_outs(x, n):
@@ -453,13 +603,13 @@ def _gilr_outs(x, n):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
 def _gilr_vjp(params, x, s0, c0, r, meta):
-    h, sT, cT, *_ = _call(functools.partial(_gilr_callback, meta), _gilr_outs(x, meta[1]),
+    h, sT, cT, *_ = _call(_gilr_callback(meta), _gilr_outs(x, meta[1]),
                           (*params, x, s0, c0) + _present(r), "sequential")
     return h, sT, cT
 
 
 def _gilr_fwd(params, x, s0, c0, r, meta):
-    h, sT, cT, *saved = _call(functools.partial(_gilr_callback, meta), _gilr_outs(x, meta[1]),
+    h, sT, cT, *saved = _call(_gilr_callback(meta), _gilr_outs(x, meta[1]),
                               (*params, x, s0, c0) + _present(r), "sequential")
     return (h, sT, cT), (params, x, s0, c0, r, saved)
 
@@ -467,7 +617,7 @@ def _gilr_fwd(params, x, s0, c0, r, meta):
 def _gilr_bwd(meta, res, cts):
     params, x, s0, c0, r, saved = res
     outs = tuple(_sds(p) for p in params) + (_sds(x), _sds(s0), _sds(c0))
-    grads = _call(functools.partial(_gilr_backward_callback, meta), outs,
+    grads = _call(_gilr_backward_callback(meta), outs,
                   (*params, x, s0, c0, *saved, *cts) + _present(r), "sequential")
     return tuple(grads[:7]), grads[7], grads[8], grads[9], None  # resets: no gradient
 
@@ -483,7 +633,8 @@ class GILRLSTM:
     ``U (n, 4n)``, ``b (4n,)``); :meth:`init` gives the initial values of ``parscan.GILRLSTM`` with
     the same seed.  x is (T, B, m), time-major; ``state`` is ``(s0, c0)``, each (B, n), or None
     (zeros); ``resets`` (``layer(params, x, state, resets)``), a bool array of shape (T,) or (T, B),
-    restarts the layer where a packed sequence starts (see :class:`parscan.layers.GILRLSTM`).  The call is jittable and differentiable in params, x and state (``jax.grad``,
+    restarts the layer where a packed sequence starts (see :class:`parscan.layers.GILRLSTM`).  The call is
+    jittable and differentiable in params, x and state (``jax.grad``,
     ``jax.value_and_grad``): forward and backward are the layer's own hand-written passes, run on
     XLA's buffers through ``jax.experimental.buffer_callback`` (both scans are ``linear_scan`` calls),
     so the gradients are exactly ``parscan.GILRLSTM.backward``'s.  Under ``jax.vmap`` the callbacks
@@ -549,5 +700,6 @@ class GILRLSTM:
             _layers._resets(np, _standin(resets), T, B)
             resets = jnp.asarray(resets)
         meta = (self.input_size, n, self.dtype.name)
-        h, sT, cT = _gilr_vjp(tuple(params[k] for k in _PARAMS), x, s0, c0, resets, meta)
+        with _reverse_mode_only("GILRLSTM"):
+            h, sT, cT = _gilr_vjp(tuple(params[k] for k in _PARAMS), x, s0, c0, resets, meta)
         return h, (sT, cT)

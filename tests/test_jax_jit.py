@@ -39,6 +39,46 @@ def x64():
             jax.config.update("jax_enable_x64", old)
 
 
+_COMPILES = []  # filled while a compiles() block runs
+
+
+def _on_event(event, duration, **kwargs):
+    if event == "/jax/core/compile/backend_compile_duration" and _COMPILES and _COMPILES[-1] is not None:
+        _COMPILES[-1].append(event)
+
+
+jax.monitoring.register_event_duration_secs_listener(_on_event)
+
+
+@contextlib.contextmanager
+def compiles():
+    """The XLA compilations run inside the block (JAX's backend-compile events), as a list."""
+    seen = []
+    _COMPILES.append(seen)
+    try:
+        yield seen
+    finally:
+        _COMPILES.pop()
+
+
+@contextlib.contextmanager
+def callbacks():
+    """The parscan.jax callbacks XLA runs inside the block: the shapes of each one's output buffers."""
+    seen, orig = [], pj._arrays
+
+    @contextlib.contextmanager
+    def counted(ctx, outs, ins):
+        seen.append(tuple(tuple(o.shape) for o in outs))
+        with orig(ctx, outs, ins) as views:
+            yield views
+
+    pj._arrays = counted
+    try:
+        yield seen
+    finally:
+        pj._arrays = orig
+
+
 def close(got, want, tol):
     got, want = np.asarray(got, dtype=np.complex128), np.asarray(want, dtype=np.complex128)
     assert got.shape == want.shape, (got.shape, want.shape)
@@ -109,25 +149,39 @@ def test_forward_under_jit_matches_reference_every_dtype(dtype):
 
 
 @pytest.mark.parametrize("axis,reverse", [(-1, False), (0, True)])
-def test_forward_equals_associative_scan(axis, reverse):
+def test_forward_and_grads_equal_associative_scan(axis, reverse):
     rng = np.random.default_rng(2)
     x = jnp.asarray(rand(rng, SHAPE, "float32"))
     a = jnp.asarray(rand(rng, SHAPE, "float32", "a"))
     h0 = jnp.asarray(rand(rng, tuple(n for d, n in enumerate(SHAPE) if d != axis % 3), "float32"))
+    w = jnp.asarray(rand(rng, SHAPE, "float32"))
     got = jax.jit(lambda a, x, h0: pj.linear_scan(a, x, h0, axis=axis, reverse=reverse))(a, x, h0)
     close(got, assoc(a, x, h0, axis=axis, reverse=reverse), TOL["float32"])
+    loss = lambda scan: lambda *v: jnp.sum(scan(*v, axis=axis, reverse=reverse) * w)  # noqa: E731
+    got = jax.jit(jax.grad(loss(pj.linear_scan), (0, 1, 2)))(a, x, h0)
+    want = jax.jit(jax.grad(loss(assoc), (0, 1, 2)))(a, x, h0)
+    for g, r in zip(got, want):
+        close(g, r, 1e-5)
 
 
 def test_bfloat16_computes_in_float32_and_rounds_back():
+    """Values and gradients against the same computation in float32 on the bfloat16-rounded inputs (bfloat16
+    keeps 8 bits: a tolerance of 2^-6 of the largest value)."""
     rng = np.random.default_rng(3)
     x = jnp.asarray(rand(rng, (3, 40), "float32")).astype(jnp.bfloat16)
     a = jnp.asarray(rand(rng, (3, 1), "float32", "a")).astype(jnp.bfloat16)
-    h = jax.jit(pj.linear_scan)(a, x)
+    h0 = jnp.asarray(rand(rng, (3,), "float32")).astype(jnp.bfloat16)
+    w = jnp.asarray(rand(rng, (3, 40), "float32"))
+    h = jax.jit(pj.linear_scan)(a, x, h0)
     assert h.dtype == jnp.bfloat16
-    want = reference.linear_scan(np.asarray(a.astype(jnp.float32)), np.asarray(x.astype(jnp.float32)))
-    close(h.astype(jnp.float32), want, 1e-2)  # bfloat16 keeps 8 bits
-    ga, gx = jax.grad(lambda a, x: pj.linear_scan(a, x).astype(jnp.float32).sum(), (0, 1))(a, x)
-    assert ga.dtype == gx.dtype == jnp.bfloat16 and ga.shape == (3, 1)
+    f32 = [np.asarray(v.astype(jnp.float32)) for v in (a, x, h0)]
+    close(h.astype(jnp.float32), reference.linear_scan(*f32), 2**-6)
+    loss = lambda scan: lambda a, x, h0: jnp.sum(scan(a, x, h0).astype(jnp.float32) * w)  # noqa: E731
+    got = jax.jit(jax.grad(loss(pj.linear_scan), (0, 1, 2)))(a, x, h0)
+    want = jax.jit(jax.grad(loss(scan_loop), (0, 1, 2)))(*(jnp.asarray(v) for v in f32))
+    for g, r, v in zip(got, want, (a, x, h0)):
+        assert g.dtype == jnp.bfloat16 and g.shape == v.shape
+        close(g.astype(jnp.float32), r, 2**-6)
 
 
 def test_mixed_dtypes_and_weak_scalars_follow_the_promotion():
@@ -149,25 +203,77 @@ def test_empty_and_eager():
 
 # ------------------------------------------------------------------------------- gradients
 
-@pytest.mark.parametrize("dtype", ["float32", "complex64"])
+def _jnp_rand(rng, shape, dtype, kind="x"):
+    """rand() as a JAX array of ``dtype`` (bfloat16 drawn in float32 and rounded)."""
+    if dtype == "bfloat16":
+        return jnp.asarray(rand(rng, shape, "float32", kind)).astype(jnp.bfloat16)
+    return jnp.asarray(rand(rng, shape, dtype, kind))
+
+
+def _h0_shape(kind, axis):
+    """h0's shape: "full" (x's shape without the axis), "bcast" (size-1 leading dims) or "scalar" (0-d)."""
+    chan = tuple(n for d, n in enumerate(SHAPE) if d != axis % 3)
+    return {"full": chan, "bcast": (1,) + chan[1:], "scalar": ()}[kind]
+
+
+# float16 and bfloat16 are compared with the float32 loop on the same (rounded) inputs
+GRAD_TOL = {"float16": 1e-2, "bfloat16": 2**-6, "float32": 1e-4, "complex64": 1e-4, "float64": 1e-10,
+            "complex128": 1e-10}
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64", "complex64", "complex128"])
 def test_grad_matches_lax_scan_loop(dtype):
-    """jax.grad through parscan's fused backward = jax.grad of the lax.scan loop: a, x and h0, broadcast a
-    summed over its broadcast dims, every axis and direction; complex in JAX's convention."""
+    """jax.grad through parscan's fused backward = jax.grad of the lax.scan loop: a, x and h0, a summed over
+    its broadcast dims, h0 full, broadcast and 0-d, every axis and direction; complex in JAX's convention."""
     rng = np.random.default_rng(4)
-    for akind, axis, reverse in [("chan", -1, False), ("full", 0, True), ("time", 1, True)]:
-        x = jnp.asarray(rand(rng, SHAPE, dtype))
-        a = jnp.asarray(rand(rng, _a_shape(akind, axis), dtype, "a"))
-        h0 = jnp.asarray(rand(rng, tuple(n for d, n in enumerate(SHAPE) if d != axis % 3), dtype))
-        w = jnp.asarray(rand(rng, SHAPE, dtype))
+    wide = {"float16": jnp.float32, "bfloat16": jnp.float32}.get(dtype, dtype)
+    ctx = x64() if dtype in ("float64", "complex128") else contextlib.nullcontext()
+    cases = [("chan", "full", -1, False), ("full", "scalar", 0, True), ("time", "bcast", 1, True)]
+    with ctx:
+        args = [(_jnp_rand(rng, _a_shape(akind, axis), dtype, "a"), _jnp_rand(rng, SHAPE, dtype),
+                 _jnp_rand(rng, _h0_shape(hkind, axis), dtype)) for akind, hkind, axis, _ in cases]
+        ws = [_jnp_rand(rng, SHAPE, wide) for _ in cases]
 
-        def loss(scan, a, x, h0):
-            return jnp.real(jnp.sum(scan(a, x, h0, axis=axis, reverse=reverse) * w))
+        def grads(scan):  # every case's gradients from one jitted function (one compilation)
+            def loss(a, x, h0, w, axis, reverse):
+                return jnp.real(jnp.sum(scan(a, x, h0, axis=axis, reverse=reverse).astype(wide) * w))
 
-        got = jax.jit(jax.grad(lambda *v: loss(pj.linear_scan, *v), (0, 1, 2)))(a, x, h0)
-        want = jax.grad(lambda *v: loss(scan_loop, *v), (0, 1, 2))(a, x, h0)
-        for g, r, v in zip(got, want, (a, x, h0)):
-            assert g.shape == v.shape and g.dtype == v.dtype
-            close(g, r, 1e-4)
+            return jax.jit(lambda args: [jax.grad(loss, (0, 1, 2))(*v, w, axis, rev)
+                                         for v, w, (_, _, axis, rev) in zip(args, ws, cases)])
+
+        got = grads(pj.linear_scan)(args)
+        want = grads(scan_loop)([tuple(v.astype(wide) for v in vs) for vs in args])
+        for gs, rs, vs in zip(got, want, args):
+            for g, r, v in zip(gs, rs, vs):
+                assert g.shape == v.shape and g.dtype == v.dtype, (g.shape, g.dtype, v.shape, v.dtype)
+                close(g.astype(wide), r, GRAD_TOL[dtype])
+
+
+def test_grad_with_mixed_dtypes_matches_lax_scan_loop():
+    """Operands of different dtypes (real decays on complex data, complex decays on real data, float16 a with
+    float32 x, a float64 h0 with float32 x): each gradient in its operand's dtype (a real operand's the real
+    part), equal to the lax.scan loop's, which promotes the same way."""
+    rng = np.random.default_rng(14)
+    with x64():
+        cases = list(zip([("float32", "complex64", "complex64"), ("complex64", "float32", "float32"),
+                          ("float16", "float32", "float32"), ("float32", "float32", "float64")], [-1, 0, 1, -1]))
+        args = [(jnp.asarray(rand(rng, _a_shape("chan", axis), ad, "a")), jnp.asarray(rand(rng, SHAPE, xd)),
+                 jnp.asarray(rand(rng, _h0_shape("bcast", axis), hd))) for (ad, xd, hd), axis in cases]
+        ws = [jnp.asarray(rand(rng, SHAPE, np.dtype(jnp.result_type(*v)).name)) for v in args]
+        for v, ((ad, xd, hd), axis) in zip(args, cases):
+            assert pj.linear_scan(*v, axis=axis).dtype == jnp.result_type(*v)
+
+        def grads(scan):
+            def loss(a, x, h0, w, axis):
+                return jnp.real(jnp.sum(scan(a, x, h0, axis=axis) * w))
+
+            return jax.jit(lambda args: [jax.grad(loss, (0, 1, 2))(*v, w, axis)
+                                         for v, w, (_, axis) in zip(args, ws, cases)])
+
+        for gs, rs, vs in zip(grads(pj.linear_scan)(args), grads(scan_loop)(args), args):
+            for g, r, v in zip(gs, rs, vs):
+                assert g.shape == v.shape and g.dtype == v.dtype, (g.dtype, v.dtype)
+                close(g, r, 1e-2 if v.dtype == jnp.float16 else 1e-4)
 
 
 def test_vjp_value_and_grad_and_scalar_decay():
@@ -198,6 +304,15 @@ def test_check_grads_float64():
         A = jnp.asarray(0.4 * rng.standard_normal((9, 3, 3)))
         xm = jnp.asarray(rng.standard_normal((2, 9, 3)))
         check_grads(lambda A, x: pj.matrix_linear_scan(A, x), (A, xm), order=1, modes=["rev"], atol=1e-7, rtol=1e-7)
+        # complex128: JAX's convention (no conjugates) is what check_grads' numerical derivatives see
+        x, a, h0 = (jnp.asarray(rand(rng, (2, 9), "complex128")), jnp.asarray(rand(rng, (2, 9), "complex128", "a")),
+                    jnp.asarray(rand(rng, (2,), "complex128")))
+        check_grads(lambda a, x, h0: pj.linear_scan(a, x, h0), (a, x, h0), order=1, modes=["rev"], atol=1e-7,
+                    rtol=1e-7)
+        A = A * jnp.exp(1j * jnp.asarray(rng.uniform(-np.pi, np.pi, A.shape)))
+        h0m = jnp.asarray(rand(rng, (2, 3), "complex128"))
+        check_grads(lambda A, x, h0: pj.matrix_linear_scan(A, x, h0, reverse=True), (A, xm.astype(A.dtype), h0m),
+                    order=1, modes=["rev"], atol=1e-7, rtol=1e-7)
 
 
 def test_checkpoint_and_jvp():
@@ -212,8 +327,15 @@ def test_checkpoint_and_jvp():
     want = jax.grad(f, (0, 1))(a, x)
     for g, r in zip(got, want):
         np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=1e-6, atol=1e-6)
+    # forward mode: parscan's error where JAX raises inside the call (eager jvp / jacfwd), JAX's own elsewhere
+    for name, f in (("linear_scan", lambda x: pj.linear_scan(a, x)),
+                    ("matrix_linear_scan", lambda x: pj.matrix_linear_scan(jnp.eye(3)[None] * 0.5, x.T))):
+        with pytest.raises(TypeError, match=f"parscan.jax.{name} has no forward-mode derivative.*jax.vjp"):
+            jax.jvp(f, (x,), (x,))
+        with pytest.raises(TypeError, match="forward-mode"):
+            jax.jacfwd(f)(x)
     with pytest.raises(TypeError, match="can't apply forward-mode autodiff"):
-        jax.jvp(lambda x: pj.linear_scan(a, x), (x,), (x,))
+        jax.jit(lambda x: jax.jvp(lambda x: pj.linear_scan(a, x), (x,), (x,)))(x)
 
 
 # ------------------------------------------------------------------------------- vmap
@@ -233,22 +355,68 @@ def test_vmap_matches_a_python_loop():
 
     for in_axes, args in [((None, 0, None), (a1, xb, h0b[0])), ((0, None, 0), (ab, xb[0], h0b)),
                           ((0, 0, 0), (ab, xb, h0b))]:
-        got = jax.jit(jax.vmap(f, in_axes=in_axes))(*args)
+        fb = jax.jit(jax.vmap(f, in_axes=in_axes))
+        with callbacks() as seen:
+            got = jax.block_until_ready(fb(*args))
+        assert seen == [((B, 3, 20),)]  # one callback for the whole batch (sequential would make B of them)
         loop = jnp.stack([f(*(v if ax is None else v[i] for v, ax in zip(args, in_axes))) for i in range(B)])
         np.testing.assert_array_equal(np.asarray(got), np.asarray(loop))
+    # the count can tell: mapped sequentially, the same vmap runs one callback an example
+    seq = lambda cb, outs, args, vmap_method="expand_dims": pj.buffer_callback(  # noqa: E731
+        cb, outs, vmap_method="sequential")(*args)
+    orig_call, pj._call = pj._call, seq
+    try:
+        with callbacks() as seen:
+            jax.block_until_ready(jax.jit(jax.vmap(f, in_axes=(None, 0, None)))(a1, xb, h0b[0]))
+    finally:
+        pj._call = orig_call
+    assert seen == [((3, 20),)] * B
     # batch axis in the middle of x (in_axes=1), time axis 0
     xm = jnp.moveaxis(xb, 0, 1)  # (3, B, 20)
     got = jax.vmap(lambda x: pj.linear_scan(0.8, x, axis=-1), in_axes=1)(xm)
     np.testing.assert_array_equal(np.asarray(got), np.stack([np.asarray(pj.linear_scan(0.8, xm[:, i]))
                                                              for i in range(B)]))
-    # per-example gradients
+    # per-example gradients: one forward and one backward callback for the batch
     loss = lambda a, x, h0: jnp.sum(f(a, x, h0) ** 2)  # noqa: E731
-    got = jax.vmap(jax.grad(loss, (0, 1, 2)), in_axes=(None, 0, 0))(a1, xb, h0b)
+    with callbacks() as seen:
+        got = jax.block_until_ready(jax.jit(jax.vmap(jax.grad(loss, (0, 1, 2)), in_axes=(None, 0, 0)))(a1, xb, h0b))
+    assert seen == [((B, 3, 20),), ((B, 3, 1), (B, 3, 20), (B, 3))], seen
     for k in range(3):
         loop = np.stack([np.asarray(jax.grad(loss, (0, 1, 2))(a1, xb[i], h0b[i])[k]) for i in range(B)])
         np.testing.assert_allclose(np.asarray(got[k]), loop, rtol=1e-6, atol=1e-6)
     J = jax.jacrev(lambda x: pj.linear_scan(0.5, x))(jnp.ones(4))  # vmap over cotangents
     np.testing.assert_allclose(np.asarray(J), np.tril(0.5 ** np.subtract.outer(np.arange(4), np.arange(4))))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float64", "complex64", "complex128"])
+def test_vmap_every_dtype(dtype):
+    """vmap of the forward and of per-example gradients in every dtype: one callback each for the batch,
+    equal to a Python loop over the examples."""
+    rng = np.random.default_rng(15)
+    B = 3
+    ctx = x64() if dtype in ("float64", "complex128") else contextlib.nullcontext()
+    with ctx:
+        xb, ab = _jnp_rand(rng, (B, 2, 9), dtype), _jnp_rand(rng, (2, 1), dtype, "a")
+        h0b = _jnp_rand(rng, (B, 2), dtype)
+
+        wide = jnp.float32 if dtype in ("float16", "bfloat16") else dtype
+
+        def loss(a, x, h0):
+            return jnp.real(jnp.sum(pj.linear_scan(a, x, h0).astype(wide) ** 2))
+
+        both = jax.jit(lambda *v: (jax.vmap(pj.linear_scan, in_axes=(None, 0, 0))(*v),
+                                   jax.vmap(jax.grad(loss, (0, 1, 2)), in_axes=(None, 0, 0))(*v)))
+        with callbacks() as seen:
+            h, g = jax.block_until_ready(both(ab, xb, h0b))
+        # every callback takes the whole batch: forwards (one or two: XLA may merge the value's and the
+        # gradients' identical ones) and one backward
+        assert set(seen) == {((B, 2, 9),), ((B, 2, 1), (B, 2, 9), (B, 2))} and len(seen) <= 3, seen
+        for i in range(B):
+            np.testing.assert_array_equal(np.asarray(h[i]), np.asarray(pj.linear_scan(ab, xb[i], h0b[i])))
+            gi = jax.grad(loss, (0, 1, 2))(ab, xb[i], h0b[i])
+            for u, v in zip(g, gi):
+                assert u.dtype == v.dtype
+                np.testing.assert_array_equal(np.asarray(u[i]), np.asarray(v))
 
 
 # ------------------------------------------------------------------------------- jit caches
@@ -270,6 +438,62 @@ def test_jit_caches_by_shape():
                                rtol=1e-6)
     f(a, jnp.ones((2, 12), jnp.float32))
     assert len(traces) == 2  # another shape: retraced
+
+
+def test_jit_of_grad_and_vmap_caches_by_shape():
+    """jit(grad) and jit(vmap): a second call of the same shapes neither retraces nor compiles; another
+    shape does both."""
+    traces = []
+
+    def loss(a, x):
+        traces.append(x.shape)
+        return jnp.sum(pj.linear_scan(a, x) ** 2)
+
+    a = jnp.full((2, 1), 0.5, jnp.float32)
+    for f, x, x2 in ((jax.jit(jax.grad(loss, (0, 1))), jnp.ones((2, 11)), jnp.ones((2, 12))),
+                     (jax.jit(jax.vmap(jax.grad(loss, (0, 1)), in_axes=(None, 0))), jnp.ones((3, 2, 11)),
+                      jnp.ones((4, 2, 11)))):
+        traces.clear()
+        x1 = jax.block_until_ready(x + 1)
+        jax.block_until_ready(f(a, x))
+        with compiles() as seen:
+            jax.block_until_ready(f(a, x1))
+        assert len(traces) == 1 and seen == []
+        with compiles() as seen:
+            jax.block_until_ready(f(a, x2))
+        assert len(traces) == 2 and len(seen) >= 1
+
+
+def test_eager_calls_compile_once():
+    """Eager calls (no jit) reuse XLA's compilation of the callback: parscan.jax hands JAX one callback object
+    per set of static arguments (a new one each call would compile again, about 10 ms a call)."""
+    rng = np.random.default_rng(16)
+    x, a = jnp.asarray(rand(rng, (2, 13), "float32")), jnp.asarray(rand(rng, (2, 1), "float32", "a"))
+    A, xm = jnp.asarray(0.3 * rng.standard_normal((13, 2, 2)), jnp.float32), x.T
+    layer = pj.GILRLSTM(2, 3, seed=0)
+    params = layer.init()
+
+    def calls():
+        pj.linear_scan(a, x, reverse=True)
+        jax.grad(lambda a, x: jnp.sum(pj.linear_scan(a, x) ** 2), (0, 1))(a, x)
+        pj.matrix_linear_scan(A, xm)
+        jax.grad(lambda A: jnp.sum(pj.matrix_linear_scan(A, xm)))(A)
+        jax.grad(lambda p: jnp.sum(layer(p, x.T[:, :1] * jnp.ones((13, 1, 2)))[0]))(params)
+
+    calls()
+    with compiles() as seen:
+        calls()
+    assert seen == []
+    # and the count can tell: callbacks made anew each call compile every time
+    orig = pj._scan_callback
+    pj._scan_callback = orig.__wrapped__
+    try:
+        with compiles() as seen:
+            pj.linear_scan(a, x, reverse=True)
+            pj.linear_scan(a, x, reverse=True)
+    finally:
+        pj._scan_callback = orig
+    assert len(seen) == 2
 
 
 # ------------------------------------------------------------------------------- errors at trace time
@@ -362,6 +586,101 @@ def test_cuda_buffers_become_cupy_views_on_xlas_stream(monkeypatch):
     assert log[-1] == ("exit", "device", 1)
 
 
+def test_import_without_buffer_callback_names_the_jax_needed(monkeypatch):
+    """A jax without jax.experimental.buffer_callback (before 0.6.1): parscan.jax's import says which jax it
+    needs."""
+    import importlib
+    import sys
+
+    monkeypatch.setitem(sys.modules, "jax.experimental.buffer_callback", None)  # import raises ImportError
+    spec = importlib.util.spec_from_file_location("parscan._jax_without_buffer_callback", pj.__file__)
+    mod = importlib.util.module_from_spec(spec)
+    with pytest.raises(ImportError, match=r"parscan.jax needs jax >= 0\.6\.1 \(jax.experimental.buffer_callback\)"):
+        spec.loader.exec_module(mod)
+
+
+def test_large_host_outputs_get_the_hugepage_hint():
+    """XLA's large CPU output buffers (>= 32 MiB, which malloc maps afresh each call) are advised MADV_HUGEPAGE
+    before the scan writes them, smaller ones and inputs never; the results are unchanged."""
+    if pj._madvise is None:
+        pytest.skip("NumPy does not ask for huge pages here (not Linux, or NUMPY_MADVISE_HUGEPAGE=0)")
+    calls, orig = [], pj._madvise
+
+    def record(addr, length, advice):
+        calls.append((addr, length, advice))
+        return orig(addr, length, advice)
+
+    rng = np.random.default_rng(25)
+    x = rand(rng, (2, 2**22), "float32")  # 32 MiB
+    a = rand(rng, (2, 1), "float32", "a")
+    pj._madvise = record
+    try:
+        h = jax.block_until_ready(jax.jit(pj.linear_scan)(a, x))
+        assert len(calls) == 1, calls  # the forward's output, from its first whole page to its end
+        addr, length, advice = calls[0]
+        assert advice == 14 and addr % 4096 == 0 and x.nbytes - 4096 < length <= x.nbytes
+        calls.clear()
+        jax.block_until_ready(jax.jit(pj.linear_scan)(a, x[:, :2**21]))  # 16 MiB
+        assert calls == []
+    finally:
+        pj._madvise = orig
+    np.testing.assert_array_equal(np.asarray(h), parscan.linear_scan(a, x))
+
+
+def _lowered_for_cuda(f, *args):
+    """``f`` jitted and lowered for CUDA (no GPU needed): the StableHLO text."""
+    traced = jax.jit(f).trace(*args)
+    return traced.lower(lowering_platforms=("cuda",)).as_text()
+
+
+def test_gpu_lowering_is_buffer_callbacks_in_row_major_layouts():
+    """What XLA gets for a CUDA GPU (lowered here, without one): each scan and each backward is one
+    buffer_callback custom call on the GPU (the FFI target that hands the callback XLA's stream and device
+    buffers), never a pure/io callback (a host round trip) nor a host transfer, and every operand and result
+    in the default row-major layout (no transposes for the callback)."""
+    import re
+
+    rng = np.random.default_rng(17)
+    x, a = jnp.asarray(rand(rng, (3, 8), "float32")), jnp.asarray(rand(rng, (3, 1), "float32", "a"))
+    xc = jnp.asarray(rand(rng, (8, 3), "complex64"))
+    A = jnp.asarray(rand(rng, (8, 3, 3), "complex64", "a")) * 0.3
+    layer = pj.GILRLSTM(3, 4, seed=0)
+    params = layer.init()
+    cases = [  # (function, args, number of buffer_callbacks)
+        (jax.value_and_grad(lambda a, x: jnp.sum(pj.linear_scan(a, x, axis=0) ** 2), (0, 1)), (a.T, x.T), 2),
+        (jax.grad(lambda a, x: jnp.sum(pj.linear_scan(a, x).astype(jnp.float32)), (0, 1)),
+         (a.astype(jnp.bfloat16), x.astype(jnp.bfloat16)), 2),
+        (jax.grad(lambda A, x: jnp.sum(jnp.abs(pj.matrix_linear_scan(A, x)) ** 2), (0, 1)), (A, xc), 2),
+        (jax.vmap(lambda x: pj.linear_scan(0.5, x)), (x,), 1),
+        (jax.grad(lambda p, x: jnp.sum(layer(p, x)[0])), (params, jnp.ones((8, 2, 3))), 2),
+    ]
+    for f, args, n in cases:
+        text = _lowered_for_cuda(f, *args)
+        targets = re.findall(r"stablehlo\.custom_call @([A-Za-z0-9_]+)", text)
+        assert targets == ["xla_buffer_python_gpu_callback"] * n, targets
+        for bad in ("send", "recv", "infeed", "outfeed", "python_gpu_callback(", "transpose"):
+            assert f"stablehlo.{bad}" not in text and f"@xla_ffi_{bad}" not in text, bad
+        for layouts in re.findall(r"(?:operand|result)_layouts = \[([^\]]*)\]", text):
+            for lay in re.findall(r"dense<\[?([0-9, ]*)\]?>", layouts):
+                dims = [int(d) for d in lay.split(",") if d.strip()]
+                assert dims == sorted(dims, reverse=True), lay  # minor-to-major n-1 .. 0: row-major
+
+
+def test_matrix_resets_on_cuda_are_refused_when_lowering():
+    """The matrix scan's CUDA kernels take no resets yet: a computation for CUDA raises parscan's error when
+    XLA lowers it (from the jit call, before anything runs), not from inside XLA's callback."""
+    if pj._NO_CUDA_RESETS is None:
+        pytest.skip("parscan.matrix's CUDA kernels take resets now")
+    A, x, r = jnp.full((5, 2, 2), 0.3), jnp.ones((5, 2)), jnp.array([0, 1, 0, 0, 1], bool)
+    f = lambda A, x, r: jnp.sum(pj.matrix_linear_scan(A, x, resets=r))  # noqa: E731
+    for g, args in ((f, (A, x, r)), (jax.grad(f), (A, x, r)),
+                    (jax.vmap(f, in_axes=(None, None, 0)), (A, x, jnp.stack([r, r])))):
+        with pytest.raises(NotImplementedError, match="resets are not implemented by the matrix scan's CUDA"):
+            _lowered_for_cuda(g, *args)
+    assert "xla_buffer_python_cpu_callback" in jax.jit(f).lower(A, x, r).as_text()  # the CPU takes them
+    assert "xla_buffer_python_gpu_callback" in _lowered_for_cuda(lambda A, x: pj.matrix_linear_scan(A, x), A, x)
+
+
 # ------------------------------------------------------------------------------- matrix scan
 
 def matrix_loop(A, x, h0=None, reverse=False):
@@ -391,7 +710,7 @@ def test_matrix_scan_forward_grad_vmap():
     close(h, matrix_loop(A, x, h0, reverse=True), 1e-5)
     w = jnp.asarray(rng.standard_normal((2, T, n)).astype(np.float32))
     got = jax.jit(jax.grad(lambda *v: jnp.sum(pj.matrix_linear_scan(*v, reverse=True) * w), (0, 1, 2)))(A, x, h0)
-    want = jax.grad(lambda *v: jnp.sum(matrix_loop(*v, reverse=True) * w), (0, 1, 2))(A, x, h0)
+    want = jax.jit(jax.grad(lambda *v: jnp.sum(matrix_loop(*v, reverse=True) * w), (0, 1, 2)))(A, x, h0)
     for g, r, v in zip(got, want, (A, x, h0)):
         assert g.shape == v.shape
         close(g, r, 1e-4)
@@ -407,7 +726,7 @@ def test_matrix_scan_complex_grad_in_jax_convention():
     x = jnp.asarray((rng.standard_normal((6, 2)) + 1j * rng.standard_normal((6, 2))).astype(np.complex64))
     loss = lambda scan: lambda A, x: jnp.real(jnp.sum(scan(A, x) ** 2))  # noqa: E731
     got = jax.grad(loss(pj.matrix_linear_scan), (0, 1))(A, x)
-    want = jax.grad(loss(matrix_loop), (0, 1))(A, x)
+    want = jax.jit(jax.grad(loss(matrix_loop), (0, 1)))(A, x)
     for g, r in zip(got, want):
         close(g, r, 1e-4)
 
@@ -449,7 +768,7 @@ def test_gilr_lstm_forward_and_grads():
 
     got = jax.jit(jax.grad(lambda *v: loss(lambda p, x, s, c: layer(p, x, (s, c)), *v), (0, 1, 2, 3)))(
         params, x, s0, c0)
-    want = jax.grad(lambda *v: loss(gilr_lstm_jnp, *v), (0, 1, 2, 3))(params, x, s0, c0)
+    want = jax.jit(jax.grad(lambda *v: loss(gilr_lstm_jnp, *v), (0, 1, 2, 3)))(params, x, s0, c0)
     for k in params:
         close(got[0][k], want[0][k], 1e-4)
     for g, r in zip(got[1:], want[1:]):
@@ -481,29 +800,164 @@ def test_deer_solve_takes_jax_arrays():
     want, _ = deer.solve(cell, p, x, y0)
     got, info = deer.solve(cell, {k: jnp.asarray(v) for k, v in p.items()}, jnp.asarray(x), jnp.asarray(y0))
     assert info.converged
+    assert type(got) is np.ndarray and got.dtype == np.float32  # computed with NumPy, returned as NumPy
     np.testing.assert_array_equal(np.asarray(got), want)
 
 
 # ------------------------------------------------------------------------------- GPU (device only)
 
+@pytest.fixture
+def xla_gpu():
+    """JAX's first CUDA device (the test skips, saying why, where there is none or CuPy cannot reach it)."""
+    try:
+        gpus = jax.devices("cuda")
+    except RuntimeError as exc:
+        pytest.skip(f"JAX has no CUDA backend here ({exc}); install jax[cuda12] or jax[cuda13] on the device")
+    cp = pytest.importorskip("cupy", reason="the GPU path runs the cupy backend")
+    if not cp.cuda.is_available():
+        pytest.skip("CuPy sees no CUDA device")
+    return gpus[0]
+
+
+# a kernel that keeps the stream busy for ``cycles`` clock ticks (about 0.1 s): work queued behind it is still
+# pending when the callback returns unless something in the callback waited for the GPU
+_SPIN = r"""
+extern "C" __global__ void parscan_test_spin(long long cycles) {
+    long long start = clock64();
+    while (clock64() - start < cycles) { }
+}
+"""
+
+
+@contextlib.contextmanager
+def on_xlas_stream_without_host_round_trips():
+    """Inside every parscan.jax callback XLA runs in the block: the arrays are CuPy's, CuPy's current stream is
+    XLA's (``ctx.stream``), nothing copies to the host (``cupy.asnumpy``, ``ndarray.get``, synchronous
+    memcpy raise) and nothing waits for the GPU (a spin kernel queued first on XLA's stream is still running
+    when the callback returns: a device or stream synchronisation would have waited for it).  Yields the
+    list of (array module is cupy, current stream == XLA's, stream still busy at the end) per callback."""
+    import cupy as cp
+
+    spin = cp.RawKernel(_SPIN, "parscan_test_spin")
+    spin((1,), (1,), (np.int64(1),))  # compiled and loaded before anything is patched
+    cp.cuda.Device().synchronize()
+    seen, orig = [], pj._arrays
+
+    def refuse(what):
+        def f(*args, **kwargs):
+            raise AssertionError(f"{what} inside a parscan.jax callback on the GPU: a host round trip")
+        return f
+
+    @contextlib.contextmanager
+    def checked(ctx, outs, ins):
+        with orig(ctx, outs, ins) as (xp, o, i):
+            stream = cp.cuda.get_current_stream()
+            on_stream = stream.ptr == int(ctx.stream)
+            spin((1,), (1,), (np.int64(200_000_000),))  # on the current stream: XLA's, when on_stream
+            yield xp, o, i
+            seen.append((xp is cp, on_stream, not stream.done))
+
+    patches = [(pj, "_arrays", checked), (cp, "asnumpy", refuse("cupy.asnumpy")),
+               (cp.ndarray, "get", refuse("cupy.ndarray.get")),
+               (cp.cuda.Stream, "synchronize", refuse("Stream.synchronize")),
+               (cp.cuda.runtime, "deviceSynchronize", refuse("cudaDeviceSynchronize")),
+               (cp.cuda.runtime, "streamSynchronize", refuse("cudaStreamSynchronize")),
+               (cp.cuda.runtime, "memcpy", refuse("a synchronous cudaMemcpy"))]
+    saved = [(obj, name, getattr(obj, name)) for obj, name, _ in patches]
+    for obj, name, new in patches:
+        setattr(obj, name, new)
+    try:
+        yield seen
+    finally:
+        for obj, name, old in saved:
+            setattr(obj, name, old)
+
+
+def _on_gpu(dev, f, *args):
+    """``jax.jit(f)`` on the GPU: warmed up (the kernels compiled) outside the check, then run under
+    :func:`on_xlas_stream_without_host_round_trips`; returns the results (on ``dev``) and the checks."""
+    args = jax.device_put(args, dev)
+    fj = jax.jit(f)
+    jax.block_until_ready(fj(*args))
+    with on_xlas_stream_without_host_round_trips() as seen:
+        out = jax.block_until_ready(fj(*args))
+    assert seen and all(all(c) for c in seen), f"(cupy, XLA's stream, no wait) per callback: {seen}"
+    for leaf in jax.tree_util.tree_leaves(out):
+        assert leaf.devices() == {dev}
+    return out, len(seen)
+
+
 @pytest.mark.gpu
-def test_gpu_under_jit_grad_vmap():
-    if not any(d.platform == "gpu" for d in jax.devices()):
-        pytest.skip("JAX has no GPU backend here")
+def test_gpu_scan_jit_grad_vmap_on_xlas_stream(xla_gpu):
     rng = np.random.default_rng(13)
-    x = rand(rng, (4, 3, 1000), "float32")
-    a = rand(rng, (3, 1), "float32", "a")
-    dev = jax.devices("gpu")[0]
-    xj, aj = jax.device_put(x, dev), jax.device_put(a, dev)
-    h = jax.jit(pj.linear_scan)(aj, xj)
-    assert h.devices() == {dev}
+    x, a, w = rand(rng, (4, 3, 1000), "float32"), rand(rng, (3, 1), "float32", "a"), rand(rng, (4, 3, 1000), "float32")
+    h, n = _on_gpu(xla_gpu, pj.linear_scan, a, x)
+    assert n == 1
     close(h, reference.linear_scan(a, x), TOL["float32"])
-    got = jax.jit(jax.grad(lambda a, x: jnp.sum(pj.linear_scan(a, x) ** 2), (0, 1)))(aj, xj)
-    want = jax.grad(lambda a, x: jnp.sum(scan_loop(a, x) ** 2), (0, 1))(aj, xj)
+    loss = lambda scan: lambda a, x: jnp.sum(scan(a, x) * w)  # noqa: E731
+    got, n = _on_gpu(xla_gpu, jax.grad(loss(pj.linear_scan), (0, 1)), a, x)
+    assert n == 2
+    want = jax.jit(jax.grad(loss(scan_loop), (0, 1)))(a, x)
     for g, r in zip(got, want):
         close(g, r, 1e-4)
-    hv = jax.jit(jax.vmap(pj.linear_scan, in_axes=(None, 0)))(aj, xj)
+    hv, n = _on_gpu(xla_gpu, jax.vmap(pj.linear_scan, in_axes=(None, 0)), a, x)
+    assert n == 1  # one callback for the batch
     close(hv, reference.linear_scan(a, x), TOL["float32"])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["bfloat16", "complex64", "float16"])
+def test_gpu_scan_dtypes_on_xlas_stream(xla_gpu, dtype):
+    rng = np.random.default_rng(18)
+    x, a, h0 = _jnp_rand(rng, (3, 700), dtype), _jnp_rand(rng, (3, 700), dtype, "a"), _jnp_rand(rng, (3,), dtype)
+    wide = jnp.float32 if dtype in ("float16", "bfloat16") else dtype
+    w = _jnp_rand(rng, (3, 700), wide)
+    h, _ = _on_gpu(xla_gpu, lambda a, x, h0: pj.linear_scan(a, x, h0, reverse=True), a, x, h0)
+    assert h.dtype == jnp.dtype(dtype)
+    ref = reference.linear_scan(*(np.asarray(v.astype(wide)) for v in (a, x, h0)), reverse=True)
+    close(h.astype(wide), ref, {"bfloat16": 2**-6, "float16": 4e-3}.get(dtype, TOL["complex64"]))
+    loss = lambda scan: lambda *v: jnp.real(jnp.sum(scan(*v, reverse=True).astype(wide) * w))  # noqa: E731
+    got, _ = _on_gpu(xla_gpu, jax.grad(loss(pj.linear_scan), (0, 1, 2)), a, x, h0)
+    want = jax.jit(jax.grad(loss(scan_loop), (0, 1, 2)))(*(v.astype(wide) for v in (a, x, h0)))
+    for g, r, v in zip(got, want, (a, x, h0)):
+        assert g.dtype == v.dtype
+        close(g.astype(wide), r, GRAD_TOL[dtype])
+
+
+@pytest.mark.gpu
+def test_gpu_matrix_scan_on_xlas_stream(xla_gpu):
+    rng = np.random.default_rng(19)
+    A = (0.4 * rng.standard_normal((300, 3, 3))).astype(np.float32)
+    x, h0 = rng.standard_normal((2, 300, 3)).astype(np.float32), rng.standard_normal((2, 3)).astype(np.float32)
+    w = rng.standard_normal((2, 300, 3)).astype(np.float32)
+    h, n = _on_gpu(xla_gpu, pj.matrix_linear_scan, A, x, h0)
+    assert n == 1
+    close(h, matrix_loop(*(jnp.asarray(v) for v in (A, x, h0))), 1e-4)
+    loss = lambda scan: lambda *v: jnp.sum(scan(*v) * w)  # noqa: E731
+    got, n = _on_gpu(xla_gpu, jax.grad(loss(pj.matrix_linear_scan), (0, 1, 2)), A, x, h0)
+    assert n == 2
+    want = jax.jit(jax.grad(loss(matrix_loop), (0, 1, 2)))(A, x, h0)
+    for g, r in zip(got, want):
+        close(g, r, 1e-4)
+
+
+@pytest.mark.gpu
+def test_gpu_gilr_lstm_on_xlas_stream(xla_gpu):
+    rng = np.random.default_rng(20)
+    layer = pj.GILRLSTM(4, 8, seed=1)
+    params = layer.init()
+    x = rng.standard_normal((200, 3, 4)).astype(np.float32)
+    (h, _), n = _on_gpu(xla_gpu, layer, params, x)
+    assert n == 1
+    s0 = c0 = jnp.zeros((3, 8))
+    close(h, gilr_lstm_jnp(params, jnp.asarray(x), s0, c0)[0], 1e-4)
+    loss = lambda run: lambda p, x: jnp.sum(run(p, x) ** 2)  # noqa: E731
+    got, n = _on_gpu(xla_gpu, jax.grad(loss(lambda p, x: layer(p, x)[0]), (0, 1)), params, x)
+    assert n == 2
+    want = jax.jit(jax.grad(loss(lambda p, x: gilr_lstm_jnp(p, x, s0, c0)[0]), (0, 1)))(params, x)
+    for k in params:
+        close(got[0][k], want[0][k], 1e-3)
+    close(got[1], want[1], 1e-3)
 
 
 # ------------------------------------------------------------------------------- resets (issue #18)
@@ -618,3 +1072,22 @@ def test_gilr_lstm_with_resets_matches_the_numpy_layer():
         assert np.all(np.asarray(got[2])[0] == 0)  # row 0 restarts at step 0: s0 gets no gradient
         with pytest.raises(ValueError, match=r"resets must have shape \(T,\) = \(10,\) or \(T, B\)"):
             layer(params, x, None, resets[:5])
+
+
+# ------------------------------------------------------------------------------- the benchmark suite
+
+def test_bench_suite_runs(tmp_path, monkeypatch):
+    """parscan bench --suite jax end to end on a tiny shape (timings recorded, never asserted): the cpu suite's
+    shapes (here one), both directions, the lax.scan extrapolation, the cpu backend's own time, the target."""
+    from parscan import bench
+
+    monkeypatch.setattr(bench.cpu, "_cpu_shapes", lambda quick: [(4, 2**8, "channel-contiguous")])
+    monkeypatch.setattr(bench.jax, "LAX_SCAN_MAX_T", 2**7)  # the loop is timed on the first 128 steps
+    monkeypatch.setattr(bench, "_plots", lambda rows, out, meta: [])  # (no jax plot; spares matplotlib's import)
+    meta, rows, skipped = bench.run(["jax"], quick=True, out=str(tmp_path), repeats=2, progress=False)
+    assert [(r["shape"], r["direction"]) for r in rows] == [([2**8, 4], "forward"), ([2**8, 4], "forward+backward")]
+    for r in rows:
+        assert r["ms"] > 0 and r["cpu_backend_ms"] > 0 and isinstance(r["target_met"], bool)
+        assert r["speedup_associative_scan"] > 0 and r["speedup_lax_scan"] > 0
+        assert r["lax_scan_extrapolated_from"] == 2**7
+    assert "## jax" in (tmp_path / "bench.md").read_text()

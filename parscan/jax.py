@@ -84,11 +84,8 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the installed jax
     raise ImportError(f"parscan.jax needs jax >= {MIN_JAX} (jax.experimental.buffer_callback); this is jax "
                       f"{jax.__version__}: pip install -U 'jax>={MIN_JAX}'") from exc
-from jax.extend.core import Primitive
-from jax.interpreters import batching, mlir
 
 from . import layers as _layers
-from . import matrix as _matrix
 from ._arrays import as_flags, as_operand
 from ._problem import _broadcast, _h0_view, _resets_view, normalize_axis
 from .matrix import _check as _matrix_check
@@ -412,17 +409,14 @@ def linear_scan(a, x, h0=None, *, axis=-1, reverse=False, resets=None):
 # ----------------------------------------------------------------------------- matrix_linear_scan
 
 def _matrix_into(out, A, x, h0, reverse, resets):
-    """parscan.matrix_linear_scan into XLA's buffer ``out``.  It returns a new array today, copied in
-    (one copy); once it takes ``out=``, this is ``_matrix_scan(..., out=out)``."""
-    out[...] = _matrix_scan(A, x, h0, reverse=reverse, resets=resets)
+    """parscan.matrix_linear_scan into XLA's buffer ``out`` (the kernels write it)."""
+    _matrix_scan(A, x, h0, reverse=reverse, resets=resets, out=out)
 
 
 def _matrix_backward_into(outs, A, h, g, h0, reverse, resets):
-    """parscan.matrix_linear_scan_backward into XLA's buffers ``outs = (gA, gx, gh0 or None)``: copied
-    in today; once it takes ``out=``, this is ``_matrix_scan_backward(..., out=outs)``."""
-    for o, v in zip(outs, _matrix_scan_backward(A, h, g, h0, reverse=reverse, resets=resets)):
-        if o is not None:
-            o[...] = v
+    """parscan.matrix_linear_scan_backward into XLA's buffers ``outs = (gA, gx, gh0 or None)`` (grad_x,
+    and a full grad_A of the working dtype, written by the kernels; the others copied in)."""
+    _matrix_scan_backward(A, h, g, h0, reverse=reverse, resets=resets, out=tuple(outs))
 
 
 @_memo
@@ -482,25 +476,6 @@ def _matrix_bwd(reverse, out_shape, x_meta, res, ct):
 _matrix_vjp.defvjp(_matrix_fwd, _matrix_bwd)
 
 
-# The matrix scan's CUDA kernels do not take resets yet (parscan.matrix raises _no_cuda_resets' error, which
-# inside XLA's callback would surface only when the computation runs): an identity on the resets that raises
-# that error when XLA lowers the computation for CUDA, i.e. from the jit (or eager) call, before anything runs.
-_NO_CUDA_RESETS = getattr(_matrix, "_no_cuda_resets", None)  # gone once the kernels take resets
-_cuda_resets_guard = Primitive("parscan_matrix_resets_guard")
-_cuda_resets_guard.def_impl(lambda r: r)
-_cuda_resets_guard.def_abstract_eval(lambda r: r)
-batching.primitive_batchers[_cuda_resets_guard] = lambda args, dims: (_cuda_resets_guard.bind(*args), dims[0])
-mlir.register_lowering(_cuda_resets_guard, lambda ctx, r: [r])
-
-
-def _refuse_cuda_resets(ctx, r):
-    _NO_CUDA_RESETS(True)  # raises NotImplementedError with the reason and what to do instead
-    return [r]  # pragma: no cover
-
-
-mlir.register_lowering(_cuda_resets_guard, _refuse_cuda_resets, platform="cuda")
-
-
 def matrix_linear_scan(A, x, h0=None, *, reverse=False, resets=None):
     """``h_t = A_t h_{t-1} + x_t`` on JAX arrays (dense n x n coefficients): jittable, differentiable,
     vmappable.
@@ -513,8 +488,7 @@ def matrix_linear_scan(A, x, h0=None, *, reverse=False, resets=None):
     :func:`parscan.matrix_linear_scan_backward` (JAX's convention: ``g_t = dL/dh_t + A_{t+1}^T
     g_{t+1}``, ``dL/dA_t = g_t h_{t-1}^T``, ``dL/dh0 = A_0^T g_0``), summed over broadcast dims.
     ``resets`` (bool, broadcastable to the result's shape without n, ``(..., T)``; no gradient): A_t
-    reads as 0 where true, ``h_t = x_t`` (on the CPU only for now: a computation for a CUDA GPU raises
-    ``NotImplementedError`` when it is lowered, as the CUDA kernels do not take them yet).
+    reads as 0 where true, ``h_t = x_t``.
 
     Examples
     --------
@@ -537,8 +511,6 @@ def matrix_linear_scan(A, x, h0=None, *, reverse=False, resets=None):
     A, x = _lead(A, k + 3), _lead(x, k + 2)
     h0 = None if h0 is None else _lead(h0, k + 1)
     r = _resets_operand(resets, k + 1)
-    if r is not None and _NO_CUDA_RESETS is not None:
-        r = _cuda_resets_guard.bind(r)
     with _reverse_mode_only("matrix_linear_scan"):
         h = _matrix_vjp(A, x, h0, r, bool(reverse), tuple(lead) + (T, n), (tuple(x.shape), jnp.dtype(x.dtype)))
     return h if h.dtype == res else h.astype(res)

@@ -666,21 +666,6 @@ def test_gpu_lowering_is_buffer_callbacks_in_row_major_layouts():
                 assert dims == sorted(dims, reverse=True), lay  # minor-to-major n-1 .. 0: row-major
 
 
-def test_matrix_resets_on_cuda_are_refused_when_lowering():
-    """The matrix scan's CUDA kernels take no resets yet: a computation for CUDA raises parscan's error when
-    XLA lowers it (from the jit call, before anything runs), not from inside XLA's callback."""
-    if pj._NO_CUDA_RESETS is None:
-        pytest.skip("parscan.matrix's CUDA kernels take resets now")
-    A, x, r = jnp.full((5, 2, 2), 0.3), jnp.ones((5, 2)), jnp.array([0, 1, 0, 0, 1], bool)
-    f = lambda A, x, r: jnp.sum(pj.matrix_linear_scan(A, x, resets=r))  # noqa: E731
-    for g, args in ((f, (A, x, r)), (jax.grad(f), (A, x, r)),
-                    (jax.vmap(f, in_axes=(None, None, 0)), (A, x, jnp.stack([r, r])))):
-        with pytest.raises(NotImplementedError, match="resets are not implemented by the matrix scan's CUDA"):
-            _lowered_for_cuda(g, *args)
-    assert "xla_buffer_python_cpu_callback" in jax.jit(f).lower(A, x, r).as_text()  # the CPU takes them
-    assert "xla_buffer_python_gpu_callback" in _lowered_for_cuda(lambda A, x: pj.matrix_linear_scan(A, x), A, x)
-
-
 # ------------------------------------------------------------------------------- matrix scan
 
 def matrix_loop(A, x, h0=None, reverse=False):

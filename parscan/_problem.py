@@ -545,6 +545,9 @@ def plan_backward(xp, a: Operand, h: Operand, grad_h: Operand, h0: Operand | Non
         p.allocs = (_alloc_recipe(canon), _alloc_recipe(canon, 1 if time_const else T),
                     None if gh0 is None else _alloc_recipe(canon, 1))
         p.ga_dtype = ga.dtype
+        p.fetch = tuple(None if s is None else _fetcher(s, xp) for s in srcs)
+        p.new = (_allocator(xp, p.allocs[0], dtype), _allocator(xp, p.allocs[1], ga.dtype),
+                 None if gh0 is None else _allocator(xp, p.allocs[2], acc))
         p.out_srcs = out_srcs
         p.reduce_a = _reducer(xp, ga.shape, ga.dtype, a_padded, a_shape, a_dtype)
         p.reduce_h0 = None if gh0 is None else _reducer(xp, gh0.shape, gh0.dtype, h0_padded, h0_shape, h0_dtype)
@@ -605,17 +608,47 @@ def _device_scalar(xp, v, dtype):
     device synchronised, once) before the array is shared, so launches on any stream read the value;
     entries are never freed (a kernel in flight on another stream may still read one), so the cache
     stops growing at ``DEVICE_SCALARS`` entries and later values get an array of their own per call."""
+    return _device_scalar_entry(xp, v, dtype)[0]
+
+
+def _device_scalar_entry(xp, v, dtype):
+    """``(array, shared)``: :func:`_device_scalar`'s array, and whether it is the cache's (complete and
+    kept: safe to hand to later calls) rather than one of this call's own."""
     if type(v) is float:  # the sign of a zero matters (it reaches the result)
         key = (xp.cuda.runtime.getDevice(), dtype.str, v, v == 0 and math.copysign(1.0, v))
     else:
         key = (xp.cuda.runtime.getDevice(), dtype.str, v, math.copysign(1.0, v.real), math.copysign(1.0, v.imag))
     arr = _DEVICE_SCALARS.get(key)
-    if arr is None:
-        arr = xp.full(1, v, dtype)
-        if len(_DEVICE_SCALARS) < DEVICE_SCALARS:
-            xp.cuda.Device().synchronize()
-            arr = _DEVICE_SCALARS.setdefault(key, arr)
-    return arr
+    if arr is not None:
+        return arr, True
+    arr = xp.full(1, v, dtype)
+    if len(_DEVICE_SCALARS) < DEVICE_SCALARS:
+        xp.cuda.Device().synchronize()
+        return _DEVICE_SCALARS.setdefault(key, arr), True
+    return arr, False
+
+
+def _fetcher(src, xp, writeable=False):
+    """``v -> _fetch(src, xp, v, writeable)``, with what that needs decided once; a CUDA plan's scalar
+    keeps its last nonzero value's device array (plans are per device, so the value decides)."""
+    kind, dtype = src
+    if kind == _SELF and (xp is not np or writeable):
+        return lambda v: v
+    if kind == _RESHAPE:
+        return lambda v: v.reshape(-1)
+    if kind == _SCALAR and xp is not np:
+        last = [None]
+
+        def scalar(v):
+            m = last[0]
+            if m is not None and m[0] == v:
+                return m[1]
+            arr, shared = _device_scalar_entry(xp, v, dtype)
+            if shared and v != 0:  # a zero's sign is not in ==
+                last[0] = (v, arr)
+            return arr
+        return scalar
+    return lambda v: _fetch(src, xp, v, writeable)
 
 
 def _fetch(src, xp, v, writeable=False):
@@ -653,6 +686,17 @@ def _alloc_recipe(canon: Canon, tlen=None):
     return alloc, None if perm == tuple(range(len(perm))) else perm
 
 
+def _allocator(xp, recipe, dtype):
+    """``() -> _new(xp, recipe, dtype)``, decided once."""
+    alloc, perm = recipe
+    if len(alloc) == 1:
+        def new():
+            arr = xp.empty(alloc, dtype)
+            return arr, arr
+        return new
+    return lambda: _new(xp, recipe, dtype)
+
+
 def _new(xp, recipe, dtype, zero=False):
     """A new array by an :func:`_alloc_recipe`, and its flat buffer (offset 0, writable)."""
     alloc, perm = recipe
@@ -667,15 +711,15 @@ class ForwardPlan:
     """A planned forward call, replayed for the arguments of a later call of the same signature."""
 
     __slots__ = ("xp", "impl", "shape", "dtype", "acc", "srcs", "geo", "out_recipe", "out_src", "in_place",
-                 "check_overlap", "launch", "dev")
+                 "check_overlap", "launch", "dev", "fetch", "new_out")
 
     def run(self, a, x, h0, out, resets=None):
-        xp, srcs = self.xp, self.srcs
+        xp = self.xp
         if self.dev is not None and xp.cuda.runtime.getDevice() != self.dev:
             with xp.cuda.Device(self.dev):  # results and scratch on the data's device
                 return self.run(a, x, h0, out, resets)
         if out is None:
-            target, obuf = _new(xp, self.out_recipe, self.dtype)
+            target, obuf = self.new_out()
         else:
             if self.check_overlap:
                 for v in (x, a, h0, resets):
@@ -685,9 +729,10 @@ class ForwardPlan:
                                          "separate array, or out=x to scan in place")
             target = out
             obuf = _fetch(self.out_src, xp, out, True)
-        ba, bx = _fetch(srcs[0], xp, a), _fetch(srcs[1], xp, x)
-        bh = None if srcs[2] is None else _fetch(srcs[2], xp, h0)
-        br = None if srcs[3] is None else _fetch(srcs[3], xp, resets)
+        fa, fx, fh, fr = self.fetch
+        ba, bx = fa(a), fx(x)
+        bh = None if fh is None else fh(h0)
+        br = None if fr is None else fr(resets)
         if self.launch is not None:  # the backend's launcher prepared for this geometry
             self.launch(ba, bx, bh, obuf, br)
             return target
@@ -712,6 +757,7 @@ def capture_forward(xp, impl, a, x, h0, out, problem, views, target, canon, rese
     p = ForwardPlan()
     p.xp, p.impl, p.shape, p.dtype, p.acc = xp, impl, problem.shape, problem.dtype, problem.acc_dtype
     p.srcs = tuple(srcs)
+    p.fetch = tuple(None if s is None else _fetcher(s, xp) for s in srcs)
     p.geo = tuple((s.off, s.strides) if s is not None else None
                   for s in (problem.a, problem.x, problem.h0, problem.out, problem.resets))
     p.out_recipe, p.out_src, p.in_place, p.check_overlap = None, None, False, False
@@ -720,6 +766,7 @@ def capture_forward(xp, impl, a, x, h0, out, problem, views, target, canon, rese
     p.launch = None if launcher is None else launcher(problem)
     if user_out is None:
         p.out_recipe = _alloc_recipe(canon)
+        p.new_out = _allocator(xp, p.out_recipe, problem.dtype)
     else:
         if target is not user_out:
             return None  # the result is copied into out: not replayed
@@ -735,30 +782,31 @@ class BackwardPlan:
     """A planned backward call, replayed for the arguments of a later call of the same signature."""
 
     __slots__ = ("xp", "impl", "shape", "dtype", "acc", "srcs", "geo", "allocs", "ga_dtype", "out_srcs",
-                 "reduce_a", "reduce_h0", "launch", "dev")
+                 "reduce_a", "reduce_h0", "launch", "dev", "fetch", "new")
 
     def run(self, a, h, grad_h, h0, resets=None, out=None):
         """``out``: ``linear_scan_backward``'s ``out=`` tuple (the signature's: the same arrays given or
         None), or None."""
-        xp, srcs = self.xp, self.srcs
+        xp = self.xp
         if self.dev is not None and xp.cuda.runtime.getDevice() != self.dev:
             with xp.cuda.Device(self.dev):
                 return self.run(a, h, grad_h, h0, resets, out)
         if out is not None:
             check_grad_outs_apart(out, (h, grad_h, a, h0, resets))
-        ins = (_fetch(srcs[0], xp, a), _fetch(srcs[1], xp, h), _fetch(srcs[2], xp, grad_h),
-               None if srcs[3] is None else _fetch(srcs[3], xp, h0))
-        br = None if srcs[4] is None else _fetch(srcs[4], xp, resets)
+        fa, fh, fg, f0, fr = self.fetch
+        ins = (fa(a), fh(h), fg(grad_h), None if f0 is None else f0(h0))
+        br = None if fr is None else fr(resets)
         qsrc, xsrc = self.out_srcs
+        new_x, new_q, new_0 = self.new
         if xsrc is not None:
             grad_x, bx = out[1], _fetch(xsrc, xp, out[1], True)
         else:
-            grad_x, bx = _new(xp, self.allocs[0], self.dtype)
+            grad_x, bx = new_x()
         if qsrc is not None:
             ga, ba = out[0], _fetch(qsrc, xp, out[0], True)
         else:
-            ga, ba = _new(xp, self.allocs[1], self.ga_dtype)
-        gh0, b0 = (None, None) if self.allocs[2] is None else _new(xp, self.allocs[2], self.acc)
+            ga, ba = new_q()
+        gh0, b0 = (None, None) if new_0 is None else new_0()
         if self.launch is not None:  # the backend's launcher prepared for this geometry
             self.launch(*ins, bx, ba, b0, br)
         else:

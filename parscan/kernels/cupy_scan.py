@@ -159,7 +159,9 @@ def _resets(problem):
 # ``forward_launcher(problem)`` / ``backward_launcher(problem)`` make every decision that depends only on
 # the problem's geometry once (launch configuration, kernel, argument offsets and strides, the unused
 # slots' stand-ins) and return ``run(...)`` of the flat buffers; the plan cache keeps it, so a replayed
-# call allocates the look-back scratch and launches.  ``forward(problem)`` is the one-off call.
+# call allocates the look-back scratch and launches.  ``forward(problem)`` is the one-off call.  Both
+# run with the data's device current: the public calls and the plans' replays enter it (scratch and
+# launches then land there), so ``run`` does not enter it again.
 
 def forward_launcher(problem, launch=None):
     import cupy
@@ -181,11 +183,10 @@ def forward_launcher(problem, launch=None):
     tail = (*_geo(problem.out), none, *_ZERO_GEO, none_acc, *_ZERO_GEO, none_real, *_geometry(problem, launch))
     grid, block = (launch.blocks,), (launch.threads,)
 
-    def run(a, x, h0, out, resets=None):
-        with cupy.cuda.Device(dev):  # scratch, casts and the launch on the data's device
-            fn(grid, block, (a.astype(sa) if cast_a else a, *after_a, x.astype(d) if cast_x else x, *after_x,
-                             none if h0 is None else h0.astype(d) if cast_0 else h0, *after_h0,
-                             none_r if resets is None else resets, *after_r, out, *tail, *scratch()))
+    def run(a, x, h0, out, resets=None):  # with the data's device current (see the note above)
+        fn(grid, block, (a.astype(sa) if cast_a else a, *after_a, x.astype(d) if cast_x else x, *after_x,
+                         none if h0 is None else h0.astype(d) if cast_0 else h0, *after_h0,
+                         none_r if resets is None else resets, *after_r, out, *tail, *scratch()))
     return run
 
 
@@ -220,25 +221,30 @@ def backward_launcher(problem, launch=None):
     sum_grid, sum_args = ((nchan + 127) // 128,), (*gq, np.int64(C0), np.int64(C1), np.int64(C2),
                                                    np.int64(launch.time_tiles))
 
-    def run(a, h, grad_h, h0, grad_x, grad_a, grad_h0, resets=None):
-        with cupy.cuda.Device(dev):
-            parts = cupy.empty(nparts, real) if nparts else none_real
-            fn(grid, block, (a.astype(sa) if cast_a else a, *after_a, grad_h.astype(d) if cast_g else grad_h,
-                             *after_g, h.astype(d) if cast_h else h, *after_h,
-                             none if h0 is None else h0.astype(d) if cast_0 else h0, *after_h0,
-                             none_r if resets is None else resets, *after_r, grad_x, *after_x, grad_a, *gq,
-                             none_acc if grad_h0 is None else grad_h0, *after_q0, parts, *geometry, *scratch()))
-            if total is not None:
-                total(sum_grid, (128,), (parts, grad_a, *sum_args))
+    def run(a, h, grad_h, h0, grad_x, grad_a, grad_h0, resets=None):  # the data's device current
+        parts = cupy.empty(nparts, real) if nparts else none_real
+        fn(grid, block, (a.astype(sa) if cast_a else a, *after_a, grad_h.astype(d) if cast_g else grad_h,
+                         *after_g, h.astype(d) if cast_h else h, *after_h,
+                         none if h0 is None else h0.astype(d) if cast_0 else h0, *after_h0,
+                         none_r if resets is None else resets, *after_r, grad_x, *after_x, grad_a, *gq,
+                         none_acc if grad_h0 is None else grad_h0, *after_q0, parts, *geometry, *scratch()))
+        if total is not None:
+            total(sum_grid, (128,), (parts, grad_a, *sum_args))
     return run
 
 
 def forward(problem, launch=None):
-    run_forward(forward_launcher, problem, launch)
+    import cupy
+
+    with cupy.cuda.Device(problem.x.buf.device.id):
+        run_forward(forward_launcher, problem, launch)
 
 
 def backward(problem, launch=None):
-    run_backward(backward_launcher, problem, launch)
+    import cupy
+
+    with cupy.cuda.Device(problem.grad_h.buf.device.id):
+        run_backward(backward_launcher, problem, launch)
 
 
 def matrix_pass(aggregate, A, conj, shift, x, h0, resets, rc, carry, out, L, nch, reverse):

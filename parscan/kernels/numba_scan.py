@@ -33,7 +33,6 @@ so a read never changes a published value, not even the sign of a zero.  There a
 
 from __future__ import annotations
 
-import contextlib
 from functools import lru_cache
 
 import numpy as np
@@ -492,19 +491,33 @@ class _Launcher:
     """Launches on the data's device and, for CuPy data, on CuPy's current stream (host arrays, as
     in the simulator: a plain launch).  Use as a context: scratch is allocated on that device."""
 
-    def __init__(self, buf, xp):
-        self.xp, self.cupy = xp, xp is not np
-        self._ctx = xp.cuda.Device(buf.device.id) if self.cupy else contextlib.nullcontext()
-        self._dev = buf.device.id if self.cupy else None
+    __slots__ = ("xp", "cupy", "_dev", "_ctx", "stream")
+
+    def __init__(self, buf, xp, dev=None):
+        """On ``buf``'s device (or device ``dev``, an id, when given)."""
+        self.xp = xp
+        self.cupy = cupy = xp is not np
+        if cupy and dev is None:
+            dev = buf.device.id
+        self._dev = dev if cupy else None
+        self._ctx = None
+
+    def _enter_device(self):
+        """Make the data's device current (unless it is: the public calls and the plans enter it)."""
+        if self.cupy and self.xp.cuda.runtime.getDevice() != self._dev:
+            self._ctx = self.xp.cuda.Device(self._dev)
+            self._ctx.__enter__()
 
     def __enter__(self):
-        self._ctx.__enter__()
+        self._enter_device()
         if self.cupy:  # CuPy's current stream of the data's device
             self.stream = cuda.external_stream(self.xp.cuda.get_current_stream().ptr)
         return self
 
     def __exit__(self, *exc):
-        return self._ctx.__exit__(*exc)
+        if self._ctx is not None:
+            self._ctx.__exit__(*exc)
+        return False
 
     @staticmethod
     def _wrap(v):
@@ -520,6 +533,19 @@ class _Launcher:
             return
         with cuda.gpus[self._dev]:
             kernel[blocks, threads, self.stream](*(self._wrap(v) for v in args))
+
+
+def _launch(dev, kernel, blocks, threads, *args):
+    """Launch on CuPy's current stream of device ``dev``, current already (the scan launchers' ``run``;
+    ``dev`` None: the simulator, a plain launch)."""
+    if dev is None:
+        kernel[blocks, threads](*args)
+        return
+    import cupy
+
+    stream = cuda.external_stream(cupy.cuda.get_current_stream().ptr)
+    with cuda.gpus[dev]:
+        kernel[blocks, threads, stream](*(_Launcher._wrap(v) for v in args))
 
 
 def _status(launch, real, ncomp, xp):
@@ -569,7 +595,8 @@ def _resets(problem):
 # ``forward_launcher(problem)`` / ``backward_launcher(problem)``: every decision that depends only on the
 # problem's geometry made once (launch, kernels, offsets, strides, the unused slots' stand-ins); the
 # returned ``run(...)`` of the flat buffers is what the plan cache keeps.  ``forward(problem)`` is the
-# one-off call.
+# one-off call.  ``run`` launches with the data's device current: the public calls and the plans'
+# replays enter it (``forward`` / ``backward`` too), so it does not enter it again.
 
 def forward_launcher(problem, launch=None):
     acc = problem.acc_dtype
@@ -586,15 +613,14 @@ def forward_launcher(problem, launch=None):
     has_h0 = problem.h0 is not None
     shape = tuple(int(n) for n in problem.shape)
     sizes = (launch.chans, launch.lanes, launch.chan_fast, launch.time_tiles)
-    sim = _sim_array
+    dev = None if xp is np else buf.device.id
 
-    def run(a, x, h0, out, resets=None):
-        with _Launcher(x, xp) as go_:
-            go_(scan, launch.blocks, launch.threads, sim(a), *ga, sim(x), *gx, none, *_ZERO_GEO,
-                none if h0 is None else sim(h0), *g0, has_h0, none_r if resets is None else sim(resets), *gr,
-                has_r, sim(out), *go, none, *_ZERO_GEO, none_acc,
+    def run(a, x, h0, out, resets=None):  # with the data's device current (see forward)
+        _launch(dev, scan, launch.blocks, launch.threads, a, *ga, x, *gx, none, *_ZERO_GEO,
+                none if h0 is None else h0, *g0, has_h0, none_r if resets is None else resets, *gr,
+                has_r, out, *go, none, *_ZERO_GEO, none_acc,
                 *_ZERO_GEO, none_real, shape, *sizes, *scratch())
-    return run
+    return _simulated(run) if xp is np else run
 
 
 def backward_launcher(problem, launch=None):
@@ -618,23 +644,31 @@ def backward_launcher(problem, launch=None):
     has_h0 = problem.h0 is not None
     shape = tuple(int(n) for n in problem.shape)
     sizes = (launch.chans, launch.lanes, launch.chan_fast, launch.time_tiles)
-    sim = _sim_array
+    dev = None if xp is np else buf.device.id
 
-    def run(a, h, grad_h, h0, grad_x, grad_a, grad_h0, resets=None):
-        with _Launcher(grad_h, xp) as go_:
-            parts = xp.empty(nparts, real) if nparts else none_real
-            go_(scan, launch.blocks, launch.threads, sim(a), *ga, sim(grad_h), *gg, sim(h), *gh,
-                none if h0 is None else sim(h0), *g0, has_h0, none_r if resets is None else sim(resets), *gr,
-                has_r, sim(grad_x), *gx, sim(grad_a), *gq,
-                none_acc if grad_h0 is None else sim(grad_h0), *gq0, parts, shape, *sizes, *scratch())
-            if nparts and nchan:
-                go_(finish, (nchan + 127) // 128, 128, parts, sim(grad_a), *gq, shape, width)
-    return run
+    def run(a, h, grad_h, h0, grad_x, grad_a, grad_h0, resets=None):  # the data's device current
+        parts = xp.empty(nparts, real) if nparts else none_real
+        _launch(dev, scan, launch.blocks, launch.threads, a, *ga, grad_h, *gg, h, *gh,
+                none if h0 is None else h0, *g0, has_h0, none_r if resets is None else resets, *gr,
+                has_r, grad_x, *gx, grad_a, *gq,
+                none_acc if grad_h0 is None else grad_h0, *gq0, parts, shape, *sizes, *scratch())
+        if nparts and nchan:
+            _launch(dev, finish, (nchan + 127) // 128, 128, parts, grad_a, *gq, shape, width)
+    return _simulated(run) if xp is np else run
+
+
+def _simulated(run):
+    """``run`` with every array argument a simulator device array (see ``_sim_array``)."""
+    def sim_run(*buffers):
+        return run(*(None if b is None else _sim_array(b) for b in buffers))
+    return sim_run
 
 
 def forward(problem, launch=None):
-    run_forward(forward_launcher, problem, launch)
+    with _Launcher(problem.x.buf, _xp(problem.x.buf)):  # the data's device current
+        run_forward(forward_launcher, problem, launch)
 
 
 def backward(problem, launch=None):
-    run_backward(backward_launcher, problem, launch)
+    with _Launcher(problem.grad_h.buf, _xp(problem.grad_h.buf)):
+        run_backward(backward_launcher, problem, launch)

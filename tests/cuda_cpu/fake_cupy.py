@@ -35,7 +35,7 @@ class ndarray(np.ndarray):  # noqa: N801 - CuPy's name
 
     @property
     def device(self):
-        return Device(self.dev_id)
+        return _device_object(self.dev_id)
 
     def get(self):
         """A host copy (as ``cupy.ndarray.get``)."""
@@ -122,7 +122,7 @@ class Device:
         self.id = id
 
     def __enter__(self):
-        _state.stack = _state.stack + [_state.device]
+        _state.stack.append(_state.device)
         _state.device = self.id
         return self
 
@@ -216,7 +216,20 @@ REC_DTYPE = np.dtype([("addr", "u8"), ("pc", "u8"), ("seq", "u8"), ("block", "u4
 
 class _State(threading.local):
     device = 0  # the thread's current device
-    stack = []  # noqa: RUF012 - replaced, never mutated (see Device)
+
+    def __init__(self):  # per thread
+        self.stack = []  # the devices current before each Device context entered
+
+
+_DEVICE_OBJECTS: dict = {}
+
+
+def _device_object(i):
+    """A device's ``Device`` object, made once (``ndarray.device`` as cheap as CuPy's)."""
+    d = _DEVICE_OBJECTS.get(i)
+    if d is None:
+        d = _DEVICE_OBJECTS.setdefault(i, Device(i))
+    return d
 
 
 _state = _State()

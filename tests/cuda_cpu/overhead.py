@@ -62,6 +62,9 @@ def _no_op_launches(cp):
     def numba_launch(self, kernel, blocks, threads, *args):
         counts["launches"] += 1
 
+    def numba_scan_launch(dev, kernel, blocks, threads, *args):  # numba_scan._launch: stream and dispatch
+        counts["launches"] += 1
+
     def constructor(fill):
         def make(shape, dtype=float, *rest, **kw):
             t0 = clock()
@@ -77,7 +80,7 @@ def _no_op_launches(cp):
         return make
 
     saved = (fake_cupy.RawKernel.__call__, numba_scan._Launcher.__enter__, numba_scan._Launcher.__call__,
-             _backends._numba_cuda_reason, cp.empty, cp.zeros, cp.__dict__.get("full"))
+             numba_scan._launch, _backends._numba_cuda_reason, cp.empty, cp.zeros, cp.__dict__.get("full"))
     fake_cupy.RawKernel.__call__ = launch
     cp.empty, cp.zeros = constructor(None), constructor(0)
     full = constructor(1)
@@ -85,13 +88,14 @@ def _no_op_launches(cp):
     _backends._numba_cuda_reason = lambda: ""  # numba-cuda's kernels are never launched here
     _backends.status.cache_clear()
     # no Numba CUDA context here: the numba backend's launcher enters the data's device only
-    numba_scan._Launcher.__enter__ = lambda self: (self._ctx.__enter__(), self)[1]
+    numba_scan._Launcher.__enter__ = lambda self: (self._enter_device(), self)[1]
     numba_scan._Launcher.__call__ = numba_launch
+    numba_scan._launch = numba_scan_launch
     try:
         yield counts
     finally:
         (fake_cupy.RawKernel.__call__, numba_scan._Launcher.__enter__, numba_scan._Launcher.__call__,
-         _backends._numba_cuda_reason, cp.empty, cp.zeros, full_) = saved
+         numba_scan._launch, _backends._numba_cuda_reason, cp.empty, cp.zeros, full_) = saved
         if full_ is None:
             del cp.full
         else:

@@ -63,6 +63,7 @@ from __future__ import annotations
 import itertools
 import math
 import sys
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -268,11 +269,35 @@ class _Spec:
         return self.acc != self.dtype
 
 
-def _run(spec, a, x, h0, r):
+def _run(spec, a, x, h0, r, out=None):
     """One chunk scanned by the in-memory API."""
     if spec.matrix:
-        return _matrix_scan(a, x, h0, reverse=spec.reverse, backend=spec.backend, resets=r)
-    return _scan(a, x, h0, axis=spec.axis, reverse=spec.reverse, backend=spec.backend, resets=r)
+        return _matrix_scan(a, x, h0, reverse=spec.reverse, backend=spec.backend, resets=r, out=out)
+    return _scan(a, x, h0, axis=spec.axis, reverse=spec.reverse, backend=spec.backend, resets=r, out=out)
+
+
+_SCRATCH = threading.local()
+
+
+def _dtype_of(v):
+    return v if v is None or isinstance(v, (int, float, complex)) else v.dtype
+
+
+def _run_scratch(spec, a, x, h0, r):
+    """:func:`_run` into this worker thread's scratch array (one, of the last such call's shape, dtype
+    and device, kept for the next): pass 1 keeps only a chunk's last state, so its full scan need not
+    be new memory each chunk (a first touch of fresh pages costs as much as the scan on some hosts)."""
+    if spec.matrix:  # (its result broadcasts x's leading dims with A's and h0's)
+        return _run(spec, a, x, h0, r)
+    dtype = np.result_type(*(d for d in map(_dtype_of, (a, x, h0)) if d is not None))
+    key = (type(x), tuple(x.shape), dtype, getattr(getattr(x, "device", None), "id", None))
+    kept = getattr(_SCRATCH, "kept", None)
+    if kept is not None and kept[0] == key:
+        return _run(spec, a, x, h0, r, out=kept[1])
+    h = _run(spec, a, x, h0, r)
+    if h.dtype == dtype:
+        _SCRATCH.kept = (key, h)
+    return h
 
 
 def _run_backward(spec, a, h, g, h0, r):
@@ -349,6 +374,26 @@ def _decay(spec, a, r, length):
     return _last(spec, _run(spec, a, xp.broadcast_to(zero, tuple(shape)), zdt.type(1), r), out)
 
 
+def _decay_constant(spec, a, r, length):
+    """:func:`_decay` for a decay constant in time (and resets constant in time: every step or none):
+    ``a ** length`` in float64 (complex128), 0 where the resets are set; the elementwise scan only (a
+    power has no subnormal slow path, which a chained product near 1 over millions of steps falls
+    into).  The matrix scan's goes through :func:`_decay`."""
+    if spec.matrix:
+        return _decay(spec, a, r, length)
+    xp = spec.xp
+    complex_a = np.iscomplexobj(a)
+    wide = np.complex128 if complex_a else np.float64
+    out = spec.acc if complex_a else np.empty(0, spec.acc).real.dtype
+    A = xp.asarray(a, dtype=wide) ** length if np.ndim(a) else xp.asarray(wide(a) ** length)
+    if r is not None:
+        A = xp.where(xp.asarray(r), wide(0), A)
+    shape = np.broadcast_shapes(np.shape(a), () if r is None else np.shape(r))
+    shape = list((1,) * (spec.ndim - len(shape)) + shape)
+    shape[spec.axis] = 1  # (a and the resets have length 1 along time here)
+    return xp.broadcast_to(A, tuple(shape))[_step(spec)].astype(out)
+
+
 def _chain(spec, start, pairs, decays, adjoint):
     """The carries after each pair, ``c_j = A_j c_{j-1} + H_j`` from ``c_{-1} = start``: the in-memory
     scan of the stacked pairs along a new chunk axis.  ``pairs``: ``(A, H)`` with A None where
@@ -388,7 +433,7 @@ def _fwd_head(spec, a, x, h0, r):
 
 def _fwd_pair(spec, a, x, r, shared):
     """A chunk reduced to its pair ``(A, H)`` (A None when a task shared by chunks of its length gives it)."""
-    H = _last(spec, _run(spec, a, x, _zero_state(spec, x), r))
+    H = _last(spec, _run_scratch(spec, a, x, _zero_state(spec, x), r))
     return (None if shared else _decay(spec, a, r, x.shape[-2 if spec.matrix else spec.axis])), H
 
 
@@ -495,7 +540,7 @@ class _Decays:
         key = (repr(ak), repr(rk), length)
         if key not in self.keys:
             k = self.keys[key] = self.new("decay")
-            self.dsk[k] = (_decay, self.spec, ak, rk, length)
+            self.dsk[k] = (_decay_constant, self.spec, ak, rk, length)
         return self.keys[key]
 
 
@@ -521,16 +566,19 @@ def _block_shape(chunks, idx):
     return tuple(c[i] for c, i in zip(chunks, idx))
 
 
+def _graph_frame(name, spec, chunks, a, r):
+    """What both graphs start from: (axis, blocks along the core dims, time blocks, their scan order,
+    the n axis' block index of the matrix scan, the key maker, the graph, the decay products)."""
+    core_nb = tuple(len(c) for c in chunks[:len(chunks) - spec.matrix])
+    nt = core_nb[spec.axis]
+    order = list(range(nt))[::-1] if spec.reverse else list(range(nt))
+    new, dsk = _Keys(name), {}
+    return spec.axis, core_nb, nt, order, (0,) if spec.matrix else (), new, dsk, _Decays(dsk, spec, a, r, new)
+
+
 def _forward_graph(name, spec, chunks, x, a, h0, r, method):
     """The forward scan's tasks (module doc); output keys ``(name, *block index)``."""
-    axis = spec.axis
-    core_nb = tuple(len(c) for c in chunks[:len(chunks) - spec.matrix])
-    nt = core_nb[axis]
-    order = list(range(nt))[::-1] if spec.reverse else list(range(nt))
-    ev = (0,) if spec.matrix else ()
-    new = _Keys(name)
-    dsk = {}
-    decays = _Decays(dsk, spec, a, r, new)
+    axis, core_nb, nt, order, ev, new, dsk, decays = _graph_frame(name, spec, chunks, a, r)
     for cidx in _channel_blocks(core_nb, axis):
         idx = [_at(cidx, axis, k) for k in order]  # in scan order
         out = [(name,) + i + ev for i in idx]
@@ -559,14 +607,8 @@ def _forward_graph(name, spec, chunks, x, a, h0, r, method):
 def _backward_graph(name, spec, chunks, h, g, a, h0, r, method, widen_a, widen_h0, dtype):
     """The backward's tasks: grad_x blocks ``(name-grad-x, *block)`` and the parts of grad_a and grad_h0
     (the chunk calls, keyed by the block of a / h0 they contribute to)."""
-    axis = spec.axis
-    core_nb = tuple(len(c) for c in chunks[:len(chunks) - spec.matrix])
-    nt = core_nb[axis]
-    order = list(range(nt))[::-1] if spec.reverse else list(range(nt))
-    ev = (0,) if spec.matrix else ()
-    new = _Keys(name)
-    dsk, ga_parts, gh0_parts = {}, {}, {}
-    decays = _Decays(dsk, spec, a, r, new)
+    axis, core_nb, nt, order, ev, new, dsk, decays = _graph_frame(name, spec, chunks, a, r)
+    ga_parts, gh0_parts = {}, {}
     gx_name = name + "-grad-x"
     for cidx in _channel_blocks(core_nb, axis):
         idx = [_at(cidx, axis, k) for k in order]  # in the forward's scan order

@@ -69,9 +69,9 @@ def _gpu_inputs(cp, shape, dtype, l2_bytes):
     return out
 
 
-def _rotating(sets, outs, direction, axis, backend):
+def _rotating(sets, outs, direction, axis, backend, resets=None):
     """A call of no arguments that scans the next of ``sets`` (inputs rotated past L2) into its ``outs``
-    (forward), or runs the backward from that out as h (backward), on ``backend``."""
+    (forward), or runs the backward from that out as h (backward), on ``backend``, with ``resets``."""
     from ..scan import linear_scan, linear_scan_backward
 
     k = [0]
@@ -81,8 +81,8 @@ def _rotating(sets, outs, direction, axis, backend):
         k[0] += 1
         sa, sx = sets[i]
         if direction == "forward":
-            linear_scan(sa, sx, axis=axis, out=outs[i], backend=backend)
+            linear_scan(sa, sx, axis=axis, out=outs[i], backend=backend, resets=resets)
         else:
-            linear_scan_backward(sa, outs[i], sx, axis=axis, backend=backend)
+            linear_scan_backward(sa, outs[i], sx, axis=axis, backend=backend, resets=resets)
 
     return fn

@@ -28,23 +28,6 @@ def _roofline_shapes(quick):
             for lay in ("time-contiguous", "channel-contiguous")]
 
 
-def _rotating_with(sets, outs, direction, axis, backend, resets):
-    """``_rotating`` with ``resets``: the next input set scanned into its out (forward), or the backward
-    from that out as h."""
-    k = [0]
-
-    def fn():
-        i = k[0] % len(sets)
-        k[0] += 1
-        sa, sx = sets[i]
-        if direction == "forward":
-            linear_scan(sa, sx, axis=axis, out=outs[i], backend=backend, resets=resets)
-        else:
-            linear_scan_backward(sa, outs[i], sx, axis=axis, backend=backend, resets=resets)
-
-    return fn
-
-
 def _check_resets(cp, backend, a, x, r, axis, tol):
     """Channel 0 with resets against the reference: the forward's first 4096 steps, the backward's last
     4096 (its gradients there depend on those steps alone)."""
@@ -77,8 +60,8 @@ def _resets_rows(cp, ctx, common, backend, sets, axis, nbytes):
         for (sa, sx), o in zip(sets, outs):  # outs hold h: the backward's input
             linear_scan(sa, sx, axis=axis, out=o, backend=backend)
         plain = _rotating(sets, outs, direction, axis, backend)
-        with_r = _rotating_with(sets, [cp.empty_like(x) for _ in sets] if direction == "forward" else outs,
-                                direction, axis, backend, r)
+        with_r = _rotating(sets, [cp.empty_like(x) for _ in sets] if direction == "forward" else outs,
+                           direction, axis, backend, resets=r)
         tp, tr = [], []
         for _ in range(ctx["repeats"]):
             tp += _events(cp, plain, 1)

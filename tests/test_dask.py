@@ -730,7 +730,24 @@ def test_data_larger_than_a_worker_memory_limit(client):
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", ["float32", "float16", "complex64", "float64", "complex128"])
 def test_cupy_chunks(dtype):
-    cp = pytest.importorskip("cupy")
+    _cupy_chunks(pytest.importorskip("cupy"), dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "complex128"])
+def test_cupy_chunks_on_the_cpu_harness(dtype):
+    """The same cases with the CPU harness's stand-in ``cupy`` (tests/cuda_cpu): CuPy-typed chunks, and
+    every chunk call runs the ``cupy`` backend's own launch code and the CUDA C kernels of scan.cu
+    (elementwise and matrix) on the CPU, no GPU needed."""
+    import cuda_cpu
+
+    with cuda_cpu.installed() as cp:
+        _cupy_chunks(cp, dtype)
+        names = {launch.name.split("<")[0] for launch in cuda_cpu.launches()}
+    assert {"scan_kernel", "matrix_pass"} <= names, names
+
+
+def _cupy_chunks(cp, dtype):
+    """CuPy chunks (x, a, h0, the matrix scan's A and x) against the in-memory scans on NumPy."""
     rng = _rng("cupy", dtype)
     chunks = ((2, 2), (7, 1, 10, 11))
     x, a, gh = rand(rng, (4, 29), dtype), rand(rng, (4, 29), dtype, "a"), rand(rng, (4, 29), dtype)

@@ -491,7 +491,7 @@ class _Launcher:
     """Launches on the data's device and, for CuPy data, on CuPy's current stream (host arrays, as
     in the simulator: a plain launch).  Use as a context: scratch is allocated on that device."""
 
-    __slots__ = ("xp", "cupy", "_dev", "_ctx", "stream")
+    __slots__ = ("xp", "cupy", "_dev", "_ctx")
 
     def __init__(self, buf, xp, dev=None):
         """On ``buf``'s device (or device ``dev``, an id, when given)."""
@@ -502,16 +502,11 @@ class _Launcher:
         self._dev = dev if cupy else None
         self._ctx = None
 
-    def _enter_device(self):
+    def __enter__(self):
         """Make the data's device current (unless it is: the public calls and the plans enter it)."""
         if self.cupy and self.xp.cuda.runtime.getDevice() != self._dev:
             self._ctx = self.xp.cuda.Device(self._dev)
             self._ctx.__enter__()
-
-    def __enter__(self):
-        self._enter_device()
-        if self.cupy:  # CuPy's current stream of the data's device
-            self.stream = cuda.external_stream(self.xp.cuda.get_current_stream().ptr)
         return self
 
     def __exit__(self, *exc):
@@ -528,11 +523,7 @@ class _Launcher:
         return v
 
     def __call__(self, kernel, blocks, threads, *args):
-        if not self.cupy:
-            kernel[blocks, threads](*args)
-            return
-        with cuda.gpus[self._dev]:
-            kernel[blocks, threads, self.stream](*(self._wrap(v) for v in args))
+        _launch(self._dev, kernel, blocks, threads, *args)
 
 
 def _launch(dev, kernel, blocks, threads, *args):

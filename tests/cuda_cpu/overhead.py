@@ -4,8 +4,8 @@
 16-element float32 "device" arrays of the CPU harness's stand-in ``cupy`` (``fake_cupy``) through the
 ``cupy`` and ``numba`` backends, as a training step calls them: the first call of each is run for real
 (the CUDA C kernels on the CPU for ``cupy``) and checked against the reference; then the launches are
-replaced by no-ops that count themselves (``RawKernel.__call__``; for ``numba``, its launcher's call,
-so Numba's own kernel dispatch is not in the figure) and the stand-in's allocations by plain NumPy
+replaced by no-ops that count themselves (``RawKernel.__call__``; for ``numba``, ``numba_scan._launch``,
+so the stream lookup and Numba's own kernel dispatch are not in the figure) and the stand-in's allocations by plain NumPy
 ones (its own aligned, poisoned allocations cost ~6 us each, CuPy's pool about 1 us), and the call is
 timed: a median over 3,000 calls with its min..max, the median time inside the stand-in's array
 constructors, and the median of the rest (parscan's own Python, and the stand-in's views, each of which
@@ -59,10 +59,7 @@ def _no_op_launches(cp):
     def launch(self, *args, **kwargs):
         counts["launches"] += 1
 
-    def numba_launch(self, kernel, blocks, threads, *args):
-        counts["launches"] += 1
-
-    def numba_scan_launch(dev, kernel, blocks, threads, *args):  # numba_scan._launch: stream and dispatch
+    def numba_launch(dev, kernel, blocks, threads, *args):  # numba_scan._launch: stream and dispatch
         counts["launches"] += 1
 
     def constructor(fill):
@@ -79,23 +76,20 @@ def _no_op_launches(cp):
             return arr
         return make
 
-    saved = (fake_cupy.RawKernel.__call__, numba_scan._Launcher.__enter__, numba_scan._Launcher.__call__,
-             numba_scan._launch, _backends._numba_cuda_reason, cp.empty, cp.zeros, cp.__dict__.get("full"))
+    saved = (fake_cupy.RawKernel.__call__, numba_scan._launch, _backends._numba_cuda_reason, cp.empty, cp.zeros,
+             cp.__dict__.get("full"))
     fake_cupy.RawKernel.__call__ = launch
     cp.empty, cp.zeros = constructor(None), constructor(0)
     full = constructor(1)
     cp.full = lambda shape, fill_value, dtype=None: full(shape, dtype, fill_value)
     _backends._numba_cuda_reason = lambda: ""  # numba-cuda's kernels are never launched here
     _backends.status.cache_clear()
-    # no Numba CUDA context here: the numba backend's launcher enters the data's device only
-    numba_scan._Launcher.__enter__ = lambda self: (self._enter_device(), self)[1]
-    numba_scan._Launcher.__call__ = numba_launch
-    numba_scan._launch = numba_scan_launch
+    numba_scan._launch = numba_launch  # no Numba CUDA context here: no stream, no dispatch
     try:
         yield counts
     finally:
-        (fake_cupy.RawKernel.__call__, numba_scan._Launcher.__enter__, numba_scan._Launcher.__call__,
-         numba_scan._launch, _backends._numba_cuda_reason, cp.empty, cp.zeros, full_) = saved
+        (fake_cupy.RawKernel.__call__, numba_scan._launch, _backends._numba_cuda_reason, cp.empty, cp.zeros,
+         full_) = saved
         if full_ is None:
             del cp.full
         else:

@@ -23,6 +23,7 @@ How x's dimensions map onto that space is decided here, once, in plain Python:
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from dataclasses import dataclass
@@ -221,12 +222,14 @@ def _canonical(xp, shape, axis, reverse, views, flags=None):
     if not plain.fits:
         rest = [plain.copy_in(v) for v in rest]
         plain = Canon(xp, shape, axis, reverse, rest)
-    if flags is not None:
-        rest.insert(flags, _compact_flags(xp, views[flags], plain))
+    if flags is None:
+        return plain, rest
+    rest.insert(flags, _compact_flags(xp, views[flags], plain))
+    canon = Canon(xp, shape, axis, reverse, rest)
+    if not canon.fits:  # (not expected) the flags in canonical order at x's size
+        rest[flags] = plain.copy_in(views[flags])
         canon = Canon(xp, shape, axis, reverse, rest)
-        if not canon.fits:  # (not expected) the flags in canonical order at x's size
-            rest[flags] = plain.copy_in(views[flags])
-    return Canon(xp, shape, axis, reverse, rest), rest
+    return canon, rest
 
 
 def _compact_flags(xp, r, canon: Canon):
@@ -537,17 +540,16 @@ def plan_backward(xp, a: Operand, h: Operand, grad_h: Operand, h0: Operand | Non
                 or len(views[0].shape) != len(shape)):
             return None
         p = BackwardPlan()
-        p.xp, p.impl, p.shape, p.dtype, p.acc, p.srcs = xp, impl, problem.shape, dtype, acc, srcs
+        p.xp, p.impl, p.shape, p.dtype, p.acc = xp, impl, problem.shape, dtype, acc
         p.dev = h.device if xp is not np else None
         p.geo = tuple(None if s is None else (s.off, s.strides) for s in (
             problem.a, problem.h, problem.grad_h, problem.h0, problem.grad_x, problem.grad_a, problem.grad_h0,
             problem.resets))
-        p.allocs = (_alloc_recipe(canon), _alloc_recipe(canon, 1 if time_const else T),
-                    None if gh0 is None else _alloc_recipe(canon, 1))
-        p.ga_dtype = ga.dtype
+        allocs = (_alloc_recipe(canon), _alloc_recipe(canon, 1 if time_const else T),
+                  None if gh0 is None else _alloc_recipe(canon, 1))
         p.fetch = tuple(None if s is None else _fetcher(s, xp) for s in srcs)
-        p.new = (_allocator(xp, p.allocs[0], dtype), _allocator(xp, p.allocs[1], ga.dtype),
-                 None if gh0 is None else _allocator(xp, p.allocs[2], acc))
+        p.new = (functools.partial(_new, xp, allocs[0], dtype), functools.partial(_new, xp, allocs[1], ga.dtype),
+                 None if gh0 is None else functools.partial(_new, xp, allocs[2], acc))
         p.out_srcs = out_srcs
         p.reduce_a = _reducer(xp, ga.shape, ga.dtype, a_padded, a_shape, a_dtype)
         p.reduce_h0 = None if gh0 is None else _reducer(xp, gh0.shape, gh0.dtype, h0_padded, h0_shape, h0_dtype)
@@ -686,21 +688,10 @@ def _alloc_recipe(canon: Canon, tlen=None):
     return alloc, None if perm == tuple(range(len(perm))) else perm
 
 
-def _allocator(xp, recipe, dtype):
-    """``() -> _new(xp, recipe, dtype)``, decided once."""
-    alloc, perm = recipe
-    if len(alloc) == 1:
-        def new():
-            arr = xp.empty(alloc, dtype)
-            return arr, arr
-        return new
-    return lambda: _new(xp, recipe, dtype)
-
-
-def _new(xp, recipe, dtype, zero=False):
+def _new(xp, recipe, dtype):
     """A new array by an :func:`_alloc_recipe`, and its flat buffer (offset 0, writable)."""
     alloc, perm = recipe
-    arr = (xp.zeros if zero else xp.empty)(alloc, dtype)
+    arr = xp.empty(alloc, dtype)
     if len(alloc) == 1:
         return arr, arr
     buf = arr.reshape(-1)
@@ -710,8 +701,8 @@ def _new(xp, recipe, dtype, zero=False):
 class ForwardPlan:
     """A planned forward call, replayed for the arguments of a later call of the same signature."""
 
-    __slots__ = ("xp", "impl", "shape", "dtype", "acc", "srcs", "geo", "out_recipe", "out_src", "in_place",
-                 "check_overlap", "launch", "dev", "fetch", "new_out")
+    __slots__ = ("xp", "impl", "shape", "dtype", "acc", "geo", "out_src", "check_overlap", "launch", "dev",
+                 "fetch", "new_out")
 
     def run(self, a, x, h0, out, resets=None):
         xp = self.xp
@@ -756,33 +747,30 @@ def capture_forward(xp, impl, a, x, h0, out, problem, views, target, canon, rese
         return None
     p = ForwardPlan()
     p.xp, p.impl, p.shape, p.dtype, p.acc = xp, impl, problem.shape, problem.dtype, problem.acc_dtype
-    p.srcs = tuple(srcs)
     p.fetch = tuple(None if s is None else _fetcher(s, xp) for s in srcs)
     p.geo = tuple((s.off, s.strides) if s is not None else None
                   for s in (problem.a, problem.x, problem.h0, problem.out, problem.resets))
-    p.out_recipe, p.out_src, p.in_place, p.check_overlap = None, None, False, False
+    p.out_src, p.check_overlap = None, False
     p.dev = x.device if xp is not np else None
     launcher = getattr(impl, "forward_launcher", None)
     p.launch = None if launcher is None else launcher(problem)
     if user_out is None:
-        p.out_recipe = _alloc_recipe(canon)
-        p.new_out = _allocator(xp, p.out_recipe, problem.dtype)
+        p.new_out = functools.partial(_new, xp, _alloc_recipe(canon), problem.dtype)
     else:
         if target is not user_out:
             return None  # the result is copied into out: not replayed
-        p.in_place = same_view(user_out, x.array)
         p.out_src = _source(xp, out, user_out, problem.out)
         if p.out_src is None or p.out_src[0] not in (_RAVEL, _FLAT, _RESHAPE, _SELF):
             return None
-        p.check_overlap = not p.in_place
+        p.check_overlap = not same_view(user_out, x.array)  # out=x: in place
     return p
 
 
 class BackwardPlan:
     """A planned backward call, replayed for the arguments of a later call of the same signature."""
 
-    __slots__ = ("xp", "impl", "shape", "dtype", "acc", "srcs", "geo", "allocs", "ga_dtype", "out_srcs",
-                 "reduce_a", "reduce_h0", "launch", "dev", "fetch", "new")
+    __slots__ = ("xp", "impl", "shape", "dtype", "acc", "geo", "out_srcs", "reduce_a", "reduce_h0", "launch", "dev",
+                 "fetch", "new")
 
     def run(self, a, h, grad_h, h0, resets=None, out=None):
         """``out``: ``linear_scan_backward``'s ``out=`` tuple (the signature's: the same arrays given or

@@ -69,6 +69,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._problem import accumulation_dtype
+from .matrix import _conj
 from .matrix import matrix_linear_scan as _matrix_scan
 from .matrix import matrix_linear_scan_backward as _matrix_scan_backward
 from .scan import linear_scan as _scan
@@ -279,24 +280,19 @@ def _run(spec, a, x, h0, r, out=None):
 _SCRATCH = threading.local()
 
 
-def _dtype_of(v):
-    return v if v is None or isinstance(v, (int, float, complex)) else v.dtype
-
-
 def _run_scratch(spec, a, x, h0, r):
     """:func:`_run` into this worker thread's scratch array (one, of the last such call's shape, dtype
     and device, kept for the next): pass 1 keeps only a chunk's last state, so its full scan need not
     be new memory each chunk (a first touch of fresh pages costs as much as the scan on some hosts)."""
     if spec.matrix:  # (its result broadcasts x's leading dims with A's and h0's)
         return _run(spec, a, x, h0, r)
-    dtype = np.result_type(*(d for d in map(_dtype_of, (a, x, h0)) if d is not None))
-    key = (type(x), tuple(x.shape), dtype, getattr(getattr(x, "device", None), "id", None))
+    # the result dtype is the carry type: h0 is a zero state of it (_zero_state)
+    key = (type(x), tuple(x.shape), spec.acc, getattr(getattr(x, "device", None), "id", None))
     kept = getattr(_SCRATCH, "kept", None)
     if kept is not None and kept[0] == key:
         return _run(spec, a, x, h0, r, out=kept[1])
     h = _run(spec, a, x, h0, r)
-    if h.dtype == dtype:
-        _SCRATCH.kept = (key, h)
+    _SCRATCH.kept = (key, h)
     return h
 
 
@@ -336,10 +332,6 @@ def _widen(v, dtype):
     return v if dtype is None or v is None else v.astype(dtype)
 
 
-def _conj(v):
-    return v.conj() if v.dtype.kind == "c" else v
-
-
 def _cast(v, dtype):
     return v.astype(dtype, copy=False)
 
@@ -357,9 +349,7 @@ def _decay(spec, a, r, length):
     decay near 1 over a long chunk, crosses the slow denormal range much later than in float32; the
     result is rounded to the carry type once."""
     xp = spec.xp
-    complex_a = np.iscomplexobj(a)
-    zdt = np.dtype(np.complex128 if complex_a else np.float64)
-    out = spec.acc if complex_a else np.empty(0, spec.acc).real.dtype
+    zdt, out = _decay_types(spec, a)
     zero = xp.zeros((), zdt)
     if spec.matrix:
         n = a.shape[-1]
@@ -368,30 +358,34 @@ def _decay(spec, a, r, length):
         h = _run(spec, a[..., None, :, :, :], xp.broadcast_to(zero, lead + (n, length, n)), xp.eye(n, dtype=zdt),
                  cols)
         return _last(spec, h, out).swapaxes(-1, -2)  # row j of the scan is P e_j, column j of P
+    return _last(spec, _run(spec, a, xp.broadcast_to(zero, _decay_shape(spec, a, r, length)), zdt.type(1), r), out)
+
+
+def _decay_types(spec, a):
+    """(the type a chunk's decay product is computed in: float64, complex128 for a complex ``a``; the
+    type it is rounded to: the carry type, or its real counterpart for a real ``a``)."""
+    return np.dtype(np.complex128 if np.iscomplexobj(a) else np.float64), _wide_for(a.dtype, spec.acc)
+
+
+def _decay_shape(spec, a, r, length):
+    """The shape ``a`` and ``r`` broadcast to over a chunk of ``length`` steps (x's number of dims)."""
     shape = np.broadcast_shapes(np.shape(a), () if r is None else np.shape(r))
     shape = list((1,) * (spec.ndim - len(shape)) + shape)
     shape[spec.axis] = length
-    return _last(spec, _run(spec, a, xp.broadcast_to(zero, tuple(shape)), zdt.type(1), r), out)
+    return tuple(shape)
 
 
 def _decay_constant(spec, a, r, length):
-    """:func:`_decay` for a decay constant in time (and resets constant in time: every step or none):
-    ``a ** length`` in float64 (complex128), 0 where the resets are set; the elementwise scan only (a
-    power has no subnormal slow path, which a chained product near 1 over millions of steps falls
-    into).  The matrix scan's goes through :func:`_decay`."""
-    if spec.matrix:
-        return _decay(spec, a, r, length)
+    """:func:`_decay` for a decay constant in time (and resets constant in time: every step or none), in
+    the elementwise scan: ``a ** length`` in float64 (complex128), 0 where the resets are set (a power
+    has no subnormal slow path, which a chained product near 1 over millions of steps falls into)."""
     xp = spec.xp
-    complex_a = np.iscomplexobj(a)
-    wide = np.complex128 if complex_a else np.float64
-    out = spec.acc if complex_a else np.empty(0, spec.acc).real.dtype
-    A = xp.asarray(a, dtype=wide) ** length if np.ndim(a) else xp.asarray(wide(a) ** length)
+    wide, out = _decay_types(spec, a)
+    A = xp.asarray(a, dtype=wide) ** length
     if r is not None:
-        A = xp.where(xp.asarray(r), wide(0), A)
-    shape = np.broadcast_shapes(np.shape(a), () if r is None else np.shape(r))
-    shape = list((1,) * (spec.ndim - len(shape)) + shape)
-    shape[spec.axis] = 1  # (a and the resets have length 1 along time here)
-    return xp.broadcast_to(A, tuple(shape))[_step(spec)].astype(out)
+        A = xp.where(xp.asarray(r), wide.type(0), A)
+    # (a and the resets have length 1 along time here)
+    return xp.broadcast_to(A, _decay_shape(spec, a, r, 1))[_step(spec)].astype(out)
 
 
 def _chain(spec, start, pairs, decays, adjoint):
@@ -540,7 +534,7 @@ class _Decays:
         key = (repr(ak), repr(rk), length)
         if key not in self.keys:
             k = self.keys[key] = self.new("decay")
-            self.dsk[k] = (_decay_constant, self.spec, ak, rk, length)
+            self.dsk[k] = (_decay if self.spec.matrix else _decay_constant, self.spec, ak, rk, length)
         return self.keys[key]
 
 
@@ -870,7 +864,7 @@ def _same_shape_and_chunks(h, grad_h):
                          f"grad_h.rechunk(h.chunks)")
 
 
-def _matrix_shapes(A, x, h0, resets, xname):
+def _matrix_shapes(A, x, h0, xname):
     """Checks of a matrix-scan call's shapes the empty stand-ins cannot make (they have no batch), and
     the result's core shape ``lead + (T,)``."""
     if x.ndim < 2:
@@ -934,7 +928,7 @@ def matrix_linear_scan(A, x, h0=None, *, reverse=False, method=None, backend=Non
     for v, n in ((A, "A"), (x, "x"), (h0, "h0"), (resets, "resets")):
         _check_array(v, n)
         _check_known(v, n)
-    core = _matrix_shapes(A, x, h0, resets, "x")
+    core = _matrix_shapes(A, x, h0, "x")
     n = x.shape[-1]
     # argument checks and the result dtype by the in-memory API on empty stand-ins (T = 0, no batch)
     dtype = np.dtype(_matrix_scan(_stub(A, (0 if A.shape[-3] != 1 else 1, n, n)), _stub(x, (0, n)),
@@ -983,7 +977,7 @@ def matrix_linear_scan_backward(A, h, grad_h, h0=None, *, reverse=False, method=
         _check_array(v, n)
         _check_known(v, n)
     _same_shape_and_chunks(h, grad_h)
-    core = _matrix_shapes(A, h, h0, resets, "h")
+    core = _matrix_shapes(A, h, h0, "h")
     n = h.shape[-1]
     sA, sx, sh0 = _matrix_scan_backward(_stub(A, (0 if A.shape[-3] != 1 else 1, n, n)), _stub(h, (0, n)),
                                         _stub(grad_h, (0, n)), None if h0 is None else _stub(h0, (n,)),

@@ -45,8 +45,8 @@ materialised); the time axis is counted from the end, so no Python loop runs ove
 
 Copies.  The forward writes into XLA's buffer, and the backward writes grad_x (and grad_a of a full a)
 into XLA's buffers (``linear_scan_backward(..., out=...)``); a grad_a summed over broadcast dimensions
-and grad_h0 are copied in (their size is a's or h0's).  The matrix scan returns new arrays, which the
-callbacks copy into XLA's output buffers (one copy of each result).  :class:`GILRLSTM`'s forward and
+and grad_h0 are copied in (their size is a's or h0's); the matrix scan likewise
+(``matrix_linear_scan(..., out=...)`` and its backward's ``out=``).  :class:`GILRLSTM`'s forward and
 backward are the layer's own, which allocate their results: the forward copies h, the final state and
 the eight intermediates its backward needs into XLA's buffers, the backward the gradients (dx and the
 parameters').  bfloat16, which NumPy and CuPy lack, is computed in float32 (a cast copy each way, in
@@ -59,8 +59,7 @@ about 2x the gradients of the largest scan).
 
 Errors.  Wrong dtypes, shapes or axes raise at trace time the exceptions parscan raises for NumPy
 arrays, with the same messages (the checks run on zero-stride stand-ins of the arguments: no memory,
-no compute).  What depends on the device (the matrix scan's resets, which its CUDA kernels do not take
-yet) raises when XLA lowers the computation for it, from the jit call, before anything runs.
+no compute).
 """
 
 from __future__ import annotations
@@ -149,7 +148,6 @@ def _hugepages(arr):
         start = arr.ctypes.data
         skip = -start % mmap.PAGESIZE
         _madvise(start + skip, arr.nbytes - skip, _MADV_HUGEPAGE)  # failures leave the pages as they were
-    return arr
 
 
 def _host_view(buf, writeable):
@@ -157,7 +155,7 @@ def _host_view(buf, writeable):
     if not writeable:
         arr = arr.view()
         arr.flags.writeable = False  # inputs are never written
-    elif arr.nbytes >= _HUGE_MIN:
+    else:
         _hugepages(arr)
     return arr
 
@@ -408,17 +406,6 @@ def linear_scan(a, x, h0=None, *, axis=-1, reverse=False, resets=None):
 
 # ----------------------------------------------------------------------------- matrix_linear_scan
 
-def _matrix_into(out, A, x, h0, reverse, resets):
-    """parscan.matrix_linear_scan into XLA's buffer ``out`` (the kernels write it)."""
-    _matrix_scan(A, x, h0, reverse=reverse, resets=resets, out=out)
-
-
-def _matrix_backward_into(outs, A, h, g, h0, reverse, resets):
-    """parscan.matrix_linear_scan_backward into XLA's buffers ``outs = (gA, gx, gh0 or None)`` (grad_x,
-    and a full grad_A of the working dtype, written by the kernels; the others copied in)."""
-    _matrix_scan_backward(A, h, g, h0, reverse=reverse, resets=resets, out=tuple(outs))
-
-
 @_memo
 def _matrix_callback(reverse, has_h0):
     def callback(ctx, out, A, x, *opt):
@@ -426,7 +413,7 @@ def _matrix_callback(reverse, has_h0):
             h0v, rv = _optional(has_h0, optv)
             if rv is not None:  # the in-memory call broadcasts x with A's and h0's leading dims, not with resets'
                 xv = _fit(xp, xv, o.shape)
-            _matrix_into(o, Av, xv, h0v, reverse, rv)
+            _matrix_scan(Av, xv, h0v, reverse=reverse, resets=rv, out=o)  # the kernels write XLA's buffer
 
     return callback
 
@@ -437,9 +424,10 @@ def _matrix_backward_callback(reverse, has_h0):
         with _arrays(ctx, outs, [A, h, g, *opt]) as (xp, outs, (Av, hv, gv, *optv)):
             h0v, rv = _optional(has_h0, optv)
             h0v = _fit(xp, h0v, outs[2].shape) if h0v is not None else None
-            _matrix_backward_into((outs[0], outs[1], outs[2] if h0v is not None else None),
-                                  _fit(xp, Av, outs[0].shape), _fit(xp, hv, outs[1].shape),
-                                  _fit(xp, gv, outs[1].shape), h0v, reverse, rv)
+            # grad_x (and a full grad_A of the working dtype) written by the kernels, the others copied in
+            _matrix_scan_backward(_fit(xp, Av, outs[0].shape), _fit(xp, hv, outs[1].shape), _fit(xp, gv, outs[1].shape),
+                                  h0v, reverse=reverse, resets=rv,
+                                  out=(outs[0], outs[1], outs[2] if h0v is not None else None))
 
     return callback
 

@@ -88,7 +88,7 @@ from . import layers as _layers
 from ._arrays import as_flags, as_operand
 from ._problem import _broadcast, _h0_view, _resets_view, normalize_axis
 from .matrix import _check as _matrix_check
-from .matrix import _resets_2d as _matrix_resets_2d
+from .matrix import _resets_view as _matrix_resets_view
 from .matrix import matrix_linear_scan as _matrix_scan
 from .matrix import matrix_linear_scan_backward as _matrix_scan_backward
 from .scan import linear_scan as _scan
@@ -493,7 +493,7 @@ def matrix_linear_scan(A, x, h0=None, *, reverse=False, resets=None):
     hs = None if h0 is None else as_operand(_standin(h0), "h0").array
     lead, T, n, _, _ = _matrix_check(As, xs, hs, names)
     if resets is not None:
-        _matrix_resets_2d(as_flags(_standin(resets), "resets").array, lead, T, "x")
+        _matrix_resets_view(np, as_flags(_standin(resets), "resets").array, lead, T, "x")  # its shape check
     (A, x, h0), res, work = _jax_inputs((A, x, h0))
     k = len(lead)
     A, x = _lead(A, k + 3), _lead(x, k + 2)

@@ -54,7 +54,7 @@ from ._arrays import array_module, as_flags, as_operand, check_same_place, give_
 from ._problem import _as_strided, _check_grad_outs, check_out
 from ._threads import parallel_launch
 from .kernels import matrix_launch
-from .scan import _grad_outs, linear_scan, linear_scan_backward
+from .scan import _grad_outs, _out_operand, linear_scan, linear_scan_backward
 
 _HOST = ("cpu", "reference")
 _CUDA = {"cupy": "parscan.kernels.cupy_scan", "numba": "parscan.kernels.numba_matrix"}
@@ -252,13 +252,25 @@ _NO_RESETS = np.zeros((1, 1, 1), np.bool_)  # the cpu kernels' "no resets": one 
 _NO_RESETS.setflags(write=False)  # read-only, as the resets views are (one compiled signature for both)
 
 
+def _stride_groups(v, k):
+    """``(size, stride)`` of the runs of ``v``'s first ``k`` dims whose strides merge into one dim (size-1
+    dims skipped)."""
+    groups = []
+    for m, st in zip(v.shape[:k], v.strides[:k]):
+        if m == 1:
+            continue
+        if groups and groups[-1][1] == m * st:
+            groups[-1] = (groups[-1][0] * m, st)
+        else:
+            groups.append((m, st))
+    return groups
+
+
 def _merged_stride(v, k):
-    """The one stride of ``v``'s first ``k`` dims taken as one flat dim (size-1 dims skipped, 0 for none
-    left), or None when their strides do not merge."""
-    dims = [(m, st) for m, st in zip(v.shape[:k], v.strides[:k]) if m != 1]
-    if all(dims[d][1] == dims[d + 1][0] * dims[d + 1][1] for d in range(len(dims) - 1)):
-        return dims[-1][1] if dims else 0
-    return None
+    """The one stride of ``v``'s first ``k`` dims taken as one flat dim (0 for none of size > 1), or None
+    when their strides do not merge."""
+    groups = _stride_groups(v, k)
+    return None if len(groups) > 1 else groups[0][1] if groups else 0
 
 
 def _resets_view(xp, r, lead_b, T, x_name):
@@ -277,25 +289,12 @@ def _resets_view(xp, r, lead_b, T, x_name):
                          f"its last (state) axis, {want}: e.g. shape (T,) = ({T},) for resets shared by the batch, "
                          f"or {want} per batch row")
     v = xp.broadcast_to(r, want)
-    groups = []  # (size, stride) of runs of leading dims that merge into one
-    for m, st in zip(v.shape[:-1], v.strides[:-1]):
-        if m == 1:
-            continue
-        if groups and groups[-1][1] == m * st:
-            groups[-1] = (groups[-1][0] * m, st)
-        else:
-            groups.append((m, st))
+    groups = _stride_groups(v, len(want) - 1)
     if len(groups) > 2:  # rare (three or more leading dims in an unmergeable pattern): one byte per row and step
         v = xp.ascontiguousarray(v).reshape(math.prod(lead_b), T)
         groups = [(v.shape[0], v.strides[0])]
     (Bo, so), (Bi, si) = [(1, 0)] * (2 - len(groups)) + groups
     return _as_strided(xp, v, (Bo, Bi, T), (so, si, v.strides[-1]), False)
-
-
-def _resets_2d(r, lead_b, T, x_name):
-    """The shape check of host resets (and their view, as :func:`_resets_view`); parscan.jax checks its
-    calls' resets with it."""
-    return _resets_view(np, r, lead_b, T, x_name)
 
 
 def _batched(xp, v, lead, tail, work):
@@ -426,10 +425,7 @@ def matrix_linear_scan(A, x, h0=None, *, reverse=False, backend=None, resets=Non
     ho = None if h0 is None else as_operand(h0, "h0")
     ha = None if ho is None else ho.array
     ro = None if resets is None else as_flags(resets, "resets")
-    oo = None if out is None else as_operand(out, "out")
-    if oo is not None and oo.library in ("jax", "jaxlib"):
-        raise ValueError("out cannot be a JAX array: JAX arrays are immutable and parscan never writes into "
-                         "JAX-owned memory; drop out= and use the returned jax.Array")
+    oo = _out_operand(out)
     check_same_place(xo, Ao, ho, ro, oo)
     kind, impl = _select(backend, xo.on_gpu)
     lead, T, n, dt, work = _check(Aa, xa, ha, ("A", "x"))

@@ -66,11 +66,8 @@ def linear_scan(a, x, h0=None, *, axis=-1, reverse=False, out=None, backend=None
     xo = as_operand(x, "x")
     ao = as_operand(a, "a", allow_scalar=True)
     ho = None if h0 is None else as_operand(h0, "h0", allow_scalar=True)
-    oo = None if out is None else as_operand(out, "out")
+    oo = _out_operand(out)
     ro = None if resets is None else as_flags(resets, "resets")
-    if oo is not None and oo.library in ("jax", "jaxlib"):
-        raise ValueError("out cannot be a JAX array: JAX arrays are immutable and parscan never writes into "
-                         "JAX-owned memory; drop out= and use the returned jax.Array")
     check_same_place(xo, ao, ho, oo, ro)
     impl = _backends.select(backend, xo.on_gpu)
     _check_resets(impl, ro)
@@ -84,6 +81,17 @@ def linear_scan(a, x, h0=None, *, axis=-1, reverse=False, out=None, backend=None
             if plan is not None:
                 _plans.FORWARD.put(key, plan)
     return out if out is not None else give_back(result, xo)
+
+
+def _out_operand(out):
+    """``out=`` as an Operand (None when not given); JAX arrays refused (parscan never writes into them)."""
+    if out is None:
+        return None
+    oo = as_operand(out, "out")
+    if oo.library in ("jax", "jaxlib"):
+        raise ValueError("out cannot be a JAX array: JAX arrays are immutable and parscan never writes into "
+                         "JAX-owned memory; drop out= and use the returned jax.Array")
+    return oo
 
 
 def _grad_outs(out):

@@ -7,7 +7,9 @@ arrays of the layer's array module ``xp``: NumPy or CuPy), and offers::
     grad_x, grads, grad_state = layer.backward(grad_h, cache, grad_state=None)
 
 ``grads`` has the params' keys; ``state`` / ``grad_state`` are per-layer tuples (zeros / None when
-absent).  Running a sequence in two chunks, passing the state on, equals running it whole.  All
+absent).  x and grad_h must be real floating-point arrays (integers and bools raise ``TypeError``, as
+in :func:`parscan.linear_scan`); results have the NumPy result type of x and the layer's dtype
+(float32 for float16 or float32 x in a float32 layer).  Running a sequence in two chunks, passing the state on, equals running it whole.  All
 recurrences are :func:`parscan.linear_scan` calls along time; the matrix products run over all T*B
 rows at once (the paper's "effective batch size" T*B).
 
@@ -49,9 +51,14 @@ def sigmoid(xp, v):
     return 0.5 * (xp.tanh(0.5 * v) + 1.0)  # stable for any v
 
 
-def _check_x(x, m, name="x"):
+def _check_x(x, m, dtype, name="x"):
+    """x (or grad_h) checked as :func:`parscan.linear_scan` checks its inputs: shape (T, B, m) and a real
+    floating dtype (integers and bools would be promoted to float64 by the products with the params)."""
     if getattr(x, "ndim", None) != 3 or x.shape[2] != m:
         raise ValueError(f"{name} must have shape (T, B, {m}) (time-major), got {getattr(x, 'shape', None)}")
+    if np.dtype(x.dtype).kind != "f":
+        raise TypeError(f"{name} has dtype {x.dtype}; the layer computes in {dtype}: pass a floating-point "
+                        f"array, e.g. {name}.astype(numpy.{dtype})")
 
 
 def _state(xp, state, k, B, n, dtype, name):
@@ -136,7 +143,7 @@ class GILR(_Layer):
 
     def forward(self, x, state=None, resets=None):
         xp, p = self.xp, self.params
-        _check_x(x, self.input_size)
+        _check_x(x, self.input_size, self.dtype)
         T, B, _ = x.shape
         (h0,) = _state(xp, state, 1, B, self.hidden_size, self.dtype, "state")
         r = _resets(xp, resets, T, B)
@@ -147,6 +154,7 @@ class GILR(_Layer):
         return h, (h[-1] if T else h0,), (x, h0, g, j, h, r)
 
     def backward(self, grad_h, cache, grad_state=None):
+        _check_x(grad_h, self.hidden_size, self.dtype, "grad_h")
         xp, p = self.xp, self.params
         x, h0, g, j, h, r = cache
         T, B, _ = x.shape
@@ -191,7 +199,7 @@ class GILRLSTM(_Layer):
 
     def forward(self, x, state=None, resets=None):
         xp, p, n = self.xp, self.params, self.hidden_size
-        _check_x(x, self.input_size)
+        _check_x(x, self.input_size, self.dtype)
         T, B, _ = x.shape
         s0, c0 = _state(xp, state, 2, B, n, self.dtype, "state")
         r = _resets(xp, resets, T, B)
@@ -211,6 +219,7 @@ class GILRLSTM(_Layer):
         return h, final, (x, s0, c0, g, j, s, sp, f, i, o, z, c, r)
 
     def backward(self, grad_h, cache, grad_state=None):
+        _check_x(grad_h, self.hidden_size, self.dtype, "grad_h")
         xp, p, n = self.xp, self.params, self.hidden_size
         x, s0, c0, g, j, s, sp, f, i, o, z, c, r = cache
         T, B, _ = x.shape
@@ -257,7 +266,7 @@ class SRU(_Layer):
 
     def forward(self, x, state=None, resets=None):
         xp, p, n = self.xp, self.params, self.hidden_size
-        _check_x(x, self.input_size)
+        _check_x(x, self.input_size, self.dtype)
         T, B, _ = x.shape
         (c0,) = _state(xp, state, 1, B, n, self.dtype, "state")
         rs = _resets(xp, resets, T, B)
@@ -273,6 +282,7 @@ class SRU(_Layer):
         return h, ((c[-1] if T else c0),), (x, c0, u, f, r, c, tc, skip, rs)
 
     def backward(self, grad_h, cache, grad_state=None):
+        _check_x(grad_h, self.hidden_size, self.dtype, "grad_h")
         xp, p, n = self.xp, self.params, self.hidden_size
         x, c0, u, f, r, c, tc, skip, rs = cache
         T, B, _ = x.shape
@@ -339,7 +349,7 @@ class QRNN(_Layer):
 
     def forward(self, x, state=None, resets=None):
         xp, p, n, k = self.xp, self.params, self.hidden_size, self.k
-        _check_x(x, self.input_size)
+        _check_x(x, self.input_size, self.dtype)
         T, B, m = x.shape
         c0, hist = self._state(state, B)
         r = _resets(xp, resets, T, B)
@@ -359,6 +369,7 @@ class QRNN(_Layer):
         return h, final, (xpad, c0, z, f, o, c, r, masks, fmask)
 
     def backward(self, grad_h, cache, grad_state=None):
+        _check_x(grad_h, self.hidden_size, self.dtype, "grad_h")
         xp, p, n, k = self.xp, self.params, self.hidden_size, self.k
         xpad, c0, z, f, o, c, r, masks, fmask = cache
         T, B = z.shape[:2]

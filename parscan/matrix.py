@@ -54,7 +54,7 @@ from ._arrays import array_module, as_flags, as_operand, check_same_place, give_
 from ._problem import _as_strided, _check_grad_outs, check_out
 from ._threads import parallel_launch
 from .kernels import matrix_launch
-from .scan import _grad_outs, _out_operand, linear_scan, linear_scan_backward
+from .scan import _check_reverse, _grad_outs, _out_operand, linear_scan, linear_scan_backward
 
 _HOST = ("cpu", "reference")
 _CUDA = {"cupy": "parscan.kernels.cupy_scan", "numba": "parscan.kernels.numba_matrix"}
@@ -420,6 +420,7 @@ def matrix_linear_scan(A, x, h0=None, *, reverse=False, backend=None, resets=Non
     the result type of A, x and h0 (``out`` itself when given).  n = 1 runs as the elementwise
     :func:`parscan.linear_scan`.
     """
+    reverse = _check_reverse(reverse)
     xo, xa = _host(x, "x")
     Ao, Aa = _host(A, "A")
     ho = None if h0 is None else as_operand(h0, "h0")
@@ -477,6 +478,7 @@ def matrix_linear_scan_backward(A, h, grad_h, h0=None, *, reverse=False, backend
     :func:`parscan.linear_scan_backward`'s ``out=``: grad_x, and grad_A when A is a full array of the
     working dtype, are computed in place there (the others are copied in); the outputs must not
     overlap the inputs or each other."""
+    reverse = _check_reverse(reverse)
     ho_, ha = _host(h, "h")
     Ao, Aa = _host(A, "A")
     go, ga = _host(grad_h, "grad_h")

@@ -2,17 +2,33 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from . import _backends, _plans
 from ._arrays import array_module, as_flags, as_operand, check_same_place, give_back, on_device_of
 from ._problem import plan_backward, plan_forward
 
 
-def _check_resets(impl, resets):
-    if resets is not None and not getattr(impl, "RESETS", False):
-        name = impl.__name__.rsplit(".", 1)[-1].removesuffix("_scan")
-        raise NotImplementedError(f"resets are not implemented by the {name!r} backend yet (issue #18: the "
-                                  f"reference backend has them); pass backend='reference', or fold the "
-                                  f"resets into a yourself: a * ~resets")
+def _check_reverse(reverse) -> bool:
+    """``reverse`` as a bool; ``TypeError`` for anything but a Python or NumPy bool (a string such as
+    "no" is truthy, so it would silently run backwards)."""
+    if isinstance(reverse, (bool, np.bool_)):
+        return bool(reverse)
+    raise TypeError(f"reverse must be a bool (True runs backwards in time), got {type(reverse).__name__} "
+                    f"{reverse!r}; pass reverse=True or reverse=False")
+
+
+def _writable_operand(v, name):
+    """An ``out=`` array as an Operand.  Only arrays parscan can write into are taken: a list, a tuple
+    or another object NumPy would copy (``numpy.asarray``) would receive nothing, the result lost."""
+    if isinstance(v, (list, tuple)) or not any(hasattr(v, p) for p in _WRITABLE_PROTOCOLS):
+        raise TypeError(f"{name} must be an array parscan can write into (NumPy, CuPy, or a __dlpack__ / "
+                        f"__cuda_array_interface__ producer such as a torch tensor), got {type(v).__name__}: "
+                        f"preallocate one (e.g. with numpy.empty_like), or drop it and use the returned array")
+    return as_operand(v, name)
+
+
+_WRITABLE_PROTOCOLS = ("__array_interface__", "__cuda_array_interface__", "__dlpack__")  # the simulator's arrays: the first
 
 
 def linear_scan(a, x, h0=None, *, axis=-1, reverse=False, out=None, backend=None, resets=None):
@@ -63,6 +79,7 @@ def linear_scan(a, x, h0=None, *, axis=-1, reverse=False, out=None, backend=None
         plan = _plans.FORWARD.get(key)
         if plan is not None:
             return plan.run(a, x, h0, out, resets)
+    reverse = _check_reverse(reverse)
     xo = as_operand(x, "x")
     ao = as_operand(a, "a", allow_scalar=True)
     ho = None if h0 is None else as_operand(h0, "h0", allow_scalar=True)
@@ -70,7 +87,6 @@ def linear_scan(a, x, h0=None, *, axis=-1, reverse=False, out=None, backend=None
     ro = None if resets is None else as_flags(resets, "resets")
     check_same_place(xo, ao, ho, oo, ro)
     impl = _backends.select(backend, xo.on_gpu)
-    _check_resets(impl, ro)
     with on_device_of(xo):  # results and scratch on x's device
         problem, _, finish, replay = plan_forward(array_module(xo), ao, xo, ho, oo, axis, reverse, ro)
         if problem is not None:
@@ -87,7 +103,7 @@ def _out_operand(out):
     """``out=`` as an Operand (None when not given); JAX arrays refused (parscan never writes into them)."""
     if out is None:
         return None
-    oo = as_operand(out, "out")
+    oo = _writable_operand(out, "out")
     if oo.library in ("jax", "jaxlib"):
         raise ValueError("out cannot be a JAX array: JAX arrays are immutable and parscan never writes into "
                          "JAX-owned memory; drop out= and use the returned jax.Array")
@@ -101,7 +117,7 @@ def _grad_outs(out):
     if not isinstance(out, (tuple, list)) or len(out) != 3:
         raise TypeError("out must be a tuple (grad_a, grad_x, grad_h0) of arrays or None, e.g. "
                         "out=(None, grad_x, None) to receive only grad_x")
-    ops = tuple(None if v is None else as_operand(v, f"out's {n}") for v, n in zip(out, ("grad_a", "grad_x", "grad_h0")))
+    ops = tuple(None if v is None else _writable_operand(v, f"out's {n}") for v, n in zip(out, ("grad_a", "grad_x", "grad_h0")))
     if any(op is not None and op.library in ("jax", "jaxlib") for op in ops):
         raise ValueError("out cannot hold JAX arrays: JAX arrays are immutable (use parscan.jax under jit)")
     return ops
@@ -140,6 +156,7 @@ def linear_scan_backward(a, h, grad_h, h0=None, *, axis=-1, reverse=False, backe
         plan = _plans.BACKWARD.get(key)
         if plan is not None:
             return plan.run(a, h, grad_h, h0, resets, None if out is None else tuple(out))
+    reverse = _check_reverse(reverse)
     ho = as_operand(h, "h")
     ao = as_operand(a, "a", allow_scalar=True)
     go = as_operand(grad_h, "grad_h")
@@ -148,7 +165,6 @@ def linear_scan_backward(a, h, grad_h, h0=None, *, axis=-1, reverse=False, backe
     outs = _grad_outs(out)
     check_same_place(ho, ao, go, h0o, ro, *outs)
     impl = _backends.select(backend, ho.on_gpu)
-    _check_resets(impl, ro)
     with on_device_of(ho):
         problem, finish, replay = plan_backward(array_module(ho), ao, ho, go, h0o, axis, reverse, ro, outs)
         if problem is not None:

@@ -33,6 +33,12 @@ X = np.ones((3, 5), np.float32)
     (dict(a=0.5, x=X, out=np.empty((3, 5), np.float64)), TypeError, "out has dtype float64 but the result has dtype float32"),
     (dict(a=0.5, x=X, out=np.broadcast_to(np.empty(5, np.float32), (3, 5))), ValueError, "out is read-only"),
     (dict(a=0.5, x=X, out=np.float32(0)), TypeError, "out must be an array"),
+    (dict(a=0.5, x=X, out=np.zeros((3, 5), np.float32).tolist()), TypeError,
+     "out must be an array parscan can write into .* got list: preallocate one"),
+    (dict(a=0.5, x=X, out=tuple(np.zeros((3, 5), np.float32))), TypeError, "out must be an array .* got tuple"),
+    (dict(a=0.5, x=X, reverse="no"), TypeError, "reverse must be a bool .* got str 'no'"),
+    (dict(a=0.5, x=X, reverse=1), TypeError, "reverse must be a bool .* got int 1; pass reverse=True or reverse=False"),
+    (dict(a=0.5, x=X, reverse=None), TypeError, "reverse must be a bool"),
 ])
 def test_bad_forward_inputs(kwargs, exc, match):
     args = dict(kwargs)
@@ -71,6 +77,27 @@ def test_bad_backward_inputs():
         parscan.linear_scan_backward(0.5, np.array(1.0), np.array(1.0))
     with pytest.raises(ValueError, match="unknown backend"):
         parscan.linear_scan_backward(0.5, h, h, backend="fast")
+
+
+def test_out_must_be_writable_and_reverse_a_bool_everywhere():
+    h = np.ones((3, 5))
+    with pytest.raises(TypeError, match="out's grad_x must be an array parscan can write into .* got list"):
+        parscan.linear_scan_backward(0.5, h, h, out=(None, h.tolist(), None))
+    with pytest.raises(TypeError, match="reverse must be a bool .* got str 'yes'"):
+        parscan.linear_scan_backward(0.5, h, h, reverse="yes")
+    A, xm = np.tile(0.5 * np.eye(2), (5, 1, 1)), np.ones((5, 2))
+    with pytest.raises(TypeError, match="reverse must be a bool .* got str 'no'"):
+        parscan.matrix_linear_scan(A, xm, reverse="no")
+    with pytest.raises(TypeError, match="reverse must be a bool .* got int 0"):
+        parscan.matrix_linear_scan_backward(A, xm, xm, reverse=0)
+    with pytest.raises(TypeError, match="out must be an array parscan can write into .* got list"):
+        parscan.matrix_linear_scan(A, xm, out=xm.tolist())
+    assert parscan.linear_scan(0.5, X, reverse=np.bool_(True))[0, 0] == np.float32(1 + 0.5 + 0.25 + 0.125 + 0.0625)
+    for rev in (False, True):  # NumPy bools are bools
+        np.testing.assert_array_equal(parscan.linear_scan(0.5, X, reverse=np.bool_(rev)),
+                                      parscan.linear_scan(0.5, X, reverse=rev))
+        np.testing.assert_array_equal(parscan.linear_scan_backward(0.5, h, h, reverse=np.bool_(rev))[1],
+                                      parscan.linear_scan_backward(0.5, h, h, reverse=rev)[1])
 
 
 def test_mixed_libraries_are_refused():

@@ -95,3 +95,20 @@ def test_bad_inputs_are_named():
         layers.GILR(2, 2, dtype="float16")
     with pytest.raises(ValueError, match="filter width k must be >= 1"):
         layers.QRNN(2, 2, k=0)
+
+
+@pytest.mark.parametrize("cls", [layers.GILR, layers.GILRLSTM, layers.SRU, layers.QRNN])
+def test_dtypes_are_checked_as_linear_scan_checks_them(cls):
+    layer = cls(3, 4, seed=0)  # float32
+    for bad in (np.ones((5, 2, 3), np.int64), np.ones((5, 2, 3), bool)):
+        with pytest.raises(TypeError, match=rf"x has dtype {bad.dtype}; the layer computes in float32: .*astype"):
+            layer.forward(bad)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((5, 2, 3)).astype(np.float32)
+    h, final, cache = layer.forward(x)
+    h16, _, _ = layer.forward(x.astype(np.float16))
+    assert h.dtype == h16.dtype == np.float32 and all(s.dtype == np.float32 for s in final)
+    with pytest.raises(TypeError, match="grad_h has dtype int64"):
+        layer.backward(np.ones(h.shape, np.int64), cache)
+    dx, grads, _ = layer.backward(np.ones_like(h), cache)
+    assert dx.dtype == np.float32 and all(g.dtype == np.float32 for g in grads.values())

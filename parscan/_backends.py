@@ -6,7 +6,9 @@ nothing of axes, frameworks or user-facing errors.  ``device`` says which arrays
 
 from __future__ import annotations
 
+import ctypes
 import importlib
+import sys
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -34,6 +36,21 @@ BACKENDS = tuple(_DEVICE)
 _SIMULATOR = "Numba CUDA simulator"
 
 
+NO_DRIVER = "no CUDA GPU or driver found (the NVIDIA driver's library, libcuda, is not installed)"
+
+
+def _driver_loads() -> bool:
+    """Whether the NVIDIA driver's library loads (without it there is no GPU to use, whatever the
+    CUDA runtime's error says: CuPy reports a missing driver as "driver version is insufficient")."""
+    for name in ("nvcuda.dll",) if sys.platform == "win32" else ("libcuda.so.1", "libcuda.so"):
+        try:
+            ctypes.CDLL(name)
+            return True
+        except OSError:
+            pass
+    return False
+
+
 def _cuda_reason() -> str:
     try:
         import cupy
@@ -43,8 +60,13 @@ def _cuda_reason() -> str:
         if cupy.cuda.runtime.getDeviceCount() > 0:
             return ""
     except Exception as exc:  # noqa: BLE001 - any driver/runtime failure means "no GPU here"
+        if not _driver_loads():
+            return NO_DRIVER
+        if "InsufficientDriver" in str(exc):
+            return (f"the NVIDIA driver is older than CuPy's CUDA runtime ({exc}): update the driver, or use "
+                    f"parscan[cuda12]")
         return f"no usable CUDA device ({type(exc).__name__}: {exc})"
-    return "no CUDA device"
+    return "no CUDA GPU found (the NVIDIA driver is installed but reports no device)"
 
 
 def _numba_cuda_reason() -> str:

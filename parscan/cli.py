@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import sys
+import threading
 import time
 
 
@@ -20,6 +22,27 @@ def _fail(command, reason) -> int:
     """The one way a command refuses: ``parscan <command>: <reason>`` on stderr, exit status 2."""
     print(f"parscan {command}: {reason}", file=sys.stderr)
     return 2
+
+
+HEARTBEAT_S = 15.0  # a silent step (a compile) says it is alive this often
+
+
+@contextlib.contextmanager
+def _heartbeat(command, what):
+    """While the body runs, ``parscan <command>: still <what> (N s)`` on stderr every HEARTBEAT_S seconds."""
+    done, t0 = threading.Event(), time.perf_counter()
+
+    def beat():
+        while not done.wait(HEARTBEAT_S):
+            print(f"parscan {command}: still {what} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
 
 
 def _at_least(low, kind=int):
@@ -56,8 +79,9 @@ def _demo(args):
 
     if args.backend is not None:
         _need_backend(args.backend, f"backend {args.backend!r}")
-    res = demo.run(channels=args.channels, length=args.length, dtype=args.dtype, backend=args.backend,
-                   repeats=args.repeats)
+    with _heartbeat("demo", "running (a first run compiles the kernels)"):
+        res = demo.run(channels=args.channels, length=args.length, dtype=args.dtype, backend=args.backend,
+                       repeats=args.repeats)
     tol = {"float16": 1e-2, "float32": 1e-4, "complex64": 1e-4}.get(args.dtype, 1e-10)
     if not res["max_rel_error"] <= tol:
         print(f"parscan demo: result differs from the reference by {res['max_rel_error']:.3g}", file=sys.stderr)
@@ -94,7 +118,8 @@ def _kernels(args):
                 n = _kernel_count(b)
                 print(f"parscan kernels: compiling {n} {b} kernels for {arch} ...", file=sys.stderr, flush=True)
                 t0 = time.perf_counter()
-                got = report.cuda_rows(arch) if b == "cupy" else report.numba_rows(arch)
+                with _heartbeat("kernels", f"compiling the {b} kernels for {arch}"):
+                    got = report.cuda_rows(arch) if b == "cupy" else report.numba_rows(arch)
                 print(f"parscan kernels: {len(got)} {b} kernels for {arch} compiled in {time.perf_counter() - t0:.0f} s",
                       file=sys.stderr, flush=True)
                 rows += got

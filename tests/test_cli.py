@@ -5,6 +5,7 @@ what they are doing."""
 import argparse
 import subprocess
 import sys
+import time
 import types
 
 import pytest
@@ -124,17 +125,22 @@ def test_kernels_says_what_it_compiles_as_it_goes(capsys, monkeypatch):
     def fake(backend):
         def rows(arch):
             seen.append(capsys.readouterr().err)  # what was on stderr when this compile started
+            if (arch, backend) == ("sm_90", "numba"):
+                time.sleep(0.35)  # a long compile: the heartbeat speaks
             return [report.Row(backend, f"k{i}", arch, 32, 0, 0, 0, 0) for i in range(2)]
         return rows
 
     monkeypatch.setattr(report, "cuda_rows", fake("cupy"))
     monkeypatch.setattr(report, "numba_rows", fake("numba"))
+    monkeypatch.setattr(cli, "HEARTBEAT_S", 0.1)
     assert cli.main(["kernels", "--arch", "sm_80,sm_90"]) == 0
     assert len(seen) == 4
     for text, (arch, b) in zip(seen, [(a, b) for a in ("sm_80", "sm_90") for b in ("cupy", "numba")]):
         assert f"parscan kernels: compiling {cli._kernel_count(b)} {b} kernels for {arch} ...\n" in text
     out = capsys.readouterr()
     assert "8 kernels compiled for sm_80, sm_90" in out.out and "2 numba kernels for sm_90 compiled in" in out.err
+    assert "parscan kernels: still compiling the numba kernels for sm_90 (0 s)" in out.err
+    assert "still compiling the cupy" not in seen[3] + out.err  # only while a step runs
 
 
 def test_kernels_without_the_compilers_is_one_line(capsys, monkeypatch):

@@ -13,7 +13,7 @@ in :func:`parscan.linear_scan`); results have the NumPy result type of x and the
 recurrences are :func:`parscan.linear_scan` calls along time; the matrix products run over all T*B
 rows at once (the paper's "effective batch size" T*B).
 
-``resets`` (issue #18): a bool array of shape (T,) or (T, B), True where a new sequence starts
+``resets``: a bool array of shape (T,) or (T, B), True where a new sequence starts
 (:func:`parscan.resets_from_offsets` for sequences packed end to end).  There every recurrence of the
 layer restarts from the zero state, and whatever else mixes time (the GILR-LSTM's s_{t-1} U, the
 QRNN's window over earlier inputs) sees nothing before the reset: packed sequences give exactly the

@@ -77,14 +77,15 @@ def _no_gpu(monkeypatch):
     monkeypatch.setattr(_backends, "status", status)
 
 
-@pytest.mark.parametrize("argv,what", [("demo --backend cupy", "backend 'cupy'"),
-                                       ("demo --backend numba", "backend 'numba'"),
-                                       ("train --device gpu", "--device gpu (the cupy backend)")])
+@pytest.mark.parametrize("argv,what", [("demo --backend cupy", "backend 'cupy' is not available here"),
+                                       ("demo --backend numba", "backend 'numba' is not available here"),
+                                       ("train --device gpu", "--device gpu (the cupy backend) is not available here"),
+                                       ("check --backend cupy", "backend 'cupy' cannot run here")])
 def test_a_missing_gpu_is_one_line_and_exit_2(capsys, monkeypatch, argv, what):
     _no_gpu(monkeypatch)
     assert cli.main(argv.split()) == 2
     err = capsys.readouterr().err
-    assert err == f"parscan {argv.split()[0]}: {what} is not available here: {_backends.NO_DRIVER}\n"
+    assert err == f"parscan {argv.split()[0]}: {what}: {_backends.NO_DRIVER}\n"
 
 
 def test_backends_say_no_gpu_or_driver_when_there_is_none(capsys, monkeypatch):

@@ -5,6 +5,7 @@ says so (``# needs a CUDA GPU``) and is skipped where there is none; a block who
 
 import os
 import re
+import sys
 
 import pytest
 
@@ -60,3 +61,9 @@ def test_set_up_commands_are_there():
     assert 'pip install -e ".[cuda13]" && parscan demo' in bash
     assert 'pip install -e ".[cuda13,test]" && pytest' in bash
     assert "parscan = parscan.cli:main" in open(os.path.join(ROOT, "setup.cfg")).read()  # the command exists
+
+
+def test_a_continuation_runs_after_the_blocks_it_continues(monkeypatch):
+    blocks = [(1, "v = 1\n"), (5, f"{CONTINUES}\nv += 1\n"), (9, f"{CONTINUES}\nassert v == 2\n"), (13, "w = 0\n")]
+    monkeypatch.setattr(sys.modules[__name__], "PYTHON", blocks)
+    assert _chain(2) == blocks[:3] and _chain(3) == blocks[3:] and _chain(0) == blocks[:1]

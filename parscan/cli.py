@@ -11,7 +11,7 @@ import threading
 import time
 
 
-DEMO_DTYPES = ("float16", "float32", "float64", "complex64", "complex128")
+DTYPES = ("float16", "float32", "float64", "complex64", "complex128")
 
 
 class UsageError(Exception):
@@ -110,7 +110,7 @@ def _kernels(args):
         return _fail("kernels", f"--arch takes names like sm_80,sm_90, got {args.arch!r}")
     missing = _missing_compilers(backends)
     if missing:
-        raise UsageError(missing)
+        return _fail("kernels", missing)
     rows = []
     try:
         for arch in archs:
@@ -178,10 +178,9 @@ def _bench(args):
 
     suites = [s.strip() for s in args.suite.split(",")] if args.suite else None
     dtypes = [d.strip() for d in args.dtype.split(",")]
-    bad = [d for d in dtypes if d not in ("float16", "float32", "float64", "complex64", "complex128")]
+    bad = [d for d in dtypes if d not in DTYPES]
     if bad:
-        return _fail("bench", f"unknown dtype(s) {bad}; --dtype takes float16, float32, float64, complex64, "
-                              f"complex128 (comma-separated)")
+        return _fail("bench", f"unknown dtype(s) {bad}; --dtype takes {', '.join(DTYPES)} (comma-separated)")
     try:
         meta, rows, skipped = bench.run(suites, quick=args.quick, dtypes=dtypes, out=args.out,
                                         repeats=args.repeats)
@@ -226,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="run, check and time one scan on the best backend here (default)")
     d.add_argument("--channels", type=pos, default=64, help="independent sequences (>= 1)")
     d.add_argument("--length", type=pos, default=2**18, help="time steps T (>= 1)")
-    d.add_argument("--dtype", default="float32", choices=DEMO_DTYPES,
+    d.add_argument("--dtype", default="float32", choices=DTYPES,
                    help="data type (float16 accumulates in float32)")
     d.add_argument("--backend", default=None, choices=BACKENDS, help="default: the best that works here "
                                                                      "(parscan backends lists them)")

@@ -135,6 +135,9 @@ def train(length=1024, hidden=64, layers=2, batch=8, *, lr=1e-3, clip=20.0, max_
     log = dict(config=dict(length=length, hidden=hidden, layers=layers, batch=batch, lr=lr, clip=clip,
                            max_steps=max_steps, seed=seed, xp=xp.__name__),
                steps=[], converged=False)
+    if progress:
+        print(f"sign task: T = {length}, {layers} x {hidden} GILR-LSTM, batch {batch} (the first step compiles "
+              f"the scans' kernels unless they are cached)", file=out, flush=True)
     streak, t0 = 0, time.perf_counter()
     for step in range(1, max_steps + 1):
         x, labels = sign_batch(rng, length, batch, xp=xp)
@@ -143,7 +146,7 @@ def train(length=1024, hidden=64, layers=2, batch=8, *, lr=1e-3, clip=20.0, max_
         streak = streak + 1 if acc == 1.0 else 0
         elapsed = time.perf_counter() - t0
         log["steps"].append(dict(step=step, loss=loss, accuracy=acc, grad_norm=norm, seconds=elapsed))
-        if progress and (step % every == 0 or streak >= patience):
+        if progress and (step % every == 0 or step == 1 or streak >= patience):
             width = 30
             done = int(width * step / max_steps)
             print(f"\r[{'#' * done}{'.' * (width - done)}] step {step}/{max_steps}  loss {loss:.4f}  "

@@ -26,7 +26,7 @@ def test_demo_is_the_default_command(capsys):
     assert "complex64" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("dtype", cli.DEMO_DTYPES)
+@pytest.mark.parametrize("dtype", cli.DTYPES)
 def test_every_listed_dtype_works(capsys, dtype):
     assert cli.main(["demo", "--dtype", dtype, "--channels", "2", "--length", "3000", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
@@ -160,3 +160,11 @@ def test_module_entry_point_lists_backends_and_exits_2_on_a_mistake():
     res = subprocess.run([sys.executable, "-m", "parscan", "demo", "--length", "0"], capture_output=True,
                          text=True, timeout=120)
     assert res.returncode == 2 and res.stdout == "" and res.stderr.count("\n") == 1, res.stderr
+
+
+def test_train_says_what_it_does_from_the_first_step(tmp_path, capsys):
+    rc = cli.main(["train", "--length", "8", "--hidden", "4", "--layers", "1", "--batch", "2", "--max-steps", "2",
+                   "--every", "100", "--log", str(tmp_path / "log.json")])
+    assert rc in (0, 1)
+    out = capsys.readouterr().out
+    assert out.startswith("sign task: T = 8, 1 x 4 GILR-LSTM, batch 2") and "step 1/2" in out

@@ -28,7 +28,7 @@ def _writable_operand(v, name):
     return as_operand(v, name)
 
 
-_WRITABLE_PROTOCOLS = ("__array_interface__", "__cuda_array_interface__", "__dlpack__")  # the simulator's arrays: the first
+_WRITABLE_PROTOCOLS = ("__array_interface__", "__cuda_array_interface__", "__dlpack__")  # Numba simulator arrays: the first
 
 
 def linear_scan(a, x, h0=None, *, axis=-1, reverse=False, out=None, backend=None, resets=None):

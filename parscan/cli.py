@@ -79,9 +79,12 @@ def _demo(args):
 
     if args.backend is not None:
         _need_backend(args.backend, f"backend {args.backend!r}")
-    with _heartbeat("demo", "running (a first run compiles the kernels)"):
-        res = demo.run(channels=args.channels, length=args.length, dtype=args.dtype, backend=args.backend,
-                       repeats=args.repeats)
+    try:
+        with _heartbeat("demo", "running (a first run compiles the kernels)"):
+            res = demo.run(channels=args.channels, length=args.length, dtype=args.dtype, backend=args.backend,
+                           repeats=args.repeats)
+    except ValueError as exc:  # sizes NumPy refuses ("array is too big")
+        raise UsageError(f"{exc} (--channels {args.channels} --length {args.length})") from None
     tol = {"float16": 1e-2, "float32": 1e-4, "complex64": 1e-4}.get(args.dtype, 1e-10)
     if not res["max_rel_error"] <= tol:
         print(f"parscan demo: result differs from the reference by {res['max_rel_error']:.3g}", file=sys.stderr)
@@ -277,8 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    """The command line: returns the exit status (0 ok, 1 a check failed, 2 bad usage or nothing to run
-    it on); never a traceback for a user's mistake or a missing GPU."""
+    """The command line: returns the exit status (0 ok, 1 a check failed, 2 bad usage, nothing to run it
+    on or not enough memory, 130 interrupted); never a traceback for a user's mistake or a missing GPU."""
     from ._backends import BackendUnavailable
 
     parser = build_parser()
@@ -295,6 +298,11 @@ def main(argv=None) -> int:
         return args.func(args)
     except (UsageError, BackendUnavailable) as exc:
         return _fail(args.command, exc)
+    except MemoryError as exc:  # NumPy's and CuPy's out-of-memory errors
+        return _fail(args.command, f"out of memory ({type(exc).__name__}: {exc}); try smaller sizes")
+    except KeyboardInterrupt:
+        print(f"parscan {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -55,6 +55,7 @@ BAD = [
     ("kernels --backend triton", "parscan kernels: --backend takes cupy and/or numba"),
     ("check --cases 0", "parscan check: --cases must be >= 1"),
     ("check --backend foo", "parscan check: --backend takes"),
+    ("demo --channels 1099511627776 --length 1048576", "parscan demo: array is too big"),
 ]
 
 
@@ -64,6 +65,18 @@ def test_a_mistake_is_one_line_and_exit_2(capsys, argv, reason):
     out, err = capsys.readouterr()
     assert err.count("\n") == 1 and err.startswith("parscan") and reason in err, err
     assert "Traceback" not in out + err
+
+
+def test_out_of_memory_is_one_line_and_exit_2(capsys, monkeypatch):
+    from parscan import demo
+
+    def run(**kw):
+        raise MemoryError("Unable to allocate 8.00 TiB")
+
+    monkeypatch.setattr(demo, "run", run)
+    assert cli.main(["demo"]) == 2
+    assert capsys.readouterr().err == ("parscan demo: out of memory (MemoryError: Unable to allocate 8.00 TiB); "
+                                       "try smaller sizes\n")
 
 
 def _no_gpu(monkeypatch):

@@ -9,8 +9,8 @@ arrays of the layer's array module ``xp``: NumPy or CuPy), and offers::
 ``grads`` has the params' keys; ``state`` / ``grad_state`` are per-layer tuples (zeros / None when
 absent).  x and grad_h must be real floating-point arrays (integers and bools raise ``TypeError``, as
 in :func:`parscan.linear_scan`); results have the NumPy result type of x and the layer's dtype
-(float32 for float16 or float32 x in a float32 layer).  Running a sequence in two chunks, passing the state on, equals running it whole.  All
-recurrences are :func:`parscan.linear_scan` calls along time; the matrix products run over all T*B
+(float32 for float16 or float32 x in a float32 layer).  Running a sequence in two chunks, passing the
+state on, equals running it whole.  All recurrences are :func:`parscan.linear_scan` calls along time; the matrix products run over all T*B
 rows at once (the paper's "effective batch size" T*B).
 
 ``resets``: a bool array of shape (T,) or (T, B), True where a new sequence starts

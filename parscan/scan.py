@@ -28,7 +28,8 @@ def _writable_operand(v, name):
     return as_operand(v, name)
 
 
-_WRITABLE_PROTOCOLS = ("__array_interface__", "__cuda_array_interface__", "__dlpack__")  # Numba simulator arrays: the first
+# the protocols of arrays parscan can write into (the Numba simulator's arrays have the first)
+_WRITABLE_PROTOCOLS = ("__array_interface__", "__cuda_array_interface__", "__dlpack__")
 
 
 def linear_scan(a, x, h0=None, *, axis=-1, reverse=False, out=None, backend=None, resets=None):
@@ -117,7 +118,8 @@ def _grad_outs(out):
     if not isinstance(out, (tuple, list)) or len(out) != 3:
         raise TypeError("out must be a tuple (grad_a, grad_x, grad_h0) of arrays or None, e.g. "
                         "out=(None, grad_x, None) to receive only grad_x")
-    ops = tuple(None if v is None else _writable_operand(v, f"out's {n}") for v, n in zip(out, ("grad_a", "grad_x", "grad_h0")))
+    ops = tuple(None if v is None else _writable_operand(v, f"out's {n}")
+                for v, n in zip(out, ("grad_a", "grad_x", "grad_h0")))
     if any(op is not None and op.library in ("jax", "jaxlib") for op in ops):
         raise ValueError("out cannot hold JAX arrays: JAX arrays are immutable (use parscan.jax under jit)")
     return ops

@@ -72,6 +72,7 @@ from ._problem import accumulation_dtype
 from .matrix import _conj
 from .matrix import matrix_linear_scan as _matrix_scan
 from .matrix import matrix_linear_scan_backward as _matrix_scan_backward
+from .scan import _check_reverse
 from .scan import linear_scan as _scan
 from .scan import linear_scan_backward as _scan_backward
 
@@ -788,7 +789,8 @@ def linear_scan(a, x, h0=None, *, axis=-1, reverse=False, method=None, backend=N
     chunks, (xo, ao, ho, ro) = _layout(shape, [("x", x, tuple(range(x.ndim)), 0), ("a", a, a_dims, 0),
                                                ("h0", h0, h0_dims, 0), ("resets", resets, r_dims, 0)])
     ao.value, ho.value = _taken(ao.value, dtype), _taken(ho.value, dtype)
-    spec = _Spec(False, x.ndim, axis, bool(reverse), backend, dtype, accumulation_dtype(dtype), _is_cupy(xo.value))
+    spec = _Spec(False, x.ndim, axis, _check_reverse(reverse), backend, dtype, accumulation_dtype(dtype),
+                 _is_cupy(xo.value))
     name = "parscan-linear-scan-" + _tokenize(xo.value, ao.value, ho.value, ro.value, spec, method)
     dsk = _forward_graph(name, spec, chunks, xo, ao, ho, ro, method)
     return _array(dsk, name, [xo.value, ao.value, ho.value, ro.value], chunks, dtype, _meta(xo.value, dtype, x.ndim))
@@ -851,7 +853,8 @@ def linear_scan_backward(a, h, grad_h, h0=None, *, axis=-1, reverse=False, metho
                                                      ("a", a, a_dims, 0), ("h0", h0, h0_dims, 0),
                                                      ("resets", resets, r_dims, 0)])
     ao.value, h0o.value = _taken(ao.value, dtype), _taken(h0o.value, dtype)
-    spec = _Spec(False, h.ndim, axis, bool(reverse), backend, dtype, accumulation_dtype(dtype), _is_cupy(ho_.value))
+    spec = _Spec(False, h.ndim, axis, _check_reverse(reverse), backend, dtype, accumulation_dtype(dtype),
+                 _is_cupy(ho_.value))
     return _backward("linear-scan", spec, chunks, ho_, go, ao, h0o, ro, method, ga_dtype, gh0_dtype, h0 is not None)
 
 
@@ -937,7 +940,7 @@ def matrix_linear_scan(A, x, h0=None, *, reverse=False, method=None, backend=Non
     method = _method(method)
     chunks, (xo, Ao, ho, ro) = _matrix_operands(core, A, x, h0, resets, "x")
     chunks = chunks + ((n,),)
-    spec = _Spec(True, len(chunks), len(core) - 1, bool(reverse), backend, dtype, accumulation_dtype(dtype),
+    spec = _Spec(True, len(chunks), len(core) - 1, _check_reverse(reverse), backend, dtype, accumulation_dtype(dtype),
                  _is_cupy(xo.value))
     name = "parscan-matrix-linear-scan-" + _tokenize(xo.value, Ao.value, ho.value, ro.value, spec, method)
     dsk = _forward_graph(name, spec, chunks, xo, Ao, ho, ro, method)
@@ -988,7 +991,7 @@ def matrix_linear_scan_backward(A, h, grad_h, h0=None, *, reverse=False, method=
     method = _method(method)
     chunks, (ho_, go, Ao, h0o, ro) = _matrix_operands(core, A, h, h0, resets, "h", extra=[("grad_h", grad_h)])
     chunks = chunks + ((n,),)
-    spec = _Spec(True, len(chunks), len(core) - 1, bool(reverse), backend, dtype, accumulation_dtype(dtype),
+    spec = _Spec(True, len(chunks), len(core) - 1, _check_reverse(reverse), backend, dtype, accumulation_dtype(dtype),
                  _is_cupy(ho_.value))
     return _backward("matrix-linear-scan", spec, chunks, ho_, go, Ao, h0o, ro, method, ga_dtype, gh0_dtype,
                      h0 is not None)

@@ -91,6 +91,7 @@ from .matrix import _check as _matrix_check
 from .matrix import _resets_view as _matrix_resets_view
 from .matrix import matrix_linear_scan as _matrix_scan
 from .matrix import matrix_linear_scan_backward as _matrix_scan_backward
+from .scan import _check_reverse
 from .scan import linear_scan as _scan
 from .scan import linear_scan_backward as _scan_backward
 
@@ -400,7 +401,8 @@ def linear_scan(a, x, h0=None, *, axis=-1, reverse=False, resets=None):
     a = _lead(a, x.ndim)
     h0 = None if h0 is None else _lead(h0, x.ndim - 1)
     with _reverse_mode_only("linear_scan"):
-        h = _scan_vjp(a, x, h0, _resets_operand(resets, x.ndim), ax - x.ndim, bool(reverse), jnp.dtype(x.dtype))
+        h = _scan_vjp(a, x, h0, _resets_operand(resets, x.ndim), ax - x.ndim, _check_reverse(reverse),
+                      jnp.dtype(x.dtype))
     return h if h.dtype == res else h.astype(res)
 
 
@@ -500,7 +502,8 @@ def matrix_linear_scan(A, x, h0=None, *, reverse=False, resets=None):
     h0 = None if h0 is None else _lead(h0, k + 1)
     r = _resets_operand(resets, k + 1)
     with _reverse_mode_only("matrix_linear_scan"):
-        h = _matrix_vjp(A, x, h0, r, bool(reverse), tuple(lead) + (T, n), (tuple(x.shape), jnp.dtype(x.dtype)))
+        h = _matrix_vjp(A, x, h0, r, _check_reverse(reverse), tuple(lead) + (T, n),
+                        (tuple(x.shape), jnp.dtype(x.dtype)))
     return h if h.dtype == res else h.astype(res)
 
 

@@ -117,3 +117,20 @@ def test_unavailable_backend_says_why():
 def test_nan_never_hangs():
     x = np.full((2, 100_000), np.nan, np.float32)
     assert np.isnan(parscan.linear_scan(np.float32(0.5), x)).all()
+
+
+def test_reverse_must_be_a_bool_in_the_dask_and_jax_front_ends():
+    da = pytest.importorskip("dask.array")
+    pjax = pytest.importorskip("parscan.jax")
+    pdask = pytest.importorskip("parscan.dask")
+    x = np.ones((3, 8), np.float32)
+    A, xm = np.tile(0.5 * np.eye(2), (8, 1, 1)), np.ones((8, 2))
+    calls = [lambda: pdask.linear_scan(0.5, da.from_array(x, chunks=(3, 4)), reverse="no"),
+             lambda: pdask.linear_scan_backward(0.5, da.from_array(x, chunks=(3, 4)), da.from_array(x, chunks=(3, 4)),
+                                                reverse="no"),
+             lambda: pdask.matrix_linear_scan(A, da.from_array(xm, chunks=(4, 2)), reverse="no"),
+             lambda: pjax.linear_scan(0.5, x, reverse="no"),
+             lambda: pjax.matrix_linear_scan(A, xm, reverse="no")]
+    for call in calls:
+        with pytest.raises(TypeError, match="reverse must be a bool .* got str 'no'"):
+            call()

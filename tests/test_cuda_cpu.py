@@ -16,6 +16,7 @@ import pytest
 import parscan
 from parscan import reference
 from conftest import DTYPES, assert_close, layout, rand
+import nonfinite_cases
 from reset_cases import assert_same_nonfinite, assert_some_of_both, poisoned, poisoned_matrix
 import cuda_cpu
 
@@ -823,3 +824,37 @@ def test_data_on_another_device_than_the_current_one(cp, monkeypatch, backend):
                     want = reference.linear_scan_backward(a_host, np.asarray(h), gh)
                     assert_close(np.asarray(gx), want[1], "float32")
                     assert_close(np.asarray(ga), want[0], "float32")
+
+
+# ---- inf / -inf / NaN in x, a, h0 (issue #23): the reference's IEEE result ---------------------------
+
+NONFINITE_SHAPES = [((8, 40), -1), ((40, 8), 0), ((8, 4200), -1), ((4200, 8), 0)]  # one tile, many tiles
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "complex64"])
+@pytest.mark.parametrize("shape,axis", NONFINITE_SHAPES)
+def test_nonfinite_inputs_give_the_reference_ieee_result(cp, dtype, shape, axis):
+    """inf, -inf and NaN in x (and grad_h), a or h0 at the first step, a thread's and a tile's edges, the
+    middle and the last step, forward and backward: NaN, +inf, -inf exactly where the sequential loop
+    has them.  The pairs compose without inf * 0: no decay product multiplied into the identity's 0 or
+    the missing h0, products that underflow kept nonzero (x = inf with a = 0.5 stays inf)."""
+    from parscan.kernels.launch import items_for
+
+    items = items_for(dtype)
+    rng = np.random.default_rng(shape[axis])
+    for where in ("x", "a", "h0"):
+        a, x, h0, gh = nonfinite_cases.problem(rng, shape, axis, dtype, where, 256 * items, items)
+        for h0_ in (h0, None) if where != "h0" else (h0,):
+            with np.errstate(invalid="ignore", over="ignore"):
+                want = reference.linear_scan(a, x, h0_, axis=axis)
+                assert np.isfinite(want).any() and not np.isfinite(want).all()
+                d0 = None if h0_ is None else cp.asarray(h0_)
+                h = parscan.linear_scan(cp.asarray(a), cp.asarray(x), d0, axis=axis, backend="cupy")
+                nonfinite_cases.assert_ieee_equal(h, want, dtype)
+                hs = want.astype(dtype)
+                exp = reference.linear_scan_backward(a, hs, gh, h0_, axis=axis)
+                got = parscan.linear_scan_backward(cp.asarray(a), cp.asarray(hs), cp.asarray(gh), d0, axis=axis,
+                                                   backend="cupy")
+            for g, w in zip(got, exp):
+                if w is not None:
+                    nonfinite_cases.assert_ieee_equal(g, w, dtype)

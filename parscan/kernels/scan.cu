@@ -37,11 +37,33 @@ template <class R> __device__ __forceinline__ cplx<R> operator+(cplx<R> a, cplx<
 }
 
 // ---- accumulator traits: identity values, conjugate, status publication (L1-bypassing) ----------
+template <class R> struct Lim;
+template <> struct Lim<float> {
+    static __device__ __forceinline__ float tiny() { return 0x1p-149f; }  // the least subnormal
+    static __device__ __forceinline__ float huge() { return 0x1.fffffep127f; }  // the greatest finite
+};
+template <> struct Lim<double> {
+    static __device__ __forceinline__ double tiny() { return 0x1p-1074; }
+    static __device__ __forceinline__ double huge() { return 0x1.fffffffffffffp1023; }
+};
 template <class R> struct Acc {  // float, double
     typedef R real;
     static __device__ __forceinline__ R one() { return R(1); }
     static __device__ __forceinline__ R zero() { return R(0); }
     static __device__ __forceinline__ R conj(R v) { return v; }
+    // a pair's decay product: nonzero finite factors give a nonzero finite product (an underflow is
+    // kept as the least subnormal, an overflow as the greatest finite value, with the product's sign),
+    // so a product is 0 only when a factor is, and an infinite state times it stays infinite, as in
+    // the sequential loop (0.5 * inf at every step), rather than inf * 0 = NaN
+    static __device__ __forceinline__ R prod(R p, R q) {
+        const R r = p * q;
+        if (r == R(0) && p != R(0) && q != R(0)) return (p < R(0)) != (q < R(0)) ? -Lim<R>::tiny() : Lim<R>::tiny();
+        if ((r > Lim<R>::huge() || r < -Lim<R>::huge()) && p - p == R(0) && q - q == R(0))
+            return r > R(0) ? Lim<R>::huge() : -Lim<R>::huge();
+        return r;
+    }
+    static __device__ __forceinline__ bool is_zero(R v) { return v == R(0); }
+    static __device__ __forceinline__ bool is_nan(R v) { return v != v; }
     static __device__ __forceinline__ void put(R* p, i64 i, R v) { __stcg(p + i, v); }
     static __device__ __forceinline__ R get(const R* p, i64 i) { return __ldcg(p + i); }
 };
@@ -50,6 +72,9 @@ template <class R> struct Acc<cplx<R> > {
     static __device__ __forceinline__ cplx<R> one() { return {R(1), R(0)}; }
     static __device__ __forceinline__ cplx<R> zero() { return {R(0), R(0)}; }
     static __device__ __forceinline__ cplx<R> conj(cplx<R> v) { return {v.re, -v.im}; }
+    static __device__ __forceinline__ cplx<R> prod(cplx<R> p, cplx<R> q) { return p * q; }
+    static __device__ __forceinline__ bool is_zero(cplx<R> v) { return v.re == R(0) && v.im == R(0); }
+    static __device__ __forceinline__ bool is_nan(cplx<R> v) { return v.re != v.re || v.im != v.im; }
     static __device__ __forceinline__ void put(R* p, i64 i, cplx<R> v) {
         __stcg(p + 2 * i, v.re);
         __stcg(p + 2 * i + 1, v.im);
@@ -58,6 +83,13 @@ template <class R> struct Acc<cplx<R> > {
         return {__ldcg(p + 2 * i), __ldcg(p + 2 * i + 1)};
     }
 };
+
+// A2 * H1, the offset a pair passes on when composed (h_out = A2 (A1 h + H1) + H2): selected as 0 where
+// H1 is 0 (the identity's, or a fold that has seen no input yet), so an infinite decay in A2 meets the
+// state A1 h itself, as in the sequential loop, not inf * 0 = NaN; a NaN decay still gives NaN
+template <class A> __device__ __forceinline__ A scale(A a, A h) {
+    return Acc<A>::is_zero(h) && !Acc<A>::is_nan(a) ? Acc<A>::zero() : a * h;
+}
 
 // ---- storage <-> accumulator conversions --------------------------------------------------------
 // float16 <-> float32 by PTX cvt on the device; the tests' CPU harness (tests/cuda_cpu) compiles this file
@@ -238,7 +270,7 @@ scan_kernel(OPERAND(const SA*, a), OPERAND(const S*, x), OPERAND(const S*, hh), 
     __shared__ A sC[THREADS];
     __shared__ A sT[THREADS * ITEMS + THREADS * ITEMS / 32];  // the coalescing transpose
     __shared__ unsigned char sF[THREADS * ITEMS];             // the tile's reset flags
-    __shared__ unsigned char sP[THREADS];                     // each lane pair's "holds a reset" (has_r)
+    __shared__ unsigned char sP[THREADS];                     // each lane pair's "holds a reset" (drops)
     __shared__ i64 sV;
     A la[ITEMS], lx[ITEMS], lh[ITEMS];
     const int tid = threadIdx.x;
@@ -268,7 +300,14 @@ scan_kernel(OPERAND(const SA*, a), OPERAND(const S*, x), OPERAND(const S*, hh), 
                                                             tid, cl, lane, live, base)
                               : 0u;
     // the steps whose carried state is dropped: the forward's r[t] (bit m + 1), the backward's r[t + 1] (bit m)
-    const unsigned dm = BACKWARD ? rb & ((1u << ITEMS) - 1u) : rb >> 1;
+    unsigned dm = BACKWARD ? rb & ((1u << ITEMS) - 1u) : rb >> 1;
+    // The sequence's first step has no carried state (g[T] = 0 in the backward, h[-1] = 0 in a forward
+    // without h0): it is dropped too, as a reset is, its value a[0] * 0 + x[0] (NaN for a non-finite
+    // a[0], as in the loop), so that no decay product is ever applied to that 0 (inf * 0 = NaN where
+    // the loop has inf).  With resets or in the first time tile, pairs carry "holds a reset" (`drops`:
+    // the same for the whole block).
+    const bool first = tt == 0 && (BACKWARD || !has_h0);
+    const bool drops = has_r || first;
 
     // 1. load (identity past the end and in dead channels) and fold.  An a constant in time (stride 0)
     // is read once.  The backward runs reversed time, step u is t = T - 1 - u: (conj(a[t + 1]), grad_h[t]),
@@ -292,7 +331,12 @@ scan_kernel(OPERAND(const SA*, a), OPERAND(const S*, x), OPERAND(const S*, hh), 
         tile_load(lx, sT, coalesce, cl, lane, lanes, base,
                   [&](i64 u) { return live && u < T ? load<A>(x, AT(x, i, j, kk, u)) : zero; });
     }
-    // the fold to (fa, fh) and ff, "holds a reset": at a dropped step the pair restarts at (0, x)
+    if (first && lane == 0 && live) {
+        if (!BACKWARD && !(dm & 1u)) lx[0] = la[0] * zero + lx[0];
+        dm |= 1u;
+    }
+    // the fold to (fa, fh) and ff, "holds a reset": at a dropped step the pair restarts at (0, x);
+    // composed by Ops::prod and scale (see there): no inf * 0 from the identity or an underflow
     A fa = one, fh = zero;
     bool ff = false;
 #pragma unroll
@@ -302,14 +346,14 @@ scan_kernel(OPERAND(const SA*, a), OPERAND(const S*, x), OPERAND(const S*, hh), 
             fh = lx[m];
             ff = true;
         } else {
-            fa = fa * la[m];
-            fh = la[m] * fh + lx[m];
+            fa = Ops::prod(fa, la[m]);
+            fh = scale(la[m], fh) + lx[m];
         }
     }
     // 2. inclusive scan of each channel's lane pairs (a pair holding a reset keeps its own (A, H))
     sA[tid] = fa;
     sH[tid] = fh;
-    if (has_r) sP[tid] = ff;
+    if (drops) sP[tid] = ff;
     __syncthreads();
     for (int d = 1; d < lanes; d *= 2) {
         A pa = one, ph = zero;
@@ -317,18 +361,18 @@ scan_kernel(OPERAND(const SA*, a), OPERAND(const S*, x), OPERAND(const S*, hh), 
         if (lane >= d) {
             pa = sA[tid - d * step];
             ph = sH[tid - d * step];
-            if (has_r) pf = sP[tid - d * step] != 0;
+            if (drops) pf = sP[tid - d * step] != 0;
         }
         __syncthreads();
         if (lane >= d) {
             if (!ff) {
-                fh = fa * ph + fh;
-                fa = fa * pa;
+                fh = scale(fa, ph) + fh;
+                fa = Ops::prod(fa, pa);
                 ff = pf;
             }
             sA[tid] = fa;
             sH[tid] = fh;
-            if (has_r) sP[tid] = ff;
+            if (drops) sP[tid] = ff;
         }
         __syncthreads();
     }
@@ -350,7 +394,7 @@ scan_kernel(OPERAND(const SA*, a), OPERAND(const S*, x), OPERAND(const S*, hh), 
     }
     __syncthreads();
     A h = sC[cl];
-    if (lane > 0) h = has_r && sP[tid - step] ? sH[tid - step] : sA[tid - step] * h + sH[tid - step];
+    if (lane > 0) h = drops && sP[tid - step] ? sH[tid - step] : sA[tid - step] * h + sH[tid - step];
     // 4. rescan from registers and write: h (forward) or grad_x = g and grad_a = g conj(h[t - 1])
     // (backward; h[-1] = h0).  Every thread, dead channels included, reaches every barrier.
     const bool summed = ga_st == 0;

@@ -93,8 +93,8 @@ def test_real_decay_with_complex_data(cp, dtype):
     h = parscan.linear_scan(cp.asarray(a), cp.asarray(x), backend="cupy")
     assert h.dtype == np.dtype(dtype)
     assert_close(np.asarray(h), reference.linear_scan(a, x), dtype)
-    assert cuda_cpu.launches()[-1].name.startswith(f"scan_kernel<cplx<{'float' if dtype == 'complex64' else 'double'}>, "
-                                                  f"{'float' if dtype == 'complex64' else 'double'},")
+    r, c = ("float", "cplx<float>") if dtype == "complex64" else ("double", "cplx<double>")
+    assert cuda_cpu.launches()[-1].name.startswith(f"scan_kernel<{r}, {c}, {c}, {c}, {c}, {c}, {c},")
 
 
 @pytest.mark.parametrize("how", ["F", "strided", "negative", "time-major"])
@@ -237,7 +237,7 @@ def test_kernel_arguments_are_checked_against_the_compiled_parameters(cp):
         fn((1,), (32,), (cp.zeros(4, np.float64),) + good[1:])
     with pytest.raises(TypeError, match="device array"):
         fn((1,), (32,), (np.zeros(4, np.float32),) + good[1:])
-    scan = cupy_scan._function(("scan", "float32", "float32", "float32", False))
+    scan = cupy_scan._function(("scan", *("float32",) * 6, False))
     with pytest.raises(RuntimeError, match="launch bounds"):
         scan((1,), (512,), ())
 
@@ -858,3 +858,53 @@ def test_nonfinite_inputs_give_the_reference_ieee_result(cp, dtype, shape, axis)
             for g, w in zip(got, exp):
                 if w is not None:
                     nonfinite_cases.assert_ieee_equal(g, w, dtype)
+
+
+# ---- mixed dtypes read in their own dtype (issue #23): no operand cast -------------------------------
+
+def _received(launch, index, arr):
+    """The kernel's pointer argument ``index`` points into ``arr``'s own allocation (no copy of it)."""
+    lo, hi = arr.extent
+    return lo <= launch.args[index].__array_interface__["data"][0] < hi
+
+
+_CT = {"float16": "half_t", "float32": "float", "float64": "double", "complex64": "cplx<float>",
+       "complex128": "cplx<double>"}
+
+MIXED = [  # (a, x or grad_h, h0 dtype or None): the result dtype is theirs combined
+    ("float32", "float16", None),       # float16 data (a strided view of it) with a float32 a
+    ("float64", "float32", "float64"),
+    ("float16", "float16", "float32"),  # a float32 h0 with float16 a and x
+    ("float32", "complex64", None),     # a complex result with a real a: the common module's
+    ("float64", "complex64", None),
+]
+
+
+@pytest.mark.parametrize("sa,sx,s0", MIXED)
+def test_mixed_dtypes_are_read_in_their_own_dtype(cp, sa, sx, s0):
+    """Each operand goes to the kernel as it is (its own buffer, its storage type in the kernel's name),
+    forward and backward, and the results equal the reference's on the same values."""
+    rng = np.random.default_rng(9)
+    d = np.result_type(sa, sx, *(s0,) * (s0 is not None)).name
+    base = rand(rng, (3, 6000), sx)
+    a, h0 = rand(rng, (3, 3000), sa, "a"), None if s0 is None else rand(rng, (3,), s0)
+    xd, ad = cp.asarray(base)[:, ::2], cp.asarray(a)  # x a strided view on the device
+    x = base[:, ::2]
+    h0d = None if h0 is None else cp.asarray(h0)
+    h = parscan.linear_scan(ad, xd, h0d, backend="cupy")
+    assert h.dtype == d
+    assert_close(np.asarray(h), reference.linear_scan(a, x, h0), d)
+    fwd = cuda_cpu.launches()[-1]
+    assert fwd.name.startswith(f"scan_kernel<{_CT[sa]}, {_CT[sx]}, {_CT[d]}, {_CT[d]}, {_CT[d]},")
+    assert _received(fwd, 0, ad) and _received(fwd, 6, xd)
+    hs = reference.linear_scan(a, x, h0).astype(sx)  # h and grad_h in x's dtype, a in its own
+    gh = cp.asarray(rand(rng, (3, 6000), sx))[:, ::2]
+    hd = cp.asarray(hs)
+    got = parscan.linear_scan_backward(ad, hd, gh, h0d, backend="cupy")
+    exp = reference.linear_scan_backward(a, hs, np.asarray(gh), h0)
+    bwd = [v for v in cuda_cpu.launches() if v.name.startswith("scan_kernel")][-1]
+    assert bwd.name.startswith(f"scan_kernel<{_CT[sa]}, {_CT[sx]}, {_CT[sx]}, {_CT[d]}, {_CT[d]},")
+    assert _received(bwd, 0, ad) and _received(bwd, 6, gh) and _received(bwd, 12, hd)
+    for g, w in zip(got, exp):
+        if w is not None:  # each gradient in its operand's dtype (grad_a of a float16 a is float16)
+            assert_close(np.asarray(g), np.asarray(w), g.dtype.name)

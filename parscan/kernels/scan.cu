@@ -94,17 +94,23 @@ template <class A> __device__ __forceinline__ A scale(A a, A h) {
 // ---- storage <-> accumulator conversions --------------------------------------------------------
 // float16 <-> float32 by PTX cvt on the device; the tests' CPU harness (tests/cuda_cpu) compiles this file
 // with a host compiler, which gets its own conversions (round to nearest even, as cvt.rn).
-__device__ __forceinline__ void widen(half_t v, float& out) {
+// Every operand is read in its own storage type (a mixed-precision call casts nothing): any real
+// storage into a real or complex accumulator, complex storage into a complex one.
+__device__ __forceinline__ float real_of(half_t v) {
+    float out;
 #ifdef __CUDA_ARCH__
     asm("cvt.f32.f16 %0, %1;" : "=f"(out) : "h"(v.bits));
 #else
     out = parscan_half_to_float(v.bits);
 #endif
+    return out;
 }
-__device__ __forceinline__ void widen(float v, float& out) { out = v; }
-__device__ __forceinline__ void widen(double v, double& out) { out = v; }
-template <class R> __device__ __forceinline__ void widen(R v, cplx<R>& out) { out = {v, R(0)}; }
-template <class R> __device__ __forceinline__ void widen(cplx<R> v, cplx<R>& out) { out = v; }
+__device__ __forceinline__ float real_of(float v) { return v; }
+__device__ __forceinline__ double real_of(double v) { return v; }
+template <class S> __device__ __forceinline__ void widen(S v, float& out) { out = (float)real_of(v); }
+template <class S> __device__ __forceinline__ void widen(S v, double& out) { out = (double)real_of(v); }
+template <class R, class S> __device__ __forceinline__ void widen(S v, cplx<R>& out) { out = {(R)real_of(v), R(0)}; }
+template <class R, class Q> __device__ __forceinline__ void widen(cplx<Q> v, cplx<R>& out) { out = {(R)v.re, (R)v.im}; }
 
 template <class A, class S> __device__ __forceinline__ A load(const S* p, i64 i) {
     A v;
@@ -251,15 +257,16 @@ __device__ __forceinline__ unsigned reset_bits(OPERAND(const unsigned char*, r),
     return bits;
 }
 
-// S: storage of x, h, h0, out / grad_x; SA: storage of a (S, or the real type of a complex
-// S); SG: storage of grad_a (S or A); A: accumulator, also grad_h0's storage.  Forward: x is x, out
-// is h (hh, ga, gh0 unused).
+// Storage types, each operand's own: SA of a, SX of x (the backward's grad_h), SH of hh (the backward's
+// forward h; the forward's unused slot: SO), S0 of h0 (SO without one), SO of out / grad_x (the
+// result), SG of grad_a (SO or A; the forward's unused slot: SO); A: accumulator, also grad_h0's
+// storage.  Forward: x is x, out is h (hh, ga, gh0 unused).
 // Backward: x is grad_h, hh is the forward's h, out is grad_x, ga is grad_a (or parts), gh0 is grad_h0.
 // r: the resets (bool bytes), read only when has_r.
-template <class S, class SA, class SG, class A, int ITEMS, bool BACKWARD>
+template <class SA, class SX, class SH, class S0, class SO, class SG, class A, int ITEMS, bool BACKWARD>
 __global__ void __launch_bounds__(THREADS, 1)  // registers over occupancy: no spills (tune on a device)
-scan_kernel(OPERAND(const SA*, a), OPERAND(const S*, x), OPERAND(const S*, hh), OPERAND(const S*, h0),
-            int has_h0, OPERAND(const unsigned char*, r), int has_r, OPERAND(S*, o), OPERAND(SG*, ga),
+scan_kernel(OPERAND(const SA*, a), OPERAND(const SX*, x), OPERAND(const SH*, hh), OPERAND(const S0*, h0),
+            int has_h0, OPERAND(const unsigned char*, r), int has_r, OPERAND(SO*, o), OPERAND(SG*, ga),
             OPERAND(A*, gh0),
             typename Acc<A>::real* parts, i64 C0, i64 C1, i64 C2, i64 T, int chans, int lanes,
             int chan_fast, i64 time_tiles, unsigned long long* counter, int* flags,

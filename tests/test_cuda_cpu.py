@@ -97,15 +97,52 @@ def test_real_decay_with_complex_data(cp, dtype):
     assert cuda_cpu.launches()[-1].name.startswith(f"scan_kernel<{r}, {c}, {c}, {c}, {c}, {c}, {c},")
 
 
+def _device_layout(cp, arr, how):
+    """``arr``'s values on the device in a layout made there (as conftest.layout makes it on the host):
+    a view of a contiguous device array (``cp.asarray`` of a host view would copy it to C order)."""
+    flip = (slice(None, None, -1),) * arr.ndim
+    if how == "F":
+        return cp.asarray(np.ascontiguousarray(arr.T)).T
+    if how == "strided":
+        big = cp.zeros(tuple(2 * n for n in arr.shape), arr.dtype)
+        view = big[(slice(None, None, 2),) * arr.ndim]
+        view[...] = cp.asarray(arr)
+        return view
+    if how == "negative":
+        return cp.asarray(np.ascontiguousarray(arr[flip]))[flip]
+    if how == "time-major":
+        order = (arr.ndim - 1, *range(arr.ndim - 1))
+        return cp.asarray(np.ascontiguousarray(arr.transpose(order))).transpose((*range(1, arr.ndim), 0))
+    raise ValueError(how)
+
+
+def _geo_args(launch, index):
+    """The (offset, four strides) arguments after pointer argument ``index``."""
+    return [int(v) for v in launch.args[index + 1:index + 6]]
+
+
 @pytest.mark.parametrize("how", ["F", "strided", "negative", "time-major"])
 def test_layouts_go_in_as_views(cp, how):
+    """Views made on the device reach scan.cu as they are: the kernel gets the views' own buffers
+    (no copy) with their strides (negative ones included), forward and backward, and the results
+    equal the reference's."""
     rng = np.random.default_rng(5)
     x = rand(rng, (2, 3, 2500), "float32")
     a = rand(rng, (2, 3, 2500), "float32", "a")
-    xd, ad = cp.asarray(layout(x, how)), cp.asarray(layout(a, how))
+    xd, ad = _device_layout(cp, x, how), _device_layout(cp, a, how)
+    assert np.array_equal(np.asarray(xd), x) and xd.strides != cp.asarray(x).strides
     h = parscan.linear_scan(ad, xd, backend="cupy")
+    fwd = cuda_cpu.launches()[-1]
+    assert _received(fwd, 0, ad) and _received(fwd, 6, xd)
+    strides = _geo_args(fwd, 6)[1:]
+    assert any(s < 0 for s in strides) == (how == "negative"), strides
+    if how == "time-major":
+        assert strides[3] == 6  # time the slowest axis: one step is (2 * 3) elements on
     assert_close(np.asarray(h), reference.linear_scan(a, x), "float32")
-    ga, gx, _ = parscan.linear_scan_backward(ad, h, xd, backend="cupy")
+    gd = _device_layout(cp, x, how)
+    ga, gx, _ = parscan.linear_scan_backward(ad, h, gd, backend="cupy")
+    bwd = cuda_cpu.launches()[-1]
+    assert _received(bwd, 0, ad) and _received(bwd, 6, gd)
     wa, wx, _ = reference.linear_scan_backward(a, np.asarray(h), x)
     assert_close(np.asarray(gx), wx, "float32")
     assert_close(np.asarray(ga), wa, "float32")

@@ -25,6 +25,10 @@ channels).  Dropped, not multiplied by 0 (``0 * inf`` is NaN): a reset step sele
 transfer pair carries a flag "holds a reset" (then ``h_out = H`` whatever ``h_in`` is); a tile holding a
 reset publishes its inclusive prefix at once, so the look-back never walks over one.
 
+Non-finite inputs give the reference's IEEE result, with the limits scan.cu states: pairs compose
+without ``inf * 0`` (``prod`` keeps a product of nonzero finite decays nonzero and finite, ``scale``
+selects a zero offset, the first step's missing state is dropped as at a reset).
+
 Status flags are read and set with atomics, values are published before a ``threadfence`` and read
 with atomics (L1 is not coherent between blocks): adding -0.0, the exact identity of IEEE addition,
 so a read never changes a published value, not even the sign of a zero.  There are no warp shuffles: the CUDA simulator
@@ -152,7 +156,9 @@ def _kernels(acc_name: str, backward: bool, items: int):
 
     @cuda.jit(device=True, inline=True)
     def slot(cl, lanes, q):
-        """Shared-memory slot of step q of channel cl's tile (one pad element in 32: no bank conflicts)."""
+        """Shared-memory slot of step q of channel cl's tile, one pad element in 32 (its bank pattern, by
+        element size and lanes a channel: see scan.cu's tile_load; not conflict-free for 8- and 16-byte
+        elements, nor for 4-byte ones with fewer than 32 lanes a channel)."""
         g = cl * lanes * ITEMS + q
         return g + g // 32
 

@@ -18,6 +18,11 @@
 // 0), in the forward and in every formula of the backward (grad_a[t] = 0 there).  Dropped, not
 // multiplied by 0: the step selects x[t] (0 * inf would be NaN), and a transfer pair carries a flag
 // "holds a reset" (h_out = H then, whatever h_in is), so a non-finite state never crosses a reset.
+// Non-finite inputs give the sequential loop's IEEE result (inf stays inf, NaN only where the loop has
+// NaN): pairs compose without inf * 0 (Acc::prod, scale, and the first step's missing state dropped,
+// see there).  One limit: an infinite a[t] meets the state h[t - 1] = A h + H in two parts here, so
+// where those parts have opposite signs the result can be NaN or the other infinity where the loop
+// has one sign (complex data: which parts of a non-finite value are inf or NaN can differ too).
 // Tiles take virtual ids from an atomic counter (time tiles fastest), so a tile's predecessors have
 // always started.  64-bit indexing throughout.  float16 is stored as its bit pattern and accumulated
 // in float32; complex values are (re, im) pairs as NumPy stores them.
@@ -182,9 +187,16 @@ __device__ A look_back(int* flags, typename Acc<A>::real* st_a, typename Acc<A>:
 // In the time-fast order each thread owns ITEMS consecutive steps, so a direct load would have the
 // lanes of a warp ITEMS elements apart (1/ITEMS of every sector used).  Instead step q of the
 // channel's tile (q = m * lanes + lane: neighbouring lanes, neighbouring steps) is read by lane
-// q % lanes and handed to its owner, lane q / ITEMS, through shared memory (padded by one element in
-// 32 against bank conflicts).  get(u) / put(u, v) read and write step u of the channel (they check
-// the bounds).  With SHIFT = -1 / +1, v[m] is step u - 1's / u + 1's value: the tile is still read
+// q % lanes and handed to its owner, lane q / ITEMS, through shared memory, padded by one element in
+// 32.  Its bank pattern (32 four-byte banks; an 8-byte access served a half-warp at a time, a 16-byte
+// one a quarter-warp): 4-byte elements (float32, and float16 data, held as float32) are conflict-free
+// in the thread-order phase (stride ITEMS = 8) and, when a channel has 32 lanes or more, in the
+// coalesced-order phase; with 2 to 16 lanes a warp spans several channels and that phase is up to
+// 4-way conflicted.  8-byte elements (float64, complex64) are 2-way conflicted in the thread-order
+// phase at every lane count (and up to 4-way in the other below 16 lanes); 16-byte ones (complex128,
+// ITEMS = 4) 4-way in the thread-order phase (and in the other below 8 lanes).  (The layout of the
+// transpose is issue #25's.)  get(u) / put(u, v) read and write step u of the channel (they check the
+// bounds).  With SHIFT = -1 / +1, v[m] is step u - 1's / u + 1's value: the tile is still read
 // aligned (coalesced) and shifted by one in shared memory, only the step past the tile's edge read by
 // its one thread itself.
 // `coalesce` is the same for the whole block, so the barriers are never divergent.

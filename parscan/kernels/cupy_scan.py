@@ -3,8 +3,9 @@ combination of the operands' dtypes, compiled lazily on first use (CuPy caches t
 
 Kernel arguments are the canonical operands of ``parscan._problem`` (a flat buffer, an element offset
 and four element strides each), so every layout the planner produces runs without a copy, and every
-operand is read in its own dtype, so a mixed-precision call (a float16 ``x`` with a float32 ``a``, a
-float32 ``h0`` with float64 data) runs without one either: this backend copies no operand.  One
+operand is read in its own dtype, so a mixed-precision call (a float16 ``x`` with a float32 ``a``,
+float32 data with a float64 ``a``) runs without one either: this backend copies no operand (``h0``,
+one value a channel, comes from the planner in the compute dtype).  One
 module holds the instantiations of calls whose operands share the result dtype (``a`` in it or, for
 complex data, its real type: :func:`instantiations`); any other combination is compiled, the first
 time it is called, in a module of its own (by its key, see :func:`kernel_name`).  Work is launched on

@@ -97,19 +97,24 @@ def _kernels(acc_name: str, backward: bool, items: int):
         def get(arr, i):
             return cuda.atomic.add(arr, i, real(-0.0))
 
-    tiny, huge = (acc(v) for v in (np.finfo(acc_dtype).smallest_subnormal, np.finfo(acc_dtype).max))
+    if cplx:
+        @cuda.jit(device=True, inline=True)
+        def prod(p, q):
+            """A pair's decay product: complex products as they are (see scan.cu's Acc::prod)."""
+            return p * q
+    else:
+        tiny, huge = acc_dtype.type(np.finfo(acc_dtype).smallest_subnormal), acc_dtype.type(np.finfo(acc_dtype).max)
 
-    @cuda.jit(device=True, inline=True)
-    def prod(p, q):
-        """A pair's decay product (see scan.cu's Acc::prod): nonzero finite factors give a nonzero
-        finite product (real data; complex products as they are)."""
-        r = p * q
-        if not cplx:
+        @cuda.jit(device=True, inline=True)
+        def prod(p, q):
+            """A pair's decay product (see scan.cu's Acc::prod): nonzero finite factors give a nonzero
+            finite product (an underflow the least subnormal, an overflow the greatest finite value)."""
+            r = p * q
             if r == 0 and p != 0 and q != 0:
                 return -tiny if (p < 0) != (q < 0) else tiny
             if (r > huge or r < -huge) and p - p == 0 and q - q == 0:
                 return huge if r > 0 else -huge
-        return r
+            return r
 
     @cuda.jit(device=True, inline=True)
     def scale(a, h):

@@ -16,6 +16,7 @@ import pytest
 import parscan
 from parscan import reference
 from conftest import DTYPES, assert_close, layout, rand
+import nonfinite_cases
 from reset_cases import assert_same_nonfinite, assert_some_of_both, poisoned, poisoned_matrix
 import cuda_cpu
 
@@ -92,19 +93,56 @@ def test_real_decay_with_complex_data(cp, dtype):
     h = parscan.linear_scan(cp.asarray(a), cp.asarray(x), backend="cupy")
     assert h.dtype == np.dtype(dtype)
     assert_close(np.asarray(h), reference.linear_scan(a, x), dtype)
-    assert cuda_cpu.launches()[-1].name.startswith(f"scan_kernel<cplx<{'float' if dtype == 'complex64' else 'double'}>, "
-                                                  f"{'float' if dtype == 'complex64' else 'double'},")
+    r, c = ("float", "cplx<float>") if dtype == "complex64" else ("double", "cplx<double>")
+    assert cuda_cpu.launches()[-1].name.startswith(f"scan_kernel<{r}, {c}, {c}, {c}, {c}, {c}, {c},")
+
+
+def _device_layout(cp, arr, how):
+    """``arr``'s values on the device in a layout made there (as conftest.layout makes it on the host):
+    a view of a contiguous device array (``cp.asarray`` of a host view would copy it to C order)."""
+    flip = (slice(None, None, -1),) * arr.ndim
+    if how == "F":
+        return cp.asarray(np.ascontiguousarray(arr.T)).T
+    if how == "strided":
+        big = cp.zeros(tuple(2 * n for n in arr.shape), arr.dtype)
+        view = big[(slice(None, None, 2),) * arr.ndim]
+        view[...] = cp.asarray(arr)
+        return view
+    if how == "negative":
+        return cp.asarray(np.ascontiguousarray(arr[flip]))[flip]
+    if how == "time-major":
+        order = (arr.ndim - 1, *range(arr.ndim - 1))
+        return cp.asarray(np.ascontiguousarray(arr.transpose(order))).transpose((*range(1, arr.ndim), 0))
+    raise ValueError(how)
+
+
+def _geo_args(launch, index):
+    """The (offset, four strides) arguments after pointer argument ``index``."""
+    return [int(v) for v in launch.args[index + 1:index + 6]]
 
 
 @pytest.mark.parametrize("how", ["F", "strided", "negative", "time-major"])
 def test_layouts_go_in_as_views(cp, how):
+    """Views made on the device reach scan.cu as they are: the kernel gets the views' own buffers
+    (no copy) with their strides (negative ones included), forward and backward, and the results
+    equal the reference's."""
     rng = np.random.default_rng(5)
     x = rand(rng, (2, 3, 2500), "float32")
     a = rand(rng, (2, 3, 2500), "float32", "a")
-    xd, ad = cp.asarray(layout(x, how)), cp.asarray(layout(a, how))
+    xd, ad = _device_layout(cp, x, how), _device_layout(cp, a, how)
+    assert np.array_equal(np.asarray(xd), x) and xd.strides != cp.asarray(x).strides
     h = parscan.linear_scan(ad, xd, backend="cupy")
+    fwd = cuda_cpu.launches()[-1]
+    assert _received(fwd, 0, ad) and _received(fwd, 6, xd)
+    strides = _geo_args(fwd, 6)[1:]
+    assert any(s < 0 for s in strides) == (how == "negative"), strides
+    if how == "time-major":
+        assert strides[3] == 6  # time the slowest axis: one step is (2 * 3) elements on
     assert_close(np.asarray(h), reference.linear_scan(a, x), "float32")
-    ga, gx, _ = parscan.linear_scan_backward(ad, h, xd, backend="cupy")
+    gd = _device_layout(cp, x, how)
+    ga, gx, _ = parscan.linear_scan_backward(ad, h, gd, backend="cupy")
+    bwd = cuda_cpu.launches()[-1]
+    assert _received(bwd, 0, ad) and _received(bwd, 6, gd)
     wa, wx, _ = reference.linear_scan_backward(a, np.asarray(h), x)
     assert_close(np.asarray(gx), wx, "float32")
     assert_close(np.asarray(ga), wa, "float32")
@@ -236,7 +274,7 @@ def test_kernel_arguments_are_checked_against_the_compiled_parameters(cp):
         fn((1,), (32,), (cp.zeros(4, np.float64),) + good[1:])
     with pytest.raises(TypeError, match="device array"):
         fn((1,), (32,), (np.zeros(4, np.float32),) + good[1:])
-    scan = cupy_scan._function(("scan", "float32", "float32", "float32", False))
+    scan = cupy_scan._function(("scan", *("float32",) * 6, False))
     with pytest.raises(RuntimeError, match="launch bounds"):
         scan((1,), (512,), ())
 
@@ -823,3 +861,87 @@ def test_data_on_another_device_than_the_current_one(cp, monkeypatch, backend):
                     want = reference.linear_scan_backward(a_host, np.asarray(h), gh)
                     assert_close(np.asarray(gx), want[1], "float32")
                     assert_close(np.asarray(ga), want[0], "float32")
+
+
+# ---- inf / -inf / NaN in x, a, h0 (issue #23): the reference's IEEE result ---------------------------
+
+NONFINITE_SHAPES = [((8, 40), -1), ((40, 8), 0), ((8, 4200), -1), ((4200, 8), 0)]  # one tile, many tiles
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "complex64"])
+@pytest.mark.parametrize("shape,axis", NONFINITE_SHAPES)
+def test_nonfinite_inputs_give_the_reference_ieee_result(cp, dtype, shape, axis):
+    """inf, -inf and NaN in x (and grad_h), a or h0 at the first step, a thread's and a tile's edges, the
+    middle and the last step, forward and backward: NaN, +inf, -inf exactly where the sequential loop
+    has them.  The pairs compose without inf * 0: no decay product multiplied into the identity's 0 or
+    the missing h0, products that underflow kept nonzero (x = inf with a = 0.5 stays inf)."""
+    from parscan.kernels.launch import items_for
+
+    items = items_for(dtype)
+    rng = np.random.default_rng(shape[axis])
+    for where in ("x", "a", "h0"):
+        a, x, h0, gh = nonfinite_cases.problem(rng, shape, axis, dtype, where, 256 * items, items)
+        for h0_ in (h0, None) if where != "h0" else (h0,):
+            with np.errstate(invalid="ignore", over="ignore"):
+                want = reference.linear_scan(a, x, h0_, axis=axis)
+                assert np.isfinite(want).any() and not np.isfinite(want).all()
+                d0 = None if h0_ is None else cp.asarray(h0_)
+                h = parscan.linear_scan(cp.asarray(a), cp.asarray(x), d0, axis=axis, backend="cupy")
+                nonfinite_cases.assert_ieee_equal(h, want, dtype)
+                hs = want.astype(dtype)
+                exp = reference.linear_scan_backward(a, hs, gh, h0_, axis=axis)
+                got = parscan.linear_scan_backward(cp.asarray(a), cp.asarray(hs), cp.asarray(gh), d0, axis=axis,
+                                                   backend="cupy")
+            for g, w in zip(got, exp):
+                if w is not None:
+                    nonfinite_cases.assert_ieee_equal(g, w, dtype)
+
+
+# ---- mixed dtypes read in their own dtype (issue #23): no operand cast -------------------------------
+
+def _received(launch, index, arr):
+    """The kernel's pointer argument ``index`` points into ``arr``'s own allocation (no copy of it)."""
+    lo, hi = arr.extent
+    return lo <= launch.args[index].__array_interface__["data"][0] < hi
+
+
+_CT = {"float16": "half_t", "float32": "float", "float64": "double", "complex64": "cplx<float>",
+       "complex128": "cplx<double>"}
+
+MIXED = [  # (a, x or grad_h, h0 dtype or None): the result dtype is theirs combined
+    ("float32", "float16", None),       # float16 data (a strided view of it) with a float32 a
+    ("float64", "float32", "float64"),
+    ("float16", "float16", "float32"),  # a float32 h0 with float16 a and x
+    ("float32", "complex64", None),     # a complex result with a real a: the common module's
+    ("float64", "complex64", None),
+]
+
+
+@pytest.mark.parametrize("sa,sx,s0", MIXED)
+def test_mixed_dtypes_are_read_in_their_own_dtype(cp, sa, sx, s0):
+    """Each operand goes to the kernel as it is (its own buffer, its storage type in the kernel's name),
+    forward and backward, and the results equal the reference's on the same values."""
+    rng = np.random.default_rng(9)
+    d = np.result_type(sa, sx, *(s0,) * (s0 is not None)).name
+    base = rand(rng, (3, 6000), sx)
+    a, h0 = rand(rng, (3, 3000), sa, "a"), None if s0 is None else rand(rng, (3,), s0)
+    xd, ad = cp.asarray(base)[:, ::2], cp.asarray(a)  # x a strided view on the device
+    x = base[:, ::2]
+    h0d = None if h0 is None else cp.asarray(h0)
+    h = parscan.linear_scan(ad, xd, h0d, backend="cupy")
+    assert h.dtype == d
+    assert_close(np.asarray(h), reference.linear_scan(a, x, h0), d)
+    fwd = cuda_cpu.launches()[-1]
+    assert fwd.name.startswith(f"scan_kernel<{_CT[sa]}, {_CT[sx]}, {_CT[d]}, {_CT[d]}, {_CT[d]},")
+    assert _received(fwd, 0, ad) and _received(fwd, 6, xd)
+    hs = reference.linear_scan(a, x, h0).astype(sx)  # h and grad_h in x's dtype, a in its own
+    gh = cp.asarray(rand(rng, (3, 6000), sx))[:, ::2]
+    hd = cp.asarray(hs)
+    got = parscan.linear_scan_backward(ad, hd, gh, h0d, backend="cupy")
+    exp = reference.linear_scan_backward(a, hs, np.asarray(gh), h0)
+    bwd = [v for v in cuda_cpu.launches() if v.name.startswith("scan_kernel")][-1]
+    assert bwd.name.startswith(f"scan_kernel<{_CT[sa]}, {_CT[sx]}, {_CT[sx]}, {_CT[d]}, {_CT[d]},")
+    assert _received(bwd, 0, ad) and _received(bwd, 6, gh) and _received(bwd, 12, hd)
+    for g, w in zip(got, exp):
+        if w is not None:  # each gradient in its operand's dtype (grad_a of a float16 a is float16)
+            assert_close(np.asarray(g), np.asarray(w), g.dtype.name)

@@ -34,10 +34,27 @@ def test_no_kernel_spills_or_uses_a_stack(rows):
     assert all(r.smem > 0 for r in rows if "scan" in r.kernel or "matrix" in r.kernel)
 
 
+def test_mixed_dtype_instantiations_compile_for_both_architectures():
+    """The kernels a mixed-precision call compiles on first use (a float16 x with a float32 a, float32
+    data with a float64 a and h0, a complex64 grad_h and h with a float64 a) compile, without spills."""
+    from parscan.kernels import report
+
+    keys = [("scan", "float32", "float16", "float32", "float32", "float32", "float32", False),
+            ("scan", "float64", "float32", "float32", "float64", "float64", "float64", True),
+            ("scan", "float64", "complex64", "complex64", "complex128", "complex128", "complex128", True)]
+    names = [cupy_scan.kernel_name(k) for k in keys]
+    assert not set(names) & {n for n, _ in cupy_scan.instantiations()}  # not in the common module
+    for arch in ("sm_80", "sm_90"):
+        rows = report.cuda_rows(arch, names)
+        assert [r.kernel for r in rows] == names
+        assert all(0 < r.registers <= 255 and not (r.spill_stores or r.spill_loads or r.stack) for r in rows), rows
+
+
 def test_kernels_command_prints_the_table(capsys):
     assert cli.main(["kernels", "--arch", "sm_90", "--backend", "cupy"]) == 0
     out = capsys.readouterr().out
-    assert "scan_kernel<float, float, float, float, 8, false>" in out and "sm_90" in out and "regs" in out
+    assert "scan_kernel<float, float, float, float, float, float, float, 8, false>" in out
+    assert "sm_90" in out and "regs" in out
     assert cli.main(["kernels", "--arch", "sm90"]) == 2
     assert cli.main(["kernels", "--backend", "torch"]) == 2
 

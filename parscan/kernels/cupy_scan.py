@@ -1,12 +1,16 @@
 """The ``cupy`` backend: ``scan.cu`` loaded with ``cupy.RawModule``, one template instantiation per
-dtype combination, compiled lazily on first use (CuPy caches the binary on disk).
+combination of the operands' dtypes, compiled lazily on first use (CuPy caches the binary on disk).
 
 Kernel arguments are the canonical operands of ``parscan._problem`` (a flat buffer, an element offset
-and four element strides each), so every layout the planner produces runs without a copy.  The
-instantiations cover x, h, h0 and the result in one dtype with ``a`` in that dtype or, for complex
-data, its real type; an operand in any other dtype (a mixed-precision call) is cast once to the
-result dtype, the only copy this backend makes.  Work is launched on CuPy's current stream.
-``resets`` are read by the kernel (one byte a step, broadcast over channels by zero strides).
+and four element strides each), so every layout the planner produces runs without a copy, and every
+operand is read in its own dtype, so a mixed-precision call (a float16 ``x`` with a float32 ``a``,
+float32 data with a float64 ``a``) runs without one either: this backend copies no operand (``h0``,
+one value a channel, comes from the planner in the compute dtype).  One
+module holds the instantiations of calls whose operands share the result dtype (``a`` in it or, for
+complex data, its real type: :func:`instantiations`); any other combination is compiled, the first
+time it is called, in a module of its own (by its key, see :func:`kernel_name`).  Work is launched on
+CuPy's current stream.  ``resets`` are read by the kernel (one byte a step, broadcast over channels
+by zero strides).
 """
 
 from __future__ import annotations
@@ -28,33 +32,36 @@ _REAL = {"complex64": "float32", "complex128": "float64"}
 _ACC = {"float16": "float32"}
 
 
-def instantiations():
-    """Every (kernel name expression, dtype key) the module holds.
+def kernel_name(key) -> str:
+    """The name expression of a key: ("scan", SA, SX, SH, S0, SO, SG, backward) (the storage dtypes of
+    a, x or grad_h, the forward's h, h0, the result, grad_a; see scan.cu), ("sum", SG, A) or
+    ("matrix", S), dtype names."""
+    if key[0] == "scan":
+        *stores, backward = key[1:]
+        acc = _ACC.get(stores[4], stores[4])
+        types = ", ".join(_CTYPE[d] for d in (*stores, acc))
+        return f"scan_kernel<{types}, {items_for(acc)}, {'true' if backward else 'false'}>"
+    if key[0] == "sum":
+        return f"sum_parts<{_CTYPE[key[1]]}, {_CTYPE[key[2]]}>"
+    return f"matrix_pass<{_CTYPE[key[1]]}>"
 
-    Keys: ("scan", S, SA, SG, backward), ("sum", SG, A) and ("matrix", S), dtype names.
-    """
-    out = []
+
+def instantiations():
+    """Every (kernel name expression, dtype key) the common module holds: the scans whose operands
+    are in the result dtype S (``a`` in S or, for complex S, its real type), sum_parts, matrix_pass."""
+    keys = []
     for s in _CTYPE:
         acc = _ACC.get(s, s)
-        items = items_for(acc)
         for sa in (s, _REAL.get(s)):
             if sa is None:
                 continue
             for backward in (False, True):
                 for sg in ((s, acc) if backward and acc != s else (s,)):
-                    name = (f"scan_kernel<{_CTYPE[s]}, {_CTYPE[sa]}, {_CTYPE[sg]}, {_CTYPE[acc]}, {items}, "
-                            f"{'true' if backward else 'false'}>")
-                    out.append((name, ("scan", s, sa, sg, backward)))
+                    keys.append(("scan", sa, s, s, s, s, sg, backward))
         for sg in {s, acc}:
-            out.append((f"sum_parts<{_CTYPE[sg]}, {_CTYPE[acc]}>", ("sum", sg, acc)))
-    for s in ("float32", "float64", "complex64", "complex128"):
-        out.append((f"matrix_pass<{_CTYPE[s]}>", ("matrix", s)))
-    seen, unique = set(), []
-    for name, key in out:
-        if name not in seen:
-            seen.add(name)
-            unique.append((name, key))
-    return unique
+            keys.append(("sum", sg, acc))
+    keys += [("matrix", s) for s in ("float32", "float64", "complex64", "complex128")]
+    return [(kernel_name(k), k) for k in dict.fromkeys(keys)]
 
 
 def source() -> str:
@@ -63,10 +70,11 @@ def source() -> str:
 
 
 @lru_cache(maxsize=None)
-def _module():
+def _module(names=None):
+    """The common module (``names`` None: :func:`instantiations`), or one of the given names."""
     import cupy
 
-    names = [n for n, _ in instantiations()]
+    names = [n for n, _ in instantiations()] if names is None else list(names)
     return cupy.RawModule(code=source(), options=OPTIONS, name_expressions=names)
 
 
@@ -76,7 +84,12 @@ def _names():
 
 
 def _function(key):
-    return _module().get_function(_names()[key])
+    """The kernel of a key: from the common module, or from a module of its own (compiled once)."""
+    name = _names().get(key)
+    if name is None:
+        name = kernel_name(key)
+        return _module((name,)).get_function(name)
+    return _module().get_function(name)
 
 
 def _geo(s):
@@ -128,12 +141,6 @@ def _scratch(cupy, launch: Launch, acc):
     return lambda: fixed
 
 
-def _a_dtype(problem):
-    """a's kernel dtype: its own when the module has it (the result dtype or its real type)."""
-    d, a = problem.dtype, problem.a.buf.dtype
-    return a if a == d or (d.kind == "c" and a == np.dtype(_REAL[d.name])) else d
-
-
 def _geometry(problem, launch):
     C0, C1, C2, T = (np.int64(v) for v in problem.shape)
     return (C0, C1, C2, T, np.int32(launch.chans), np.int32(launch.lanes), np.int32(launch.chan_fast),
@@ -141,13 +148,13 @@ def _geometry(problem, launch):
 
 
 def _plan(problem, lead, launch):
-    """``(acc, launch, dtype, a's kernel dtype)``; a given launch must match the instantiations."""
+    """``(acc, launch, dtype)``; a given launch must match the instantiations."""
     acc = problem.acc_dtype
     launch = launch or plan_launch(problem.shape, lead.strides, items=items_for(acc))
     if launch.items != items_for(acc) or launch.threads > 256:
         raise ValueError(f"scan.cu is instantiated for {items_for(acc)} steps a thread and at most 256 threads, "
                          f"got a launch with {launch.items} and {launch.threads}")
-    return acc, launch, problem.dtype, _a_dtype(problem)
+    return acc, launch, problem.dtype
 
 
 def _resets(problem):
@@ -166,17 +173,16 @@ def _resets(problem):
 def forward_launcher(problem, launch=None):
     import cupy
 
-    acc, launch, d, sa = _plan(problem, problem.x, launch)
+    acc, launch, d = _plan(problem, problem.x, launch)
     dev = problem.x.buf.device.id
+    s0 = d if problem.h0 is None else problem.h0.buf.dtype
     with cupy.cuda.Device(dev):
-        fn = _function(("scan", d.name, sa.name, d.name, False))
+        fn = _function(("scan", problem.a.buf.dtype.name, problem.x.buf.dtype.name, d.name, s0.name, d.name,
+                        d.name, False))
         none, none_acc, none_real, none_r = (_dummy(cupy, t) for t in (d, acc, _REAL.get(acc.name, acc.name),
                                                                        np.bool_))
         scratch = _scratch(cupy, launch, acc)
-    # the arguments between the buffers, made once (the buffers' dtypes are the signature's: a cast, for
-    # a mixed-precision call, is known here too)
-    cast_a, cast_x = problem.a.buf.dtype != sa, problem.x.buf.dtype != d
-    cast_0 = problem.h0 is not None and problem.h0.buf.dtype != d
+    # the arguments between the buffers, made once (the buffers go in as they are, in their own dtypes)
     after_a, after_x = _geo(problem.a), (*_geo(problem.x), none, *_ZERO_GEO)
     after_h0 = (*(_geo(problem.h0) if problem.h0 is not None else _ZERO_GEO), np.int32(problem.h0 is not None))
     after_r = _resets(problem)
@@ -184,8 +190,7 @@ def forward_launcher(problem, launch=None):
     grid, block = (launch.blocks,), (launch.threads,)
 
     def run(a, x, h0, out, resets=None):  # with the data's device current (see the note above)
-        fn(grid, block, (a.astype(sa) if cast_a else a, *after_a, x.astype(d) if cast_x else x, *after_x,
-                         none if h0 is None else h0.astype(d) if cast_0 else h0, *after_h0,
+        fn(grid, block, (a, *after_a, x, *after_x, none if h0 is None else h0, *after_h0,
                          none_r if resets is None else resets, *after_r, out, *tail, *scratch()))
     return run
 
@@ -193,7 +198,7 @@ def forward_launcher(problem, launch=None):
 def backward_launcher(problem, launch=None):
     import cupy
 
-    acc, launch, d, sa = _plan(problem, problem.grad_h, launch)
+    acc, launch, d = _plan(problem, problem.grad_h, launch)
     sg = problem.grad_a.buf.dtype
     C0, C1, C2, T = problem.shape
     nchan = C0 * C1 * C2
@@ -203,13 +208,12 @@ def backward_launcher(problem, launch=None):
     nparts = nchan * launch.time_tiles * (2 if acc.kind == "c" else 1) if summed and launch.time_tiles > 1 else 0
     dev = problem.grad_h.buf.device.id
     with cupy.cuda.Device(dev):
-        fn = _function(("scan", d.name, sa.name, sg.name, True))
+        s0 = d if problem.h0 is None else problem.h0.buf.dtype
+        fn = _function(("scan", problem.a.buf.dtype.name, problem.grad_h.buf.dtype.name, problem.h.buf.dtype.name,
+                        s0.name, d.name, sg.name, True))
         total = _function(("sum", sg.name, acc.name)) if nparts else None
         none, none_acc, none_real, none_r = (_dummy(cupy, t) for t in (d, acc, real, np.bool_))
         scratch = _scratch(cupy, launch, acc)
-    cast_a = problem.a.buf.dtype != sa
-    cast_g, cast_h = problem.grad_h.buf.dtype != d, problem.h.buf.dtype != d
-    cast_0 = problem.h0 is not None and problem.h0.buf.dtype != d
     after_a, after_g, after_h = _geo(problem.a), _geo(problem.grad_h), _geo(problem.h)
     after_h0 = (*(_geo(problem.h0) if problem.h0 is not None else _ZERO_GEO), np.int32(problem.h0 is not None))
     after_r = _resets(problem)
@@ -223,9 +227,7 @@ def backward_launcher(problem, launch=None):
 
     def run(a, h, grad_h, h0, grad_x, grad_a, grad_h0, resets=None):  # the data's device current
         parts = cupy.empty(nparts, real) if nparts else none_real
-        fn(grid, block, (a.astype(sa) if cast_a else a, *after_a, grad_h.astype(d) if cast_g else grad_h,
-                         *after_g, h.astype(d) if cast_h else h, *after_h,
-                         none if h0 is None else h0.astype(d) if cast_0 else h0, *after_h0,
+        fn(grid, block, (a, *after_a, grad_h, *after_g, h, *after_h, none if h0 is None else h0, *after_h0,
                          none_r if resets is None else resets, *after_r, grad_x, *after_x, grad_a, *gq,
                          none_acc if grad_h0 is None else grad_h0, *after_q0, parts, *geometry, *scratch()))
         if total is not None:

@@ -25,6 +25,10 @@ channels).  Dropped, not multiplied by 0 (``0 * inf`` is NaN): a reset step sele
 transfer pair carries a flag "holds a reset" (then ``h_out = H`` whatever ``h_in`` is); a tile holding a
 reset publishes its inclusive prefix at once, so the look-back never walks over one.
 
+Non-finite inputs give the reference's IEEE result, with the limits scan.cu states: pairs compose
+without ``inf * 0`` (``prod`` keeps a product of nonzero finite decays nonzero and finite, ``scale``
+selects a zero offset, the first step's missing state is dropped as at a reset).
+
 Status flags are read and set with atomics, values are published before a ``threadfence`` and read
 with atomics (L1 is not coherent between blocks): adding -0.0, the exact identity of IEEE addition,
 so a read never changes a published value, not even the sign of a zero.  There are no warp shuffles: the CUDA simulator
@@ -93,6 +97,32 @@ def _kernels(acc_name: str, backward: bool, items: int):
         def get(arr, i):
             return cuda.atomic.add(arr, i, real(-0.0))
 
+    if cplx:
+        @cuda.jit(device=True, inline=True)
+        def prod(p, q):
+            """A pair's decay product: complex products as they are (see scan.cu's Acc::prod)."""
+            return p * q
+    else:
+        tiny, huge = acc_dtype.type(np.finfo(acc_dtype).smallest_subnormal), acc_dtype.type(np.finfo(acc_dtype).max)
+
+        @cuda.jit(device=True, inline=True)
+        def prod(p, q):
+            """A pair's decay product (see scan.cu's Acc::prod): nonzero finite factors give a nonzero
+            finite product (an underflow the least subnormal, an overflow the greatest finite value)."""
+            r = p * q
+            if r == 0 and p != 0 and q != 0:
+                return -tiny if (p < 0) != (q < 0) else tiny
+            if (r > huge or r < -huge) and p - p == 0 and q - q == 0:
+                return huge if r > 0 else -huge
+            return r
+
+    @cuda.jit(device=True, inline=True)
+    def scale(a, h):
+        """a * h, the offset a composed pair passes on, selected as 0 where h is 0 (see scan.cu)."""
+        if h == zero_ and a == a:
+            return zero_
+        return a * h
+
     @cuda.jit(device=True, inline=True)
     def at(off, s, i, j, k, t):
         return off + i * s[0] + j * s[1] + k * s[2] + t * s[3]
@@ -131,7 +161,9 @@ def _kernels(acc_name: str, backward: bool, items: int):
 
     @cuda.jit(device=True, inline=True)
     def slot(cl, lanes, q):
-        """Shared-memory slot of step q of channel cl's tile (one pad element in 32: no bank conflicts)."""
+        """Shared-memory slot of step q of channel cl's tile, one pad element in 32 (its bank pattern, by
+        element size and lanes a channel: see scan.cu's tile_load; not conflict-free for 8- and 16-byte
+        elements, nor for 4-byte ones with fewer than 32 lanes a channel)."""
         g = cl * lanes * ITEMS + q
         return g + g // 32
 
@@ -210,7 +242,7 @@ def _kernels(acc_name: str, backward: bool, items: int):
         sR = cuda.shared.array(THREADS, acc)
         sT = cuda.shared.array(SLOTS, acc)
         sF = cuda.shared.array(FLAGS, types.uint8)
-        sP = cuda.shared.array(THREADS, types.uint8)  # each lane pair's "holds a reset" (with resets)
+        sP = cuda.shared.array(THREADS, types.uint8)  # each lane pair's "holds a reset" (drops)
         sV = cuda.shared.array(1, types.int64)
         la = cuda.local.array(ITEMS, acc)
         lx = cuda.local.array(ITEMS, acc)
@@ -251,6 +283,10 @@ def _kernels(acc_name: str, backward: bool, items: int):
                             lane, live, base)
         # the steps whose carried state is dropped: the forward's r[t] (bit m + 1), the backward's r[t + 1] (bit m)
         dm = (rb & ((1 << ITEMS) - 1)) if backward else rb >> 1
+        # the first step has no carried state (the backward's g[T], a forward without h0): dropped, its
+        # value a[0] * 0 + x[0] (see scan.cu); pairs carry "holds a reset" with resets or in the first tile
+        first = tt == 0 and (backward or not has_h0)
+        drops = has_r or first
         a_const = as_[3] == 0        # a constant in time: read once
         a0 = one
         if live and a_const:
@@ -290,7 +326,12 @@ def _kernels(acc_name: str, backward: bool, items: int):
                     else:
                         lx[m] = val
                 cuda.syncthreads()
-        # the fold to (A, H) and F, "holds a reset": at a dropped step the pair restarts at (0, x)
+        if first and lane == 0 and live:
+            if not backward and not (dm & 1):
+                lx[0] = la[0] * zero + lx[0]
+            dm |= 1
+        # the fold to (A, H) and F, "holds a reset": at a dropped step the pair restarts at (0, x);
+        # composed by prod and scale: no inf * 0 from the identity or an underflow
         A = one
         H = zero
         F = False
@@ -308,13 +349,13 @@ def _kernels(acc_name: str, backward: bool, items: int):
                 H = lx[m]
                 F = True
             else:
-                A = A * la[m]
-                H = la[m] * H + lx[m]
+                A = prod(A, la[m])
+                H = scale(la[m], H) + lx[m]
         # 2. inclusive scan of the lanes' pairs of each channel, in a fixed order (a pair holding a
         # reset keeps its own (A, H))
         sA[tid] = A
         sH[tid] = H
-        if has_r:
+        if drops:
             sP[tid] = 1 if F else 0
         cuda.syncthreads()
         d = 1
@@ -325,17 +366,17 @@ def _kernels(acc_name: str, backward: bool, items: int):
             if lane >= d:
                 pa = sA[tid - d * step]
                 ph = sH[tid - d * step]
-                if has_r:
+                if drops:
                     pf = sP[tid - d * step] != 0
             cuda.syncthreads()
             if lane >= d:
                 if not F:
-                    H = A * ph + H
-                    A = A * pa
+                    H = scale(A, ph) + H
+                    A = prod(A, pa)
                     F = pf
                 sA[tid] = A
                 sH[tid] = H
-                if has_r:
+                if drops:
                     sP[tid] = 1 if F else 0
             cuda.syncthreads()
             d *= 2
@@ -356,7 +397,7 @@ def _kernels(acc_name: str, backward: bool, items: int):
         cuda.syncthreads()
         h = sC[cl]
         if lane > 0:
-            if has_r and sP[tid - step] != 0:
+            if drops and sP[tid - step] != 0:
                 h = sH[tid - step]
             else:
                 h = sA[tid - step] * h + sH[tid - step]

@@ -55,13 +55,14 @@ def parse_ptxas(log: str):
     return out
 
 
-def cuda_rows(arch: str):
-    """Rows for every CuPy-backend kernel compiled by NVRTC for ``arch`` (e.g. "sm_90")."""
+def cuda_rows(arch: str, names=None):
+    """Rows for every CuPy-backend kernel of the common module (or the name expressions ``names``)
+    compiled by NVRTC for ``arch`` (e.g. "sm_90")."""
     from cupy.cuda import nvrtc
 
     from . import cupy_scan
 
-    names = [n for n, _ in cupy_scan.instantiations()]
+    names = [n for n, _ in cupy_scan.instantiations()] if names is None else list(names)
     prog = nvrtc.createProgram(cupy_scan.source(), "scan.cu", [], [])
     try:
         for n in names:

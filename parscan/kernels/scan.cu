@@ -18,6 +18,11 @@
 // 0), in the forward and in every formula of the backward (grad_a[t] = 0 there).  Dropped, not
 // multiplied by 0: the step selects x[t] (0 * inf would be NaN), and a transfer pair carries a flag
 // "holds a reset" (h_out = H then, whatever h_in is), so a non-finite state never crosses a reset.
+// Non-finite inputs give the sequential loop's IEEE result (inf stays inf, NaN only where the loop has
+// NaN): pairs compose without inf * 0 (Acc::prod, scale, and the first step's missing state dropped,
+// see there).  One limit: an infinite a[t] meets the state h[t - 1] = A h + H in two parts here, so
+// where those parts have opposite signs the result can be NaN or the other infinity where the loop
+// has one sign (complex data: which parts of a non-finite value are inf or NaN can differ too).
 // Tiles take virtual ids from an atomic counter (time tiles fastest), so a tile's predecessors have
 // always started.  64-bit indexing throughout.  float16 is stored as its bit pattern and accumulated
 // in float32; complex values are (re, im) pairs as NumPy stores them.
@@ -37,11 +42,33 @@ template <class R> __device__ __forceinline__ cplx<R> operator+(cplx<R> a, cplx<
 }
 
 // ---- accumulator traits: identity values, conjugate, status publication (L1-bypassing) ----------
+template <class R> struct Lim;
+template <> struct Lim<float> {
+    static __device__ __forceinline__ float tiny() { return 0x1p-149f; }  // the least subnormal
+    static __device__ __forceinline__ float huge() { return 0x1.fffffep127f; }  // the greatest finite
+};
+template <> struct Lim<double> {
+    static __device__ __forceinline__ double tiny() { return 0x1p-1074; }
+    static __device__ __forceinline__ double huge() { return 0x1.fffffffffffffp1023; }
+};
 template <class R> struct Acc {  // float, double
     typedef R real;
     static __device__ __forceinline__ R one() { return R(1); }
     static __device__ __forceinline__ R zero() { return R(0); }
     static __device__ __forceinline__ R conj(R v) { return v; }
+    // a pair's decay product: nonzero finite factors give a nonzero finite product (an underflow is
+    // kept as the least subnormal, an overflow as the greatest finite value, with the product's sign),
+    // so a product is 0 only when a factor is, and an infinite state times it stays infinite, as in
+    // the sequential loop (0.5 * inf at every step), rather than inf * 0 = NaN
+    static __device__ __forceinline__ R prod(R p, R q) {
+        const R r = p * q;
+        if (r == R(0) && p != R(0) && q != R(0)) return (p < R(0)) != (q < R(0)) ? -Lim<R>::tiny() : Lim<R>::tiny();
+        if ((r > Lim<R>::huge() || r < -Lim<R>::huge()) && p - p == R(0) && q - q == R(0))
+            return r > R(0) ? Lim<R>::huge() : -Lim<R>::huge();
+        return r;
+    }
+    static __device__ __forceinline__ bool is_zero(R v) { return v == R(0); }
+    static __device__ __forceinline__ bool is_nan(R v) { return v != v; }
     static __device__ __forceinline__ void put(R* p, i64 i, R v) { __stcg(p + i, v); }
     static __device__ __forceinline__ R get(const R* p, i64 i) { return __ldcg(p + i); }
 };
@@ -50,6 +77,9 @@ template <class R> struct Acc<cplx<R> > {
     static __device__ __forceinline__ cplx<R> one() { return {R(1), R(0)}; }
     static __device__ __forceinline__ cplx<R> zero() { return {R(0), R(0)}; }
     static __device__ __forceinline__ cplx<R> conj(cplx<R> v) { return {v.re, -v.im}; }
+    static __device__ __forceinline__ cplx<R> prod(cplx<R> p, cplx<R> q) { return p * q; }
+    static __device__ __forceinline__ bool is_zero(cplx<R> v) { return v.re == R(0) && v.im == R(0); }
+    static __device__ __forceinline__ bool is_nan(cplx<R> v) { return v.re != v.re || v.im != v.im; }
     static __device__ __forceinline__ void put(R* p, i64 i, cplx<R> v) {
         __stcg(p + 2 * i, v.re);
         __stcg(p + 2 * i + 1, v.im);
@@ -59,20 +89,33 @@ template <class R> struct Acc<cplx<R> > {
     }
 };
 
+// A2 * H1, the offset a pair passes on when composed (h_out = A2 (A1 h + H1) + H2): selected as 0 where
+// H1 is 0 (the identity's, or a fold that has seen no input yet), so an infinite decay in A2 meets the
+// state A1 h itself, as in the sequential loop, not inf * 0 = NaN; a NaN decay still gives NaN
+template <class A> __device__ __forceinline__ A scale(A a, A h) {
+    return Acc<A>::is_zero(h) && !Acc<A>::is_nan(a) ? Acc<A>::zero() : a * h;
+}
+
 // ---- storage <-> accumulator conversions --------------------------------------------------------
 // float16 <-> float32 by PTX cvt on the device; the tests' CPU harness (tests/cuda_cpu) compiles this file
 // with a host compiler, which gets its own conversions (round to nearest even, as cvt.rn).
-__device__ __forceinline__ void widen(half_t v, float& out) {
+// Every operand is read in its own storage type (a mixed-precision call casts nothing): any real
+// storage into a real or complex accumulator, complex storage into a complex one.
+__device__ __forceinline__ float real_of(half_t v) {
+    float out;
 #ifdef __CUDA_ARCH__
     asm("cvt.f32.f16 %0, %1;" : "=f"(out) : "h"(v.bits));
 #else
     out = parscan_half_to_float(v.bits);
 #endif
+    return out;
 }
-__device__ __forceinline__ void widen(float v, float& out) { out = v; }
-__device__ __forceinline__ void widen(double v, double& out) { out = v; }
-template <class R> __device__ __forceinline__ void widen(R v, cplx<R>& out) { out = {v, R(0)}; }
-template <class R> __device__ __forceinline__ void widen(cplx<R> v, cplx<R>& out) { out = v; }
+__device__ __forceinline__ float real_of(float v) { return v; }
+__device__ __forceinline__ double real_of(double v) { return v; }
+template <class S> __device__ __forceinline__ void widen(S v, float& out) { out = (float)real_of(v); }
+template <class S> __device__ __forceinline__ void widen(S v, double& out) { out = (double)real_of(v); }
+template <class R, class S> __device__ __forceinline__ void widen(S v, cplx<R>& out) { out = {(R)real_of(v), R(0)}; }
+template <class R, class Q> __device__ __forceinline__ void widen(cplx<Q> v, cplx<R>& out) { out = {(R)v.re, (R)v.im}; }
 
 template <class A, class S> __device__ __forceinline__ A load(const S* p, i64 i) {
     A v;
@@ -144,9 +187,16 @@ __device__ A look_back(int* flags, typename Acc<A>::real* st_a, typename Acc<A>:
 // In the time-fast order each thread owns ITEMS consecutive steps, so a direct load would have the
 // lanes of a warp ITEMS elements apart (1/ITEMS of every sector used).  Instead step q of the
 // channel's tile (q = m * lanes + lane: neighbouring lanes, neighbouring steps) is read by lane
-// q % lanes and handed to its owner, lane q / ITEMS, through shared memory (padded by one element in
-// 32 against bank conflicts).  get(u) / put(u, v) read and write step u of the channel (they check
-// the bounds).  With SHIFT = -1 / +1, v[m] is step u - 1's / u + 1's value: the tile is still read
+// q % lanes and handed to its owner, lane q / ITEMS, through shared memory, padded by one element in
+// 32.  Its bank pattern (32 four-byte banks; an 8-byte access served a half-warp at a time, a 16-byte
+// one a quarter-warp): 4-byte elements (float32, and float16 data, held as float32) are conflict-free
+// in the thread-order phase (stride ITEMS = 8) and, when a channel has 32 lanes or more, in the
+// coalesced-order phase; with 2 to 16 lanes a warp spans several channels and that phase is up to
+// 4-way conflicted.  8-byte elements (float64, complex64) are 2-way conflicted in the thread-order
+// phase at every lane count (and up to 4-way in the other below 16 lanes); 16-byte ones (complex128,
+// ITEMS = 4) 4-way in the thread-order phase (and in the other below 8 lanes).  (The layout of the
+// transpose is issue #25's.)  get(u) / put(u, v) read and write step u of the channel (they check the
+// bounds).  With SHIFT = -1 / +1, v[m] is step u - 1's / u + 1's value: the tile is still read
 // aligned (coalesced) and shifted by one in shared memory, only the step past the tile's edge read by
 // its one thread itself.
 // `coalesce` is the same for the whole block, so the barriers are never divergent.
@@ -219,15 +269,16 @@ __device__ __forceinline__ unsigned reset_bits(OPERAND(const unsigned char*, r),
     return bits;
 }
 
-// S: storage of x, h, h0, out / grad_x; SA: storage of a (S, or the real type of a complex
-// S); SG: storage of grad_a (S or A); A: accumulator, also grad_h0's storage.  Forward: x is x, out
-// is h (hh, ga, gh0 unused).
+// Storage types, each operand's own: SA of a, SX of x (the backward's grad_h), SH of hh (the backward's
+// forward h; the forward's unused slot: SO), S0 of h0 (SO without one), SO of out / grad_x (the
+// result), SG of grad_a (SO or A; the forward's unused slot: SO); A: accumulator, also grad_h0's
+// storage.  Forward: x is x, out is h (hh, ga, gh0 unused).
 // Backward: x is grad_h, hh is the forward's h, out is grad_x, ga is grad_a (or parts), gh0 is grad_h0.
 // r: the resets (bool bytes), read only when has_r.
-template <class S, class SA, class SG, class A, int ITEMS, bool BACKWARD>
+template <class SA, class SX, class SH, class S0, class SO, class SG, class A, int ITEMS, bool BACKWARD>
 __global__ void __launch_bounds__(THREADS, 1)  // registers over occupancy: no spills (tune on a device)
-scan_kernel(OPERAND(const SA*, a), OPERAND(const S*, x), OPERAND(const S*, hh), OPERAND(const S*, h0),
-            int has_h0, OPERAND(const unsigned char*, r), int has_r, OPERAND(S*, o), OPERAND(SG*, ga),
+scan_kernel(OPERAND(const SA*, a), OPERAND(const SX*, x), OPERAND(const SH*, hh), OPERAND(const S0*, h0),
+            int has_h0, OPERAND(const unsigned char*, r), int has_r, OPERAND(SO*, o), OPERAND(SG*, ga),
             OPERAND(A*, gh0),
             typename Acc<A>::real* parts, i64 C0, i64 C1, i64 C2, i64 T, int chans, int lanes,
             int chan_fast, i64 time_tiles, unsigned long long* counter, int* flags,
@@ -238,7 +289,7 @@ scan_kernel(OPERAND(const SA*, a), OPERAND(const S*, x), OPERAND(const S*, hh), 
     __shared__ A sC[THREADS];
     __shared__ A sT[THREADS * ITEMS + THREADS * ITEMS / 32];  // the coalescing transpose
     __shared__ unsigned char sF[THREADS * ITEMS];             // the tile's reset flags
-    __shared__ unsigned char sP[THREADS];                     // each lane pair's "holds a reset" (has_r)
+    __shared__ unsigned char sP[THREADS];                     // each lane pair's "holds a reset" (drops)
     __shared__ i64 sV;
     A la[ITEMS], lx[ITEMS], lh[ITEMS];
     const int tid = threadIdx.x;
@@ -268,7 +319,14 @@ scan_kernel(OPERAND(const SA*, a), OPERAND(const S*, x), OPERAND(const S*, hh), 
                                                             tid, cl, lane, live, base)
                               : 0u;
     // the steps whose carried state is dropped: the forward's r[t] (bit m + 1), the backward's r[t + 1] (bit m)
-    const unsigned dm = BACKWARD ? rb & ((1u << ITEMS) - 1u) : rb >> 1;
+    unsigned dm = BACKWARD ? rb & ((1u << ITEMS) - 1u) : rb >> 1;
+    // The sequence's first step has no carried state (g[T] = 0 in the backward, h[-1] = 0 in a forward
+    // without h0): it is dropped too, as a reset is, its value a[0] * 0 + x[0] (NaN for a non-finite
+    // a[0], as in the loop), so that no decay product is ever applied to that 0 (inf * 0 = NaN where
+    // the loop has inf).  With resets or in the first time tile, pairs carry "holds a reset" (`drops`:
+    // the same for the whole block).
+    const bool first = tt == 0 && (BACKWARD || !has_h0);
+    const bool drops = has_r || first;
 
     // 1. load (identity past the end and in dead channels) and fold.  An a constant in time (stride 0)
     // is read once.  The backward runs reversed time, step u is t = T - 1 - u: (conj(a[t + 1]), grad_h[t]),
@@ -292,7 +350,12 @@ scan_kernel(OPERAND(const SA*, a), OPERAND(const S*, x), OPERAND(const S*, hh), 
         tile_load(lx, sT, coalesce, cl, lane, lanes, base,
                   [&](i64 u) { return live && u < T ? load<A>(x, AT(x, i, j, kk, u)) : zero; });
     }
-    // the fold to (fa, fh) and ff, "holds a reset": at a dropped step the pair restarts at (0, x)
+    if (first && lane == 0 && live) {
+        if (!BACKWARD && !(dm & 1u)) lx[0] = la[0] * zero + lx[0];
+        dm |= 1u;
+    }
+    // the fold to (fa, fh) and ff, "holds a reset": at a dropped step the pair restarts at (0, x);
+    // composed by Ops::prod and scale (see there): no inf * 0 from the identity or an underflow
     A fa = one, fh = zero;
     bool ff = false;
 #pragma unroll
@@ -302,14 +365,14 @@ scan_kernel(OPERAND(const SA*, a), OPERAND(const S*, x), OPERAND(const S*, hh), 
             fh = lx[m];
             ff = true;
         } else {
-            fa = fa * la[m];
-            fh = la[m] * fh + lx[m];
+            fa = Ops::prod(fa, la[m]);
+            fh = scale(la[m], fh) + lx[m];
         }
     }
     // 2. inclusive scan of each channel's lane pairs (a pair holding a reset keeps its own (A, H))
     sA[tid] = fa;
     sH[tid] = fh;
-    if (has_r) sP[tid] = ff;
+    if (drops) sP[tid] = ff;
     __syncthreads();
     for (int d = 1; d < lanes; d *= 2) {
         A pa = one, ph = zero;
@@ -317,18 +380,18 @@ scan_kernel(OPERAND(const SA*, a), OPERAND(const S*, x), OPERAND(const S*, hh), 
         if (lane >= d) {
             pa = sA[tid - d * step];
             ph = sH[tid - d * step];
-            if (has_r) pf = sP[tid - d * step] != 0;
+            if (drops) pf = sP[tid - d * step] != 0;
         }
         __syncthreads();
         if (lane >= d) {
             if (!ff) {
-                fh = fa * ph + fh;
-                fa = fa * pa;
+                fh = scale(fa, ph) + fh;
+                fa = Ops::prod(fa, pa);
                 ff = pf;
             }
             sA[tid] = fa;
             sH[tid] = fh;
-            if (has_r) sP[tid] = ff;
+            if (drops) sP[tid] = ff;
         }
         __syncthreads();
     }
@@ -350,7 +413,7 @@ scan_kernel(OPERAND(const SA*, a), OPERAND(const S*, x), OPERAND(const S*, hh), 
     }
     __syncthreads();
     A h = sC[cl];
-    if (lane > 0) h = has_r && sP[tid - step] ? sH[tid - step] : sA[tid - step] * h + sH[tid - step];
+    if (lane > 0) h = drops && sP[tid - step] ? sH[tid - step] : sA[tid - step] * h + sH[tid - step];
     // 4. rescan from registers and write: h (forward) or grad_x = g and grad_a = g conj(h[t - 1])
     // (backward; h[-1] = h0).  Every thread, dead channels included, reaches every barrier.
     const bool summed = ga_st == 0;

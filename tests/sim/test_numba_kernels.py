@@ -195,3 +195,20 @@ def test_nan_propagates():
     x[0, 100] = np.nan
     h = host(parscan.linear_scan(0.5, to_device(x)))
     assert not np.isnan(h[0, :100]).any() and np.isnan(h[0, 100:]).all()
+
+
+def test_mixed_precision_operands_are_read_as_they_are():
+    """A float16 x (a strided device view) with a float32 a: the kernel reads each in its own dtype
+    (Numba specialises on the argument types; nothing is cast), forward and backward."""
+    rng = np.random.default_rng(4)
+    base = rand(rng, (2, 600), "float16")
+    x, a = base[:, ::2], rand(rng, (2, 300), "float32", "a")
+    xd = to_device(base)[:, ::2]
+    h = parscan.linear_scan(to_device(a), xd)
+    assert h.dtype == np.float32
+    assert_close(host(h), reference.linear_scan(a, x), "float32")
+    gh = rand(rng, (2, 300), "float16")
+    got = parscan.linear_scan_backward(to_device(a), h, to_device(gh))
+    want = reference.linear_scan_backward(a, host(h), gh)
+    for g, w in zip(got[:2], want[:2]):
+        assert_close(host(g), w, "float32")

@@ -641,9 +641,9 @@ def _source(xp, op: Operand, view, s: Strided):
     if arr.ndim == 1 and arr.strides[0] == arr.itemsize:
         return (_SELF, None)  # a contiguous vector is its own flat buffer
     if xp is np and all(st >= 0 for st in arr.strides):
-        r = arr.ravel("K")
-        if r.base is not None and _ptr(r) == _ptr(buf) and r.size == buf.size:
-            return (_RAVEL, None)  # contiguous in memory order: ravel is the flat buffer, a view
+        if arr.size == buf.size and _distinct_elements(arr):
+            return (_RAVEL, None)  # contiguous in memory order: ravel("K") is the flat buffer, a view
+            # (decided without calling ravel here, which copies an array that is not)
     elif arr.flags.c_contiguous and arr.size == buf.size:
         return (_RESHAPE, None)  # (CuPy) C-contiguous: reshape(-1) is the flat buffer, a view
     return (_FLAT, None)

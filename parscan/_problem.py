@@ -135,17 +135,14 @@ def each_part(run, bufs, shifts):
 
 
 def parts(problem):
-    """The canonical problems (no outer groups) that together make ``problem``: for a backend that
-    takes one problem at a time (the reference); the others run them through one launcher."""
+    """The canonical problems (no outer groups) that together make ``problem``, on views of its
+    buffers: for a backend that takes one problem at a time (the reference); the others run the parts
+    through one launcher (:func:`run_forward`)."""
     first, shifts = split_parts(problem)
-    if len(shifts) == 1:
-        return [first]
-    names = _operand_names(problem)
-    out = []
-    each_part(lambda *bufs: out.append(replace(first, **{
-        n: Strided(b, s.off, s.strides) for n, b, s in zip(names, bufs, (getattr(first, n) for n in names))
-        if b is not None})), [None if getattr(first, n) is None else getattr(first, n).buf for n in names], shifts)
-    return out
+    ops = [(n, getattr(first, n)) for n in _operand_names(problem)]
+    return [first if not any(part) else
+            replace(first, **{n: Strided(s.buf[k:], s.off, s.strides) for (n, s), k in zip(ops, part) if k})
+            for part in shifts]
 
 
 def accumulation_dtype(dtype: np.dtype) -> np.dtype:

@@ -13,11 +13,12 @@ How x's dimensions map onto that space is decided here, once, in plain Python:
   dimension ``C2`` is the one closest to contiguous) and adjacent ones are merged where *every* operand
   allows it (``stride[d] == shape[d+1] * stride[d+1]``).  A broadcast ``a`` or ``h0`` keeps stride 0 in
   the dimensions it is broadcast over and is never materialised;
-- at most three channel groups remain for every layout of arrays up to 4-D.  Only when more remain
-  (5-D and more, with a pattern of strides that will not merge) are the inputs copied once into
-  x's canonical order (and the result copied into ``out``): the single copy a layout may cost.
-  ``resets`` never cause that copy: the layout is planned without them, and where their broadcast
-  would break it they alone are copied, over the fewest dimensions that make them merge;
+- the three innermost channel groups are the canonical problem's; where more remain (5-D and more,
+  with a pattern of strides that will not merge) the outer ones are the problem's ``outer`` groups,
+  which the driver iterates (:func:`parts`, :func:`run_forward`, the plans' replays): one canonical
+  problem a part, on views of the same buffers, so no layout costs a copy of an input.
+  ``resets`` never add a part where the others fit in three groups: where their broadcast would break
+  that they alone are copied, over the fewest dimensions that make them merge;
 - results and temporaries are allocated contiguous in canonical order, so they never stop a merge.
 """
 
@@ -26,7 +27,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -38,11 +39,15 @@ MAX_CHANNEL_GROUPS = 3
 
 @dataclass(frozen=True)
 class Strided:
-    """An operand in canonical form: element ``(i, j, k, t)`` is ``buf[off + i*s0 + j*s1 + k*s2 + t*st]``."""
+    """An operand in canonical form: element ``(i, j, k, t)`` is ``buf[off + i*s0 + j*s1 + k*s2 + t*st]``.
+
+    ``outer``: the element strides of the problem's outer channel groups (see :func:`parts`): element
+    ``(o..., i, j, k, t)`` is ``buf[off + sum(o * outer) + ...]``; empty for a problem without them."""
 
     buf: Any
     off: int
     strides: tuple[int, int, int, int]
+    outer: tuple[int, ...] = ()
 
     @property
     def dtype(self):
@@ -66,6 +71,7 @@ class ScanProblem:
     dtype: np.dtype
     acc_dtype: np.dtype
     resets: Strided | None = None
+    outer: tuple[int, ...] = ()  # the sizes of the outer channel groups, iterated by the driver (parts)
 
 
 @dataclass(frozen=True)
@@ -91,6 +97,52 @@ class ScanBackwardProblem:
     dtype: np.dtype
     acc_dtype: np.dtype
     resets: Strided | None = None
+    outer: tuple[int, ...] = ()
+
+
+# the operands in the order the backends' launchers take their buffers (see run_forward)
+_FORWARD_OPERANDS = ("a", "x", "h0", "out", "resets")
+_BACKWARD_OPERANDS = ("a", "h", "grad_h", "h0", "grad_x", "grad_a", "grad_h0", "resets")
+
+
+def _operand_names(problem):
+    return _FORWARD_OPERANDS if isinstance(problem, ScanProblem) else _BACKWARD_OPERANDS
+
+
+def split_parts(problem):
+    """``(first, shifts)``: ``problem`` as canonical parts, one per index of its outer channel groups.
+    ``first`` is the part at the lowest address of every operand (no outer groups); part ``k`` is
+    ``first`` with each operand's buffer advanced by ``shifts[k][i]`` elements (operand i in the
+    launchers' order; None for an absent one), so every part has ``first``'s offsets and strides and
+    one launcher prepared for ``first`` runs them all, each on views of the same buffers."""
+    names = _operand_names(problem)
+    ops = [getattr(problem, n) for n in names]
+    if not problem.outer:
+        return problem, [tuple(None if s is None else 0 for s in ops)]
+    lows = [None if s is None else sum(min(0, (n - 1) * st) for n, st in zip(problem.outer, s.outer)) for s in ops]
+    first = replace(problem, outer=(), **{n: Strided(s.buf, s.off + low, s.strides)
+                                          for n, s, low in zip(names, ops, lows) if s is not None})
+    shifts = [tuple(None if s is None else sum(i * st for i, st in zip(idx, s.outer)) - low
+                    for s, low in zip(ops, lows))
+              for idx in itertools.product(*(range(n) for n in problem.outer))]
+    return first, shifts
+
+
+def each_part(run, bufs, shifts):
+    """``run(*bufs)`` once per part: each buffer advanced by its part's shift (a view, no copy)."""
+    for part in shifts:
+        run(*(b if k is None or k == 0 else b[k:] for b, k in zip(bufs, part)))
+
+
+def parts(problem):
+    """The canonical problems (no outer groups) that together make ``problem``, on views of its
+    buffers: for a backend that takes one problem at a time (the reference); the others run the parts
+    through one launcher (:func:`run_forward`)."""
+    first, shifts = split_parts(problem)
+    ops = [(n, getattr(first, n)) for n in _operand_names(problem)]
+    return [first if not any(part) else
+            replace(first, **{n: Strided(s.buf[k:], s.off, s.strides) for (n, s), k in zip(ops, part) if k})
+            for part in shifts]
 
 
 def accumulation_dtype(dtype: np.dtype) -> np.dtype:
@@ -148,8 +200,10 @@ class Canon:
             else:
                 groups.append([d])
         self.groups = groups
-        sizes = [math.prod(shape[d] for d in g) for g in groups]
-        self.channel_shape = tuple([1] * (MAX_CHANNEL_GROUPS - len(groups)) + sizes)
+        self.inner, self.outer = groups[-MAX_CHANNEL_GROUPS:], groups[:-MAX_CHANNEL_GROUPS]
+        size = lambda g: math.prod(shape[d] for d in g)  # noqa: E731
+        self.channel_shape = tuple([1] * (MAX_CHANNEL_GROUPS - len(self.inner)) + [size(g) for g in self.inner])
+        self.outer_shape = tuple(size(g) for g in self.outer)  # the driver's parts (see parts)
 
     @property
     def fits(self) -> bool:
@@ -158,7 +212,7 @@ class Canon:
     def strided(self, v, writeable: bool = False) -> Strided:
         """``v`` (shape == self.shape, or time length 1) as a canonical :class:`Strided`."""
         item = v.itemsize
-        bstrides = [v.strides[g[-1]] for g in self.groups]
+        bstrides = [v.strides[g[-1]] for g in self.inner]
         bstrides = [0] * (MAX_CHANNEL_GROUPS - len(bstrides)) + bstrides + [v.strides[self.axis]]
         if any(s % item for s in v.strides):
             raise AssertionError("misaligned strides must have been copied by the planner")
@@ -170,7 +224,7 @@ class Canon:
         if self.reverse and T > 1:
             off += (T - 1) * es[3]
             es[3] = -es[3]
-        return Strided(buf, off, tuple(es))
+        return Strided(buf, off, tuple(es), tuple(v.strides[g[-1]] // item for g in self.outer))
 
     def alloc(self, dtype, tlen: int | None = None):
         """A new array of ``shape`` (time length ``tlen``), contiguous in canonical order."""
@@ -179,12 +233,6 @@ class Canon:
             shape[self.axis] = tlen
         arr = self.xp.empty([shape[d] for d in self.order], dtype=dtype)
         return arr.transpose(np.argsort(self.order))
-
-    def copy_in(self, v):
-        """A copy of ``v`` contiguous in canonical order (the fallback for unmergeable layouts)."""
-        new = self.alloc(v.dtype, v.shape[self.axis])
-        new[...] = v
-        return new
 
 
 def _well_aligned(v) -> bool:
@@ -207,29 +255,22 @@ def _broadcast(xp, op: Operand, shape, dtype, name, fix):
 
 
 def _canonical(xp, shape, axis, reverse, views, flags=None):
-    """A Canon for ``views``; copies the inputs once when their layout cannot be merged (see module doc).
+    """A Canon for ``views`` (see module doc): groups beyond three are outer parts, never a copy.
 
-    ``flags``: the index in ``views`` of the resets, which never cost a copy of the others: the layout
-    is planned without them, and where their broadcast breaks a merge of the others' dimensions they
-    alone are copied, materialised over just the dimensions of the groups they break (one byte an
-    element of those)."""
+    ``flags``: the index in ``views`` of the resets, which never split the others' layout into parts:
+    where the others merge into three groups and the resets' broadcast breaks that, the resets alone
+    are copied, materialised over just the dimensions of the groups they break (one byte an element of
+    those).  (Where the others need parts anyway, the resets are one more view over them.)"""
     views = [v if _well_aligned(v) else xp.ascontiguousarray(v) for v in views]
     canon = Canon(xp, shape, axis, reverse, views)
-    if canon.fits:
+    if canon.fits or flags is None:
         return canon, views
     rest = [v for i, v in enumerate(views) if i != flags]
     plain = Canon(xp, shape, axis, reverse, rest)
     if not plain.fits:
-        rest = [plain.copy_in(v) for v in rest]
-        plain = Canon(xp, shape, axis, reverse, rest)
-    if flags is None:
-        return plain, rest
+        return canon, views
     rest.insert(flags, _compact_flags(xp, views[flags], plain))
-    canon = Canon(xp, shape, axis, reverse, rest)
-    if not canon.fits:  # (not expected) the flags in canonical order at x's size
-        rest[flags] = plain.copy_in(views[flags])
-        canon = Canon(xp, shape, axis, reverse, rest)
-    return canon, rest
+    return Canon(xp, shape, axis, reverse, rest), rest
 
 
 def _compact_flags(xp, r, canon: Canon):
@@ -357,6 +398,7 @@ def plan_forward(xp, a: Operand, x: Operand, h0: Operand | None, out: Operand | 
         dtype=np.dtype(dtype),
         acc_dtype=accumulation_dtype(dtype),
         resets=canon.strided(views[-1]) if rv is not None else None,
+        outer=canon.outer_shape,
     )
 
     def finish():
@@ -369,18 +411,21 @@ def plan_forward(xp, a: Operand, x: Operand, h0: Operand | None, out: Operand | 
                                                                 None if copied_out else canon, resets)
 
 
+def _run(launcher, problem, *args):
+    first, shifts = split_parts(problem)
+    bufs = [None if s is None else s.buf for s in (getattr(problem, n) for n in _operand_names(problem))]
+    each_part(launcher(first, *args), bufs, shifts)
+
+
 def run_forward(launcher, problem: ScanProblem, *args):
-    """Run ``problem`` once by a backend's ``launcher(problem, *args)`` (see the backends' interface)."""
-    launcher(problem, *args)(problem.a.buf, problem.x.buf, None if problem.h0 is None else problem.h0.buf,
-                             problem.out.buf, None if problem.resets is None else problem.resets.buf)
+    """Run ``problem`` once by a backend's ``launcher(problem, *args)`` (see the backends' interface),
+    which is prepared once and run for each of its parts (see :func:`split_parts`)."""
+    _run(launcher, problem, *args)
 
 
 def run_backward(launcher, problem: ScanBackwardProblem, *args):
-    """Run ``problem`` once by a backend's ``launcher(problem, *args)``."""
-    launcher(problem, *args)(problem.a.buf, problem.h.buf, problem.grad_h.buf,
-                             None if problem.h0 is None else problem.h0.buf, problem.grad_x.buf,
-                             problem.grad_a.buf, None if problem.grad_h0 is None else problem.grad_h0.buf,
-                             None if problem.resets is None else problem.resets.buf)
+    """Run ``problem`` once by a backend's ``launcher(problem, *args)``, part by part."""
+    _run(launcher, problem, *args)
 
 
 def _copy_into(out, value):
@@ -517,6 +562,7 @@ def plan_backward(xp, a: Operand, h: Operand, grad_h: Operand, h0: Operand | Non
         grad_h0=None if gh0 is None else canon.strided(gh0, writeable=True),
         dtype=dtype,
         acc_dtype=acc,
+        outer=canon.outer_shape,
     )
 
     def finish():
@@ -542,9 +588,9 @@ def plan_backward(xp, a: Operand, h: Operand, grad_h: Operand, h0: Operand | Non
         p = BackwardPlan()
         p.xp, p.impl, p.shape, p.dtype, p.acc = xp, impl, problem.shape, dtype, acc
         p.dev = h.device if xp is not np else None
+        first, p.shifts = split_parts(problem)
         p.geo = tuple(None if s is None else (s.off, s.strides) for s in (
-            problem.a, problem.h, problem.grad_h, problem.h0, problem.grad_x, problem.grad_a, problem.grad_h0,
-            problem.resets))
+            first.a, first.h, first.grad_h, first.h0, first.grad_x, first.grad_a, first.grad_h0, first.resets))
         allocs = (_alloc_recipe(canon), _alloc_recipe(canon, 1 if time_const else T),
                   None if gh0 is None else _alloc_recipe(canon, 1))
         p.fetch = tuple(None if s is None else _fetcher(s, xp) for s in srcs)
@@ -554,7 +600,7 @@ def plan_backward(xp, a: Operand, h: Operand, grad_h: Operand, h0: Operand | Non
         p.reduce_a = _reducer(xp, ga.shape, ga.dtype, a_padded, a_shape, a_dtype)
         p.reduce_h0 = None if gh0 is None else _reducer(xp, gh0.shape, gh0.dtype, h0_padded, h0_shape, h0_dtype)
         launcher = getattr(impl, "backward_launcher", None)
-        p.launch = None if launcher is None else launcher(problem)
+        p.launch = None if launcher is None else launcher(first)
         return p
 
     return problem, finish, plan
@@ -592,9 +638,9 @@ def _source(xp, op: Operand, view, s: Strided):
     if arr.ndim == 1 and arr.strides[0] == arr.itemsize:
         return (_SELF, None)  # a contiguous vector is its own flat buffer
     if xp is np and all(st >= 0 for st in arr.strides):
-        r = arr.ravel("K")
-        if r.base is not None and _ptr(r) == _ptr(buf) and r.size == buf.size:
-            return (_RAVEL, None)  # contiguous in memory order: ravel is the flat buffer, a view
+        if arr.size == buf.size and _distinct_elements(arr):
+            return (_RAVEL, None)  # contiguous in memory order: ravel("K") is the flat buffer, a view
+            # (decided without calling ravel here, which copies an array that is not)
     elif arr.flags.c_contiguous and arr.size == buf.size:
         return (_RESHAPE, None)  # (CuPy) C-contiguous: reshape(-1) is the flat buffer, a view
     return (_FLAT, None)
@@ -702,7 +748,7 @@ class ForwardPlan:
     """A planned forward call, replayed for the arguments of a later call of the same signature."""
 
     __slots__ = ("xp", "impl", "shape", "dtype", "acc", "geo", "out_src", "check_overlap", "launch", "dev",
-                 "fetch", "new_out")
+                 "fetch", "new_out", "shifts")
 
     def run(self, a, x, h0, out, resets=None):
         xp = self.xp
@@ -724,14 +770,19 @@ class ForwardPlan:
         ba, bx = fa(a), fx(x)
         bh = None if fh is None else fh(h0)
         br = None if fr is None else fr(resets)
-        if self.launch is not None:  # the backend's launcher prepared for this geometry
-            self.launch(ba, bx, bh, obuf, br)
-            return target
+        bufs = (ba, bx, bh, obuf, br)
+        if self.launch is not None and len(self.shifts) == 1:  # the backend's launcher prepared for this geometry
+            self.launch(*bufs)
+        else:  # part by part (see split_parts)
+            each_part(self.launch or self._problem, bufs, self.shifts)
+        return target
+
+    def _problem(self, ba, bx, bh, obuf, br):
+        """Run the problem of these buffers (a part's) by the backend's ``forward``."""
         geo = self.geo
         self.impl.forward(ScanProblem(self.shape, Strided(ba, *geo[0]), Strided(bx, *geo[1]),
                                       None if bh is None else Strided(bh, *geo[2]), Strided(obuf, *geo[3]),
                                       self.dtype, self.acc, None if br is None else Strided(br, *geo[4])))
-        return target
 
 
 def capture_forward(xp, impl, a, x, h0, out, problem, views, target, canon, resets=None):
@@ -748,12 +799,13 @@ def capture_forward(xp, impl, a, x, h0, out, problem, views, target, canon, rese
     p = ForwardPlan()
     p.xp, p.impl, p.shape, p.dtype, p.acc = xp, impl, problem.shape, problem.dtype, problem.acc_dtype
     p.fetch = tuple(None if s is None else _fetcher(s, xp) for s in srcs)
+    first, p.shifts = split_parts(problem)
     p.geo = tuple((s.off, s.strides) if s is not None else None
-                  for s in (problem.a, problem.x, problem.h0, problem.out, problem.resets))
+                  for s in (first.a, first.x, first.h0, first.out, first.resets))
     p.out_src, p.check_overlap = None, False
     p.dev = x.device if xp is not np else None
     launcher = getattr(impl, "forward_launcher", None)
-    p.launch = None if launcher is None else launcher(problem)
+    p.launch = None if launcher is None else launcher(first)
     if user_out is None:
         p.new_out = functools.partial(_new, xp, _alloc_recipe(canon), problem.dtype)
     else:
@@ -770,7 +822,7 @@ class BackwardPlan:
     """A planned backward call, replayed for the arguments of a later call of the same signature."""
 
     __slots__ = ("xp", "impl", "shape", "dtype", "acc", "geo", "out_srcs", "reduce_a", "reduce_h0", "launch", "dev",
-                 "fetch", "new")
+                 "fetch", "new", "shifts")
 
     def run(self, a, h, grad_h, h0, resets=None, out=None):
         """``out``: ``linear_scan_backward``'s ``out=`` tuple (the signature's: the same arrays given or
@@ -795,15 +847,20 @@ class BackwardPlan:
         else:
             ga, ba = new_q()
         gh0, b0 = (None, None) if new_0 is None else new_0()
-        if self.launch is not None:  # the backend's launcher prepared for this geometry
-            self.launch(*ins, bx, ba, b0, br)
-        else:
-            geo = self.geo
-            self.impl.backward(ScanBackwardProblem(
-                self.shape, *(None if b is None else Strided(b, *g) for b, g in zip(ins + (bx, ba, b0), geo)),
-                self.dtype, self.acc, None if br is None else Strided(br, *geo[7])))
+        bufs = (*ins, bx, ba, b0, br)
+        if self.launch is not None and len(self.shifts) == 1:  # the backend's launcher prepared for this geometry
+            self.launch(*bufs)
+        else:  # part by part (see split_parts)
+            each_part(self.launch or self._problem, bufs, self.shifts)
         grad_a = ga if qsrc is not None else self.reduce_a(ga)
         grad_h0 = None if gh0 is None else self.reduce_h0(gh0)
         if out is None:
             return grad_a, grad_x, grad_h0
         return tuple(r if u is None or u is r else _copy_into(u, r) for r, u in zip((grad_a, grad_x, grad_h0), out))
+
+    def _problem(self, *bufs):
+        """Run the problem of these buffers (a part's) by the backend's ``backward``."""
+        geo = self.geo
+        self.impl.backward(ScanBackwardProblem(
+            self.shape, *(None if b is None else Strided(b, *g) for b, g in zip(bufs[:7], geo)),
+            self.dtype, self.acc, None if bufs[7] is None else Strided(bufs[7], *geo[7])))

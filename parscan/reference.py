@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._problem import parts
+
 
 def _wide(*arrays):
     return np.complex128 if any(np.iscomplexobj(v) for v in arrays if v is not None) else np.float64
@@ -159,6 +161,16 @@ def _view4(s, shape):
 
 
 def forward(problem):
+    for part in parts(problem):  # (one, unless the layout has more than three channel groups)
+        _forward(part)
+
+
+def backward(problem):
+    for part in parts(problem):
+        _backward(part)
+
+
+def _forward(problem):
     shape = problem.shape
     a, x = _view4(problem.a, shape), _view4(problem.x, shape)
     h0 = None if problem.h0 is None else _view4(problem.h0, shape[:3] + (1,))[..., 0]
@@ -166,7 +178,7 @@ def forward(problem):
     _view4(problem.out, shape)[...] = scan_last_axis(a, x, h0, r)
 
 
-def backward(problem):
+def _backward(problem):
     shape = problem.shape
     a, h, gh = (_view4(s, shape) for s in (problem.a, problem.h, problem.grad_h))
     h0 = None if problem.h0 is None else _view4(problem.h0, shape[:3] + (1,))[..., 0]

@@ -5,7 +5,7 @@ import pytest
 
 from parscan import _half, cpu
 from parscan._arrays import as_operand
-from parscan._problem import _distinct_elements, plan_backward, plan_forward
+from parscan._problem import _distinct_elements, parts, plan_backward, plan_forward, split_parts
 
 
 def plan(a, x, h0=None, out=None, axis=-1, reverse=False):
@@ -51,12 +51,31 @@ def test_fortran_order_orders_channels_by_stride():
     assert p.shape == (1, 1, 30, 7) and p.x.strides == (0, 0, 1, 30)
 
 
-def test_unmergeable_six_dims_take_one_copy():
+def test_unmergeable_six_dims_run_as_parts_on_views():
+    """More than three channel groups: the outer ones are parts, each operand a view of its own memory
+    (no copy), and the parts cover every element once."""
     x = np.zeros((2, 3, 2, 3, 2, 7))[::1, ::-1]
     a = np.full((2, 1, 2, 1, 2, 1), 0.5)
     p = plan(a, x)
-    assert p.shape[3] == 7 and np.prod(p.shape) == x.size
-    assert p.x.buf.base is not x.base  # copied into canonical order
+    assert p.shape[3] == 7 and np.prod(p.shape) * np.prod(p.outer) == x.size and p.outer
+    assert np.shares_memory(p.x.buf, x) and np.shares_memory(p.a.buf, a)  # views, not copies
+    first, shifts = split_parts(p)
+    assert len(shifts) == np.prod(p.outer) and first.outer == () and first.shape == p.shape
+    seen = []
+    for part in parts(p):
+        assert part.x.off == first.x.off and part.x.strides == first.x.strides
+        v = np.lib.stride_tricks.as_strided(part.x.buf[part.x.off:], part.shape,
+                                            [s * 8 for s in part.x.strides])
+        seen.extend(int(i) for i in np.ravel((v.__array_interface__["data"][0] - x.base.ctypes.data) // 8
+                                             + _offsets(part.shape, part.x.strides)))
+    assert sorted(seen) == sorted(int(i) for i in np.ravel((x.__array_interface__["data"][0] - x.base.ctypes.data)
+                                                           // 8 + _offsets(x.shape, [s // 8 for s in x.strides])))
+
+
+def _offsets(shape, strides):
+    """The element offsets of a strided view's elements from its first."""
+    return sum(np.arange(n).reshape((-1,) + (1,) * (len(shape) - d - 1)) * s
+               for d, (n, s) in enumerate(zip(shape, strides)))
 
 
 def test_output_allocated_in_canonical_order():

@@ -7,6 +7,8 @@ import pytest
 
 import parscan
 from parscan import _plans, reference
+from parscan._arrays import as_operand
+from parscan._problem import plan_forward
 from conftest import HOST_BACKENDS, assert_close, rand
 
 
@@ -208,3 +210,30 @@ def test_many_threads_under_numbas_workqueue_layer():
     env = dict(os.environ, NUMBA_THREADING_LAYER="workqueue", NUMBA_NUM_THREADS="2")
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), (r.returncode, r.stdout[-2000:], r.stderr[-2000:])
+
+
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+def test_layouts_run_as_parts_are_replayed_on_new_data(backend):
+    """A layout of more than three channel groups (flipped axes of a 5-D x: four groups) runs as parts;
+    its plan replays every part on a later call's buffers (forward, out=, backward with h0 and a
+    per-channel decay), and the results are the reference's."""
+    rng = np.random.default_rng(11)
+    a = rand(rng, (3, 1, 4, 1), "float64", "a")
+    h0 = rand(rng, (2, 3, 2, 4), "float64")
+    for k in range(3):
+        x = rand(rng, (2, 3, 2, 4, 300), "float64")[::-1, :, ::-1]
+        gh = rand(rng, (2, 3, 2, 4, 300), "float64")[:, ::-1, :, ::-1]
+        out = np.empty((2, 3, 2, 4, 300))[::-1, ::-1]
+        h = parscan.linear_scan(a, x, h0, backend=backend)
+        parscan.linear_scan(a, x, h0, out=out, backend=backend)
+        got = parscan.linear_scan_backward(a, h, gh, h0, backend=backend)
+        want = reference.linear_scan(a, x, h0)
+        if k == 0:
+            p = plan_forward(np, *(as_operand(v, n, allow_scalar=True) for v, n in ((a, "a"), (x, "x"), (h0, "h0"))),
+                             None, -1, False)[0]
+            assert p.outer == (2,)
+        assert_close(h, want, "float64")
+        assert_close(out, want, "float64")
+        for g, w in zip(got, reference.linear_scan_backward(a, want, gh, h0)):
+            assert_close(g, w, "float64")
+    assert _plans.FORWARD.hits == 4 and _plans.BACKWARD.hits == 2

@@ -5,6 +5,10 @@ Only what parscan's CUDA paths use is real: ``ndarray`` (a NumPy subclass with `
 functions (NumPy's, results turned into device arrays; ``empty`` filled with 0xff bytes, NaN in
 floating point, so a read of unwritten memory shows), ``cuda.Device``, ``cuda.runtime``,
 ``RawModule`` / ``RawKernel``.  ``asarray`` of a host array copies it "to the device", as CuPy does.
+
+Every array the stand-in allocates (its constructors, ``asarray`` of host data, NumPy functions' new
+results, and new arrays made by the arrays' own methods and operators: ``astype``, ``copy``, ``sum``,
+arithmetic, ...) is counted by the :func:`counting` contexts open at the time; views are not.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import threading
 import types
+import contextlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,6 +37,8 @@ class ndarray(np.ndarray):  # noqa: N801 - CuPy's name
         view = self.base is not None and isinstance(obj, ndarray)
         self.extent = getattr(obj, "extent", None) if self.base is not None else None
         self.dev_id = obj.dev_id if view else _state.device
+        if _new_memory(self, obj):
+            _count(self)
 
     @property
     def device(self):
@@ -40,6 +47,55 @@ class ndarray(np.ndarray):  # noqa: N801 - CuPy's name
     def get(self):
         """A host copy (as ``cupy.ndarray.get``)."""
         return np.array(self, copy=True).view(np.ndarray)
+
+
+@dataclass
+class Allocations:
+    """What the stand-in allocated inside a :func:`counting` block: arrays, their bytes, the largest's."""
+
+    arrays: int = 0
+    bytes: int = 0
+    largest: int = 0
+    shapes: list = field(default_factory=list)  # (shape, dtype) of each, in order
+
+    def __str__(self):
+        return f"{self.arrays} arrays, {self.bytes} bytes (largest {self.largest}): {self.shapes[:8]}"
+
+
+_COUNTERS: list = []  # the open counting() blocks' Allocations (any thread's: the tests count one call)
+
+
+def _count(arr):
+    for c in _COUNTERS:
+        c.arrays += 1
+        c.bytes += arr.nbytes
+        c.largest = max(c.largest, arr.nbytes)
+        c.shapes.append((arr.shape, arr.dtype.name))
+
+
+@contextlib.contextmanager
+def counting():
+    """``with counting() as c:`` c (:class:`Allocations`) counts every array the stand-in allocates
+    inside the block (see the module docstring)."""
+    c = Allocations()
+    _COUNTERS.append(c)
+    try:
+        yield c
+    finally:
+        _COUNTERS.remove(c)
+
+
+def _new_memory(arr, obj):
+    """Whether ``arr`` (being finalized from ``obj``) is new memory: an array of its own (``astype``,
+    ``copy``), or the wrapper of a new NumPy array holding exactly its bytes: a ufunc's or reduction's
+    result (wrapped from ``obj``, an input that lives elsewhere) or a NumPy result made a device array
+    (``obj`` is that result).  Views share their owner (NumPy collapses ``base`` to it) and are not."""
+    owner = arr.base
+    if owner is None:
+        return True
+    if type(owner) is not np.ndarray or owner.base is not None or owner.nbytes != arr.nbytes:
+        return False
+    return obj is owner or (isinstance(obj, ndarray) and (obj if obj.base is None else obj.base) is not owner)
 
 
 ALIGN = 256  # CuPy's memory pool hands out 256-byte aligned blocks; sectors are counted from there
@@ -58,6 +114,7 @@ def _alloc(shape, dtype, order="C", fill=None):
     arr = (flat.reshape(shape, order=order) if flat.size else np.empty(shape, dtype, order)).view(ndarray)
     lo = arr.__array_interface__["data"][0]
     arr.extent = (lo, lo + nbytes)
+    _count(arr)
     return arr
 
 

@@ -35,8 +35,6 @@ HOST_ELEMENTS = (100_000, 300_000)  # x's elements: 0.4-1.2 MB in float32
 CUDA_ELEMENTS = (12_000, 40_000)  # the CPU harness runs the CUDA C kernels a thread at a time: smaller
 N_CASES = 30
 MIXES = [("float32", "float32"), ("float16", "float32"), ("float32", "float64")]  # (x, a)
-CUPY_MIXED = pytest.mark.xfail(strict=True, reason="casts until branch cuda lands (the cupy backend casts a "
-                                                   "mixed-precision operand's whole flat buffer)")
 BCAST_GRAD = pytest.mark.xfail(strict=True, reason="grad_a of a decay broadcast over channels and varying in "
                                                    "time is computed at x's size, then summed")
 
@@ -177,8 +175,6 @@ def _check(c, host, results, dt):
 
 def _marks(c, backend):
     marks = []
-    if backend == "cupy" and len(set(c["dtypes"])) > 1:
-        marks.append(CUPY_MIXED)
     if c["op"] == "backward" and c["a"] == "time":
         marks.append(BCAST_GRAD)
     return marks

@@ -127,7 +127,7 @@ def test_high_rank_unmergeable_layouts(backend):
     h0 = rand(rng, (2, 3, 5), "float64")
     h = parscan.linear_scan(a, x, h0, axis=2, backend=backend)
     assert_close(h, reference.linear_scan(a, x, h0, axis=2), "float64")
-    # 6-D with alternating broadcast dims: more than three groups, run as parts (the outer groups iterated on views, no copy)
+    # 6-D with alternating broadcast dims: more than three groups, run as parts (views, no copy)
     x6 = layout(rand(rng, (2, 3, 2, 3, 2, 7), "float64"), "strided")
     a6 = rand(rng, (2, 1, 2, 1, 2, 1), "float64", "a")
     h6 = parscan.linear_scan(a6, x6, backend=backend)

@@ -127,7 +127,7 @@ def _close(name, got, want, dtype, reduced=1, bound=0.0, factor=1.0):
     assert problem is None, problem
 
 
-@settings(max_examples=90, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=70, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(problems())
 @example(_case((2, 5 * MIN_CHUNK + 3), -1, "float32", h0="full"))                       # time chunks, time-inner
 @example(_case((5 * MIN_CHUNK + 1, 3), 0, "float64", a="time", h0="python", reverse=True))  # chunks, narrow

@@ -217,21 +217,42 @@ class Target:
 
 _EVERY = slice(None, None, 2)
 _FLIP = slice(None, None, -1)
+#: elements of sentinel before and after the memory of every placed array (see :func:`_place`)
+PAD = 64
+
+
+def _sentinel(dtype):
+    """What fills a placed array's buffer around it: NaN (a read of it shows in the result; a write
+    over it is told apart by its bits)."""
+    return np.dtype(dtype).type(np.nan)
+
+
+@dataclass(frozen=True)
+class _Buffer:
+    """The memory a placed array views: ``flat`` on the target (``PAD`` sentinels, the body, ``PAD``
+    sentinels); the array is ``flat[PAD:-PAD].reshape(body)[index]``."""
+
+    flat: Any
+    body: tuple
+    index: tuple
 
 
 def _place(t: Target, host, layout):
     """A copy of ``host`` on ``t``'s device in ``layout`` (``host`` stays as it was, to compare with):
-    ``(array, buffer it views, index of the view in it)``."""
-    d = t.xp.array(np.ascontiguousarray(host), copy=True)
-    if layout == "strided":  # every other element of a buffer twice as large in every dim
-        big = t.xp.zeros(tuple(2 * n for n in host.shape), host.dtype)
-        sl = (_EVERY,) * host.ndim
-        big[sl] = d
-        return big[sl], big, sl
-    if layout == "negative":  # reversed memory order in every dim
-        flipped = t.xp.ascontiguousarray(d[(_FLIP,) * host.ndim])
-        return flipped[(_FLIP,) * host.ndim], None, None
-    return d, None, None
+    ``(array, its _Buffer)``.  Every layout views a buffer filled with the sentinel, ``PAD`` elements
+    larger at either end, so that a write outside the array (or a read, which gives NaN) shows."""
+    nd = host.ndim
+    if layout == "strided":  # every other element of a body twice as large in every dim
+        body, index = tuple(2 * n for n in host.shape), (_EVERY,) * nd
+    elif layout == "negative":  # reversed memory order in every dim
+        body, index = host.shape, (_FLIP,) * nd
+    else:  # C order (the case's shape puts time or the channels last)
+        body, index = host.shape, (Ellipsis,)
+    size = math.prod(body)
+    flat = t.xp.full(size + 2 * PAD, _sentinel(host.dtype), host.dtype)
+    arr = flat[PAD:PAD + size].reshape(body)[index]
+    arr[...] = t.xp.array(np.ascontiguousarray(host), copy=True)
+    return arr, _Buffer(flat, body, index)
 
 
 def _max_abs(v):
@@ -276,10 +297,10 @@ class _Checker:
         self.factor = 1.0  # tolerance factor of this case (_memory_factor)
 
     def place(self, host, layout, name, check_unmodified=True):
-        arr, base, sl = _place(self.t, host, layout)
+        arr, buf = _place(self.t, host, layout)
         if check_unmodified:
             self.inputs.append((name, arr, host))
-        return arr, base, sl
+        return arr, buf
 
     def compare(self, name, got, want, reduced=1, bound=0.0, library=True):
         """``got`` (on the target) against the float64 ``want``; ``library``: got must be an array of the
@@ -305,14 +326,18 @@ class _Checker:
             if name not in skip and not np.array_equal(self.t.to_host(arr), host):
                 self.problems.append(f"input {name} was modified")
 
-    def gaps_untouched(self, name, base, sl):
-        """The elements of ``base`` outside the strided view ``sl`` are still zero."""
-        if base is None:
+    def gaps_untouched(self, name, buf):
+        """Every element of ``buf`` (a :class:`_Buffer`) outside its array still holds the sentinel, bit
+        for bit: the padding before and after it and the gaps of a strided layout."""
+        if buf is None:
             return
-        rest = self.t.to_host(base).copy()
-        rest[sl] = 0
-        if np.any(rest != 0):
-            self.problems.append(f"{name}: written outside the strided view")
+        rest = np.array(self.t.to_host(buf.flat), copy=True)
+        fill = _sentinel(rest.dtype)
+        rest[PAD:rest.size - PAD].reshape(buf.body)[buf.index] = fill
+        changed = rest.view(np.uint8).reshape(rest.size, -1) != np.full(1, fill).view(np.uint8)
+        n = int(np.count_nonzero(changed.any(axis=1)))
+        if n:
+            self.problems.append(f"{name}: written outside the array ({n} element(s) of its buffer)")
 
 
 def _forward_case(c: Case, k: _Checker, rng, place_x=True):
@@ -333,17 +358,17 @@ def _forward_case(c: Case, k: _Checker, rng, place_x=True):
         h0_d = k.place(h0_h, c.layout, "h0")[0]
     else:
         h0_h = h0_d = None
-    x_d, x_base, x_sl = k.place(x, c.layout, "x") if place_x else (None, None, None)
-    return x, x_d, x_base, x_sl, a_h, a_d, a_dt, h0_h, h0_d
+    x_d, x_buf = k.place(x, c.layout, "x") if place_x else (None, None)
+    return x, x_d, x_buf, a_h, a_d, a_dt, h0_h, h0_d
 
 
 def run_forward(c: Case, k: _Checker, rng):
-    x, x_d, x_base, x_sl, a_h, a_d, _, h0_h, h0_d = _forward_case(c, k, rng)
-    out_d, base, sl = None, None, None
+    x, x_d, x_buf, a_h, a_d, _, h0_h, h0_d = _forward_case(c, k, rng)
+    out_d, buf = None, None
     if c.out == "new":
-        out_d, base, sl = k.place(np.zeros(c.shape, c.dtype), c.layout, "out", check_unmodified=False)
+        out_d, buf = k.place(np.zeros(c.shape, c.dtype), c.layout, "out", check_unmodified=False)
     elif c.out == "x":
-        out_d, base, sl = x_d, x_base, x_sl
+        out_d, buf = x_d, x_buf
     want = reference.linear_scan(a_h, x, h0_h, axis=c.axis, reverse=c.reverse)
     k.factor = _memory_factor(a_h, c.shape[c.axis])
     h = linear_scan(a_d, x_d, h0_d, axis=c.axis, reverse=c.reverse, out=out_d, backend=k.t.backend)
@@ -352,11 +377,11 @@ def run_forward(c: Case, k: _Checker, rng):
     k.expect_dtype("h", h, c.dtype)
     k.compare("h", h, want)
     k.inputs_unmodified(skip=("x",) if c.out == "x" else ())
-    k.gaps_untouched("out", base, sl)
+    k.gaps_untouched("out", buf)
 
 
 def run_backward(c: Case, k: _Checker, rng):
-    x, _, _, _, a_h, a_d, a_dt, h0_h, h0_d = _forward_case(c, k, rng, place_x=False)
+    x, _, _, a_h, a_d, a_dt, h0_h, h0_d = _forward_case(c, k, rng, place_x=False)
     h_h = reference.linear_scan(a_h, x, h0_h, axis=c.axis, reverse=c.reverse).astype(c.dtype)
     gh_h = h_h if c.out == "alias" else _rand(rng, c.shape, c.dtype)
     wa, wx, wh0 = reference.linear_scan_backward(a_h, h_h, gh_h, h0_h, axis=c.axis, reverse=c.reverse)

@@ -83,10 +83,8 @@ def test_a_corrupted_result_is_caught_and_exits_1(tmp_path, monkeypatch, capsys)
     assert rep["summary"]["cpu"]["mismatches"] == len(bad)
 
 
-def test_modified_inputs_and_writes_outside_out_are_caught(monkeypatch):
-    from parscan import cpu
-
-    real_b, real_f = check.linear_scan_backward, cpu.forward
+def test_modified_inputs_are_caught(monkeypatch):
+    real_b = check.linear_scan_backward
 
     def scribble_on_grad_h(a, h, grad_h, *args, **kw):
         res = real_b(a, h, grad_h, *args, **kw)
@@ -99,14 +97,54 @@ def test_modified_inputs_and_writes_outside_out_are_caught(monkeypatch):
     r = check.run_case(c, check.Target("cpu", np, False))
     assert r["status"] == "mismatch" and r["problems"] == ["input grad_h was modified"]
 
-    def write_past_the_view(problem):
-        real_f(problem)
-        problem.out.buf[problem.out.off + 1] = 7  # the gap after out's first element
 
-    c = check.Case(1, "forward", "float64", (3, 50), 1, "strided", "full", "none", False, "new", "fast", "small", 0)
-    monkeypatch.setattr(cpu, "forward", write_past_the_view)
+def _span(v):
+    """Byte addresses of the lowest element of ``v`` and one past its highest."""
+    lo = v.__array_interface__["data"][0]
+    ext = [(n - 1) * s for n, s in zip(v.shape, v.strides)]
+    return lo + sum(e for e in ext if e < 0), lo + sum(e for e in ext if e > 0) + v.itemsize
+
+
+def _write_outside(out, where):
+    """Write 7 into the memory next to ``out``: the element just ``below`` its lowest address, just
+    ``above`` its highest, or in the ``gap`` after its lowest one; only where the array that owns out's
+    memory has that element (no write out of an allocation).  Whether it wrote."""
+    root = out
+    while isinstance(root.base, np.ndarray):
+        root = root.base
+    flat = root.reshape(-1)  # the owners check.py makes are contiguous
+    assert np.shares_memory(flat, root)
+    (lo, hi), r0 = _span(out), _span(root)[0]
+    i = {"below": (lo - r0) // out.itemsize - 1, "above": (hi - r0) // out.itemsize,
+         "gap": (lo - r0) // out.itemsize + 1}[where]
+    if not 0 <= i < flat.size:
+        return False
+    flat[i] = 7
+    return True
+
+
+@pytest.mark.parametrize("out", ["new", "x"])
+@pytest.mark.parametrize("where,layout", [(w, lay) for lay in check.LAYOUTS for w in ("below", "above")]
+                         + [("gap", "strided")])
+def test_a_write_outside_out_is_caught_in_every_layout(monkeypatch, where, layout, out):
+    """A scan that writes one element next to its result (below or above its memory, or into a strided
+    layout's gap) fails the case, whatever the layout of out= (a new array or x itself)."""
+    real, wrote = check.linear_scan, []
+
+    def spill(*args, out=None, **kw):
+        h = real(*args, out=out, **kw)
+        wrote.append(_write_outside(h, where))
+        return h
+
+    monkeypatch.setattr(check, "linear_scan", spill)
+    shape = (50, 3) if layout == "channel-contiguous" else (3, 50)
+    axis = 0 if layout == "channel-contiguous" else 1
+    c = check.Case(1, "forward", "float64", shape, axis, layout, "full", "none", False, out, "fast", "small", 0)
     r = check.run_case(c, check.Target("cpu", np, False))
-    assert "out: written outside the strided view" in r["problems"]
+    assert wrote == [True], "no memory next to out= to write into: the check cannot see such a write"
+    assert r["status"] == "mismatch" and len(r["problems"]) == 1 and r["problems"][0].startswith("out: written outside")
+    monkeypatch.setattr(check, "linear_scan", real)
+    assert check.run_case(c, check.Target("cpu", np, False))["status"] == "pass"  # and without the plant, not
 
 
 def test_cases_cover_every_combination_and_follow_the_seed():

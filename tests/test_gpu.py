@@ -1,14 +1,15 @@
 """The GPU suite: both CUDA backends against the reference on a CUDA device (skipped without one).
 
-Run on the device machine: ``pytest -m gpu`` (add ``-m "gpu and slow"`` for the 2^27-step and
-over-2^31-element cases).
+Run on the device machine: ``pytest -m "gpu and not slow" tests/test_gpu.py``; ``-m gpu`` alone runs the
+slow 2^27-step and over-2^31-element cases too (a ``-m`` on the command line replaces setup.cfg's
+``-m "not slow"``), ``-m "gpu and slow"`` only those.  Both markers are declared in setup.cfg.
 """
 
 import numpy as np
 import pytest
 
 import parscan
-from parscan import reference
+from parscan import check, reference
 from conftest import DTYPES, TOL, assert_close, layout, rand
 
 pytestmark = pytest.mark.gpu
@@ -49,22 +50,58 @@ def test_forward_and_backward_match_reference(gpu_backend, dtype, shape, axis):
             assert_close(g.get(), w, dtype)
 
 
-@pytest.mark.parametrize("how", ["F", "strided", "negative", "time-major"])
+def on_device(cp, host, how, axis=-1):
+    """``host``'s values on the device in ``layout(host, how, axis)``'s memory layout, made there (a
+    contiguous copy, then sliced, transposed or reversed on the device: ``cp.asarray`` of a host view
+    would copy it to C order)."""
+    if np.ndim(host) == 0:
+        return host
+    every, flip = (slice(None, None, 2),) * host.ndim, (slice(None, None, -1),) * host.ndim
+    if how == "C":
+        d = cp.asarray(np.ascontiguousarray(host))
+    elif how == "F":
+        d = cp.asarray(np.ascontiguousarray(host.T)).T
+    elif how == "strided":
+        d = cp.zeros(tuple(2 * n for n in host.shape), host.dtype)[every]
+        d[...] = cp.asarray(host)
+    elif how == "negative":
+        d = cp.asarray(np.ascontiguousarray(host[flip]))[flip]
+    elif how == "time-major":
+        d = cp.moveaxis(cp.asarray(np.ascontiguousarray(np.moveaxis(host, axis, 0))), 0, axis)
+    else:
+        raise ValueError(how)
+    want = layout(host, how, axis)  # the layout reached the device (a size-1 dim's stride does not matter)
+    assert [s for n, s in zip(d.shape, d.strides) if n > 1] == [s for n, s in zip(want.shape, want.strides) if n > 1]
+    return d
+
+
+def _close(name, got, want, dtype, reduced=1, bound=0.0, factor=1.0):
+    """``check._compare``'s error (relative to max(1, max |want|), for a sum of ``reduced`` terms of at most
+    ``bound`` each to at least sqrt(reduced) * bound) within ``dtype``'s tolerance times ``factor``."""
+    problem = check._compare(name, np.asarray(got), want, dtype, reduced, bound, factor)[2]
+    assert problem is None, problem
+
+
+def _host(v):
+    return v.get() if hasattr(v, "get") else np.asarray(v)
+
+
+@pytest.mark.parametrize("how", ["C", "F", "strided", "negative", "time-major"])
 def test_layouts_and_broadcast_decays(gpu_backend, how):
     cp = _cp()
     rng = np.random.default_rng(5)
-    x = rand(rng, (4, 6, 3000), "float32")
+    x, gh = rand(rng, (4, 6, 3000), "float32"), rand(rng, (4, 6, 3000), "float32")
+    xd, ghd = on_device(cp, x, how), on_device(cp, gh, how)
     for a in (rand(rng, (4, 6, 3000), "float32", "a"), rand(rng, (6, 1), "float32", "a"), np.float32(0.9)):
-        xa = cp.asarray(layout(x, how)) if how != "C" else cp.asarray(x)
-        ad = cp.asarray(layout(a, how)) if np.ndim(a) else a
-        h = parscan.linear_scan(ad, xa, backend=gpu_backend)
-        assert_close(h.get(), reference.linear_scan(a, x), "float32")
-        ga, gx, _ = parscan.linear_scan_backward(ad, h, cp.asarray(x), backend=gpu_backend)
-        wa, wx, _ = reference.linear_scan_backward(a, h.get(), x)
-        assert ga.shape == np.shape(a)
-        assert_close(gx.get(), wx, "float32")
-        np.testing.assert_allclose(np.asarray(ga.get() if hasattr(ga, "get") else ga), wa,
-                                   rtol=1e-4, atol=1e-3 * np.abs(wa).max())
+        ad = on_device(cp, a, how)
+        h = parscan.linear_scan(ad, xd, backend=gpu_backend)
+        _close("h", h.get(), reference.linear_scan(a, x), "float32")
+        hd = on_device(cp, h.get(), how)
+        ga, gx, _ = parscan.linear_scan_backward(ad, hd, ghd, backend=gpu_backend)
+        wa, wx, _ = reference.linear_scan_backward(a, h.get(), gh)
+        assert np.shape(ga) == np.shape(a)
+        _close("grad_x", gx.get(), wx, "float32")
+        _close("grad_a", _host(ga), wa, "float32", x.size // np.size(a), np.abs(wx).max() * np.abs(h.get()).max())
 
 
 def test_default_backend_for_cuda_arrays_is_cupy(monkeypatch):
@@ -77,13 +114,31 @@ def test_default_backend_for_cuda_arrays_is_cupy(monkeypatch):
     assert called
 
 
-def test_bitwise_repeatable_and_backends_agree(gpu_backend):
+REPEAT_STEPS = 1 << 22
+
+
+def test_bitwise_repeatable_and_backends_agree():
+    """One channel of 2^22 steps (thousands of tiles: the look-back between blocks): each backend gives
+    the same bits on every call, matches the reference on windows from its own incoming states, and the
+    backends agree within twice the float32 tolerance (each is within it of the exact result)."""
     cp = _cp()
     rng = np.random.default_rng(9)
-    x, a = cp.asarray(rand(rng, (1, 1 << 22), "float32")), cp.asarray(rand(rng, (1, 1 << 22), "float32", "a"))
-    first = parscan.linear_scan(a, x, backend=gpu_backend)
-    for _ in range(5):
-        cp.testing.assert_array_equal(parscan.linear_scan(a, x, backend=gpu_backend), first)
+    x, a, gh = (cp.asarray(rand(rng, (1, REPEAT_STEPS), "float32", k)) for k in ("x", "a", "x"))
+    results = {}
+    for backend in GPU_BACKENDS:
+        h = parscan.linear_scan(a, x, backend=backend)
+        grads = parscan.linear_scan_backward(a, h, gh, backend=backend)[:2]
+        for _ in range(3):
+            cp.testing.assert_array_equal(parscan.linear_scan(a, x, backend=backend), h)
+            for g, g1 in zip(parscan.linear_scan_backward(a, h, gh, backend=backend)[:2], grads):
+                cp.testing.assert_array_equal(g, g1)
+        for direction in ("forward", "backward"):
+            assert check._window_check(cp, backend, a, x, h, -1, direction) <= 1.0, (backend, direction)
+        results[backend] = [v.get() for v in (h, *grads)]
+    first, *others = GPU_BACKENDS
+    for other in others:
+        for name, want, got in zip(("h", "grad_a", "grad_x"), results[first], results[other]):
+            _close(f"{name}: {other} against {first}", got, want.astype(np.float64), "float32", factor=2.0)
 
 
 def test_runs_on_the_current_stream(gpu_backend):
@@ -99,12 +154,13 @@ def test_runs_on_the_current_stream(gpu_backend):
 def test_numba_device_arrays_in_and_out():
     cp = _cp()
     from numba import cuda
+    from numba.cuda.cudadrv.devicearray import DeviceNDArray
 
     x = cuda.to_device(np.ones(1000, np.float32))
-    h = parscan.linear_scan(0.5, x, backend="numba")
-    assert cuda.is_cuda_array(h)
-    np.testing.assert_allclose(h.copy_to_host()[-1], 2.0, rtol=1e-5)
-    del cp
+    for backend in GPU_BACKENDS:  # a Numba device array in gives one out (a CuPy array would pass is_cuda_array)
+        h = parscan.linear_scan(0.5, x, backend=backend)
+        assert isinstance(h, DeviceNDArray) and not isinstance(h, cp.ndarray), type(h)
+        assert_close(h.copy_to_host(), reference.linear_scan(0.5, np.ones(1000)), "float32")
 
 
 @pytest.mark.slow

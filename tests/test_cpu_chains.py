@@ -96,7 +96,8 @@ def test_one_channel_chunked(threads, small_chunks, dtype, T, layout):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("layout", list(ONE_CHANNEL))
 def test_one_long_channel(threads, dtype, layout):
-    """The planner's own chunking (three chunks on two threads) on a channel just past three chunks."""
+    """The planner's own chunking (``cpu.TASKS + 1`` chunks for one channel) on a channel just past three
+    chunks' minimum length."""
     rng = np.random.default_rng(5)
     x, a, axis = _one_channel(rng, layout, 3 * cpu.MIN_CHUNK + 7, dtype)
     _check(a, x, axis=axis, dtype=dtype)
@@ -255,7 +256,7 @@ def test_small_problems(monkeypatch, dtype, shape, axis, decay, with_h0):
 def _chunk_len(C, T, tfast):
     """The chunk length the cpu backend uses for x of shape (C, T) (``tfast``) or (T, C), or T."""
     strides = (0, 0, T, 1) if tfast else (0, 0, 1, C)
-    _, nch = cpu.task_plan((1, 1, C, T), strides, numba.get_num_threads())
+    _, nch = cpu.task_plan((1, 1, C, T), strides)
     return -(-T // nch)
 
 

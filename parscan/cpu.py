@@ -26,8 +26,8 @@ Non-finite values give the sequential loop's IEEE result (inf stays inf; NaN onl
 one): a blocked step or a chunk chain that comes out inf or NaN is not trusted, since regrouped products
 can make NaN of what the loop keeps inf (0 * inf, an underflowed decay product times an infinite
 state); the run goes on step by step from there, and a channel whose chain of chunk pairs stops is
-rescanned in order from that chunk (phase 4).  Finite results take the fast path unchanged.  Parallel launches are safe from many threads under
-every Numba threading layer (``_threads``).
+rescanned in order from that chunk (phase 4).  Finite results take the fast path unchanged.  Parallel
+launches are safe from many threads under every Numba threading layer (``_threads``).
 
 Resets (issue #18) are read in the kernels, one byte a step (``r[rb + t * rs]``, broadcast by zero
 strides, never materialised): where set, a is never read (it counts as 0: inf or nan in a there cannot

@@ -132,7 +132,8 @@ def _run(backend, a, x, h0, axis, reverse, dtype, gh):
 @pytest.mark.parametrize("case", list(SHAPES))
 def test_nonfinite_x_a_h0_grad(chunked, backend, dtype, case):
     """Poison in x (at the first, middle, last step and next to every chunk boundary), in a (inf, and 0
-    right after an infinite state: NaN in the loop too), in h0, and in grad_h; both directions."""
+    right after an infinite state: NaN in the loop too), in h0, and in grad_h; decays whose chunk
+    products underflow; both directions."""
     shape, axis, a_shape = SHAPES[case]
     T = shape[axis]
     steps = _steps(T, _plan_chunks(shape, axis))
@@ -154,6 +155,11 @@ def test_nonfinite_x_a_h0_grad(chunked, backend, dtype, case):
         h0 = poison(rng, rand(rng, chan, dtype)[..., None], -1, [0], share=0.3)[..., 0]
         _run(backend, a2, poison(rng, x, axis, pick[1:]), h0, axis, reverse, dtype, gh)
         _run(backend, a, x, None, axis, reverse, dtype, poison(rng, gh, axis, pick))
+        # decays so small that a chunk's product underflows (to 0, or flushed): 0 * an infinite state
+        # is NaN where the loop keeps inf
+        tiny = (a * 1e-8).astype(dtype)
+        _run(backend, tiny, poison(rng, x, axis, pick[:1]), None, axis, reverse, dtype,
+             poison(rng, gh, axis, pick[1:2]))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

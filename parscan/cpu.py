@@ -8,9 +8,9 @@ Work is cut into tasks of (a block of channels) x (a chunk of time):
   ``h[t+m] = P_m h + S_m``, so the loop-carried chain is one fused multiply-add per four steps, not
   per step (the plain loop is bound by that chain's latency, not by memory);
 - *channel-inner* (channels are the fast axis, e.g. (T, B, C)): a block is a run of neighbouring
-  channels of ``C2`` (whole rows up to ``WHOLE_ROW`` channels, else up to ``MAX_BLOCK``), and each task
+  channels of ``C2`` (whole rows up to ``WHOLE_ROW`` channels, else equal parts of at most that), and each task
   walks its chunk row by row, updating the block's states together (contiguous, vectorisable access);
-- when there are too few blocks to occupy every thread, time is cut into ``nchunks`` chunks and a
+- when there are fewer than ``TASKS`` blocks, time is cut into ``nchunks`` chunks and a
   three-phase scan runs: (1) chunk 0 is scanned from h0 and every later chunk but the last is folded
   to its transfer pair ``(A, H) = (prod a, local scan end)``, in parallel; (2) the pairs are chained per
   channel into each chunk's incoming state ``h_in[k+1] = A[k] * h_in[k] + H[k]``; (3) chunks 1.. rescan
@@ -19,9 +19,15 @@ Work is cut into tasks of (a block of channels) x (a chunk of time):
 The backward is the same machinery run backwards in time on
 ``g[t] = grad_h[t] + conj(a[t+1]) g[t+1]``, with the chunk pair ``(A, H) = (prod conj(a), conj(a[s]) g_local[s])``
 (the last chunk is the one scanned in phase 1) and ``grad_a`` / ``grad_h0`` computed in the same pass.
-float16 accumulates in float32 (see ``_half``).  Results depend only on the problem and the thread
-count (no atomics): they are bitwise repeatable.  Parallel launches are safe from many threads under
-every Numba threading layer (``_threads``).
+float16 accumulates in float32 (see ``_half``).  Results depend only on the problem (no atomics, and a
+task plan made without the thread count): the same inputs give the same bits on any number of threads.
+
+Non-finite values give the sequential loop's IEEE result (inf stays inf; NaN only where the loop makes
+one): a blocked step or a chunk chain that comes out inf or NaN is not trusted, since regrouped products
+can make NaN of what the loop keeps inf (0 * inf, an underflowed decay product times an infinite
+state); the run goes on step by step from there, and a channel whose chain of chunk pairs stops is
+rescanned in order from that chunk (phase 4).  Finite results take the fast path unchanged.  Parallel
+launches are safe from many threads under every Numba threading layer (``_threads``).
 
 Resets (issue #18) are read in the kernels, one byte a step (``r[rb + t * rs]``, broadcast by zero
 strides, never materialised): where set, a is never read (it counts as 0: inf or nan in a there cannot
@@ -45,8 +51,8 @@ from ._half import conj, host_view, load, load_as, store
 from ._problem import run_backward, run_forward
 from ._threads import parallel_launch
 
-MAX_BLOCK = 4096  # channels per channel-inner task (states live in a small local array)
 WHOLE_ROW = 2048  # channel-inner rows up to this many channels are never split between tasks
+TASKS = 4  # tasks a phase that few channels' time chunks make (up to this many threads share them)
 MIN_CHUNK = 4096  # time steps below which cutting time into chunks does not pay
 NARROW = 8  # channel-inner blocks up to this many channels run channel by channel (``_fwd_narrow``)
 TILE = 8192  # elements of a narrow block's tile in time, which its channels' runs share in cache
@@ -101,10 +107,55 @@ def _ftz_impl(v):
     return lambda v: ty(0) if abs(v) < tiny else v  # NaN compares false: kept
 
 
+def _finite(v):
+    """Whether v is finite (both parts, for complex)."""
+
+
+@overload(_finite)
+def _finite_impl(v):
+    if isinstance(v, numba.types.Complex):
+        return lambda v: math.isfinite(v.real) and math.isfinite(v.imag)
+    return lambda v: math.isfinite(v)
+
+
+# The blocked loops' chains multiply a carried state by a block's decay product.  Rounded to float32, that
+# product's error repeats block after block and a decay close to 1 amplifies it by 1 / (1 - a) (at
+# a = 0.9995 float32 blocks were several times less accurate than a plain float32 loop, whose a is
+# exact), so float32 (complex64) chains carry the state and the product in float64 (complex128): a
+# product of four float32 factors is exact there to 2**-53.  The rest of a block stays in the data's
+# type; the state is rounded back for the block's outputs and at the end of a run.
+
+_WIDE = {numba.types.float32: numba.types.float64, numba.types.complex64: numba.types.complex128}
+
+
+def _wide(v):
+    """v in the type its chains run in (float64 for float32, complex128 for complex64, else v's)."""
+
+
+@overload(_wide)
+def _wide_impl(v):
+    ty = _WIDE.get(v)
+    if ty is None:
+        return lambda v: v
+    return lambda v: ty(v)
+
+
+def _decay4(p, v0, v1, v2, v3):
+    """The product of v0..v3 in the chains' type: ``p`` (the same product, rounded in v's type) where
+    that type is the chains' own."""
+
+
+@overload(_decay4)
+def _decay4_impl(p, v0, v1, v2, v3):
+    if _WIDE.get(p) is None:
+        return lambda p, v0, v1, v2, v3: p
+    return lambda p, v0, v1, v2, v3: (_wide(v0) * _wide(v1)) * (_wide(v2) * _wide(v3))
+
+
 # A folded chunk's decay product A = prod a is the factor of its incoming state only.  With |a| < 1 it
 # underflows, and in binary floating point a product of the smallest subnormal and any a in (1/2, 1)
 # rounds back to that subnormal: A would stay subnormal for the rest of the chunk, every multiply taking
-# the CPU's slow path (~10x on x86: a fold of a (65536, 64) chunk 7 ms instead of 0.7).  So the folds
+# the CPU's slow path for subnormal operands, many times slower on x86.  So the folds
 # flush A to 0 once it falls below the smallest normal number (``_ftz``, per block of four steps): the
 # incoming state's weight is then 0 instead of a subnormal that is itself already wrong by orders of
 # magnitude (the true product is far smaller).  The scans are IEEE arithmetic throughout.
@@ -118,29 +169,26 @@ def _block(blk, C1, C2, nb, bs):
     return i, j, k0, min(C2, k0 + bs)
 
 
-def task_plan(shape, x_strides, nthreads):
+def task_plan(shape, x_strides):
     """``(block, nchunks)`` for a problem of ``shape`` (C0, C1, C2, T) whose x has ``x_strides``.
 
     ``block == 1`` means time-inner tasks.  Channel-inner blocks keep whole rows up to ``WHOLE_ROW``
-    channels: two threads sharing every cache line pair of a short row waste the prefetcher's
-    bandwidth.  With ``nchunks > 1`` each phase runs ``blocks * (nchunks - 1)`` tasks, so the chunk
-    count makes that a multiple of the thread count.  Plain Python so that it is unit-tested directly.
+    channels (two threads sharing every cache line pair of a short row waste the prefetcher's
+    bandwidth); longer rows are cut into the fewest equal blocks of at most ``WHOLE_ROW``.  With fewer
+    than ``TASKS`` blocks, time is cut into chunks so that each phase runs at least ``TASKS`` tasks.
+    The plan depends on the problem only, never on the thread count: chunk boundaries decide the
+    rounding, so the same inputs give the same bits on any number of threads (which only decides how
+    many tasks run at once).  Plain Python so that it is unit-tested directly.
     """
     C0, C1, C2, T = shape
     chan_inner = C2 > 1 and abs(x_strides[2]) < abs(x_strides[3])
     if not chan_inner:
         bs = 1
-    elif C2 <= WHOLE_ROW:
-        bs = C2
     else:
-        bs = min(C2, MAX_BLOCK, max(WHOLE_ROW, -(-C2 // nthreads)))
+        bs = -(-C2 // -(-C2 // WHOLE_ROW))
     nblk = C0 * C1 * -(-C2 // bs)
-    if nblk >= 4 * nthreads or nblk % nthreads == 0:
-        nch = 1  # enough (or evenly divisible) channel work
-    else:
-        nch = 1 + nthreads // math.gcd(nblk, nthreads)
-    nch = max(1, min(nch, T // MIN_CHUNK))
-    return bs, nch
+    nch = 1 if nblk >= TASKS else 1 + -(-TASKS // nblk)
+    return bs, max(1, min(nch, T // MIN_CHUNK))
 
 
 # --------------------------------------------------------------------------------- time-inner runs
@@ -158,15 +206,16 @@ def _fwd_fold_seg(a, ab, sa, x, xb, sx, t0, t1, A, H):
     Four steps at a time: their own pair is built off the critical path, so the loop-carried chain is
     one multiply and one fused multiply-add per four steps instead of per step."""
     t = t0
+    Aw, Hw = _wide(A), _wide(H)
     while t + 4 <= t1:
         a0, a1, a2, a3 = _load4(a, ab, sa, t, H)
         x0, x1, x2, x3 = _load4(x, xb, sx, t, H)
-        p = a3 * a2
-        p = p * (a1 * a0)
+        p = _decay4(a3 * a2 * (a1 * a0), a0, a1, a2, a3)
         s = a3 * (a2 * (a1 * x0 + x1) + x2) + x3
-        A = _ftz(A * p)
-        H = p * H + s
+        Aw = _ftz(Aw * p)
+        Hw = p * Hw + _wide(s)
         t += 4
+    A, H = load_as(Aw, A), load_as(Hw, H)
     while t < t1:
         av = load_as(a[_u(ab + t * sa)], H)
         A = _ftz(A * av)
@@ -182,6 +231,7 @@ def _fwd_scan_seg(a, ab, sa, x, xb, sx, o, ob, so, t0, t1, h):
     Blocked by four like ``_fwd_fold_seg``: h[t+m] = P_m h + S_m with (P_m, S_m) the block's own
     prefix pairs, so only ``h = P_3 h + S_3`` sits on the loop-carried chain."""
     t = t0
+    hw = _wide(h)
     while t + 4 <= t1:
         a0, a1, a2, a3 = _load4(a, ab, sa, t, h)
         x0, x1, x2, x3 = _load4(x, xb, sx, t, h)
@@ -189,12 +239,15 @@ def _fwd_scan_seg(a, ab, sa, x, xb, sx, o, ob, so, t0, t1, h):
         s1 = a1 * x0 + x1
         p2 = a2 * p1
         s2 = a2 * s1 + x2
-        p3 = a3 * p2
         s3 = a3 * s2 + x3
+        h3 = _decay4(a3 * p2, a0, a1, a2, a3) * hw + _wide(s3)
+        if not _finite(h3):  # the steps one by one from here: the reference's IEEE result
+            break
         o[_u(ob + t * so)] = store(a0 * h + x0, o)
         o[_u(ob + (t + 1) * so)] = store(p1 * h + s1, o)
         o[_u(ob + (t + 2) * so)] = store(p2 * h + s2, o)
-        h = p3 * h + s3
+        hw = h3
+        h = load_as(hw, h)
         o[_u(ob + (t + 3) * so)] = store(h, o)
         t += 4
     while t < t1:
@@ -209,15 +262,17 @@ def _bwd_fold_seg(a, ab, sa, gh, gb, sg, t0, t1, A, H):
     """Fold steps t1-1 .. t0, right to left, into (A, H): cg_out = A * cg_in + H, where cg is
     ``conj(a[t]) g[t]`` flowing out of the run's left end.  Blocked by four (see the forward)."""
     t = t1 - 1
+    Aw, Hw = _wide(A), _wide(H)
     while t - 3 >= t0:
         b3, b2, b1, b0 = _load4(a, ab, sa, t - 3, H)  # b0 = a[t], ..., b3 = a[t-3]
         g3, g2, g1, g0 = _load4(gh, gb, sg, t - 3, H)
         b0, b1, b2, b3 = conj(b0), conj(b1), conj(b2), conj(b3)
-        p = (b0 * b1) * (b2 * b3)
+        p = _decay4((b0 * b1) * (b2 * b3), b0, b1, b2, b3)
         s = b3 * (g3 + b2 * (g2 + b1 * (g1 + b0 * g0)))
-        A = _ftz(A * p)
-        H = p * H + s
+        Aw = _ftz(Aw * p)
+        Hw = p * Hw + _wide(s)
         t -= 4
+    A, H = load_as(Aw, A), load_as(Hw, H)
     while t >= t0:
         ca = conj(load_as(a[_u(ab + t * sa)], H))
         H = ca * (load_as(gh[_u(gb + t * sg)], H) + H)
@@ -236,6 +291,7 @@ def _bwd_scan_run(a, ab, sa, h, hb, sh, gh, gb, sg, gx, xb, sx, ga, qb, sq, t0, 
     summed = sq == 0
     total = zero
     t = t1 - 1
+    cw = _wide(cg)
     while t - 3 >= max(t0, 1):  # h[t-4] exists
         b3, b2, b1, b0 = _load4(a, ab, sa, t - 3, cg)
         s3, s2, s1, s0 = _load4(gh, gb, sg, t - 3, cg)
@@ -250,7 +306,11 @@ def _bwd_scan_run(a, ab, sa, h, hb, sh, gh, gb, sg, gx, xb, sx, ga, qb, sq, t0, 
         g1 = s1 + b0 * cg
         g2 = s2 + p2 * cg
         g3 = s3 + p3 * cg
-        cg = (b3 * p3) * cg + b3 * s3
+        cn = _decay4(b3 * p3, b0, b1, b2, b3) * cw + _wide(b3 * s3)
+        if not _finite(cn):  # the steps one by one from here (see _fwd_scan_seg)
+            break
+        cw = cn
+        cg = load_as(cw, cg)
         gx[_u(xb + t * sx)] = store(g0, gx)
         gx[_u(xb + (t - 1) * sx)] = store(g1, gx)
         gx[_u(xb + (t - 2) * sx)] = store(g2, gx)
@@ -287,6 +347,7 @@ def _bwd_scan_shared(a, ab, h, hb, gh, gb, gx, xb, ga, qb, s, sa, t0, t1, cg, hp
     summed = sa == 0
     total = zero
     t = t1 - 1
+    cw = _wide(cg)
     while t - 3 >= max(t0, 1):  # h[t-4] exists
         o0 = t * s
         o1 = o0 - s
@@ -314,7 +375,11 @@ def _bwd_scan_shared(a, ab, h, hb, gh, gb, gx, xb, ga, qb, s, sa, t0, t1, cg, hp
         g1 = s1 + b0 * cg
         g2 = s2 + p2 * cg
         g3 = s3 + p3 * cg
-        cg = (b3 * p3) * cg + b3 * s3
+        cn = _decay4(b3 * p3, b0, b1, b2, b3) * cw + _wide(b3 * s3)
+        if not _finite(cn):  # the steps one by one from here (see _fwd_scan_seg)
+            break
+        cw = cn
+        cg = load_as(cw, cg)
         gx[_u(xb + o0)] = store(g0, gx)
         gx[_u(xb + o1)] = store(g1, gx)
         gx[_u(xb + o2)] = store(g2, gx)
@@ -712,6 +777,15 @@ def _mark_resets(r, rb, rs, rk, n, t0, t1, Z, b, col):
 
 
 @njit
+def _any_other(F, v):
+    """Whether some entry of F is not v (a serial scan: no parallel launch for phase 4 where none is)."""
+    for c in range(F.shape[0]):
+        if F[c] != v:
+            return True
+    return False
+
+
+@njit
 def _take(M, base, n, col):
     """Rows base..base+n-1 of column ``col`` of a per-(channel, chunk) table, as a local array."""
     v = np.empty(n, M.dtype)
@@ -748,6 +822,16 @@ def _step(i, j, k, C1, C2, down):
     return i, j, k
 
 
+@njit(fastmath=_FM, inline="always")
+def _fwd_chan(a, ao, as_, x, xo, xs, o, oo, os_, r, ro, rs_, i, j, k, t0, t1, h):
+    """Channel (i, j, k) over steps t0..t1-1 from state h, as one time-inner run; returns the last state."""
+    ab, sa = _base(ao, as_, i, j, k)
+    xb, sx = _base(xo, xs, i, j, k)
+    ob, so = _base(oo, os_, i, j, k)
+    rb, rs = _base(ro, rs_, i, j, k)
+    return _fwd_scan_run(a, ab, sa, x, xb, sx, o, ob, so, r, rb, rs, t0, t1, h)
+
+
 @njit(fastmath=_FM)
 def _fwd_channels_time(a, ao, as_, x, xo, xs, o, oo, os_, r, ro, rs_, C1, C2, T, c0, c1, hin, down):
     """Time-inner scans of whole channels c0..c1-1 (flat index), walking (i, j, k) without divisions
@@ -758,11 +842,7 @@ def _fwd_channels_time(a, ao, as_, x, xo, xs, o, oo, os_, r, ro, rs_, C1, C2, T,
     j = (c // C2) % C1
     k = c % C2
     for _ in range(c1 - c0):
-        ab, sa = _base(ao, as_, i, j, k)
-        xb, sx = _base(xo, xs, i, j, k)
-        ob, so = _base(oo, os_, i, j, k)
-        rb, rs = _base(ro, rs_, i, j, k)
-        _fwd_scan_run(a, ab, sa, x, xb, sx, o, ob, so, r, rb, rs, 0, T, hin[c, 0])
+        _fwd_chan(a, ao, as_, x, xo, xs, o, oo, os_, r, ro, rs_, i, j, k, 0, T, hin[c, 0])
         i, j, k = _step(i, j, k, C1, C2, down)
         c += -1 if down else 1
 
@@ -823,6 +903,7 @@ def _forward(a, ao, as_, x, xo, xs, h0, ho, hs, has_h0, o, oo, os_, r, ro, rs_, 
     A = np.full((nchan, nch), one)      # chunk transfer pairs; H[:, 0] is chunk 0's final state
     H = np.full((nchan, nch), zero)
     Z = np.zeros((nchan, nch), np.uint8)  # the folded chunks that hold a reset
+    F = np.full(nchan, nch, np.int64)     # per channel, the first chunk whose incoming state the chain left unknown
     first = 0
     if nch > 1:
         # phase 1: chunk 0 is scanned (its incoming state is known), chunks 1..nch-2 are folded
@@ -831,11 +912,15 @@ def _forward(a, ao, as_, x, xo, xs, h0, ho, hs, has_h0, o, oo, os_, r, ro, rs_, 
             ck = task - blk * (nch - 1)
             _fwd_task(a, ao, as_, x, xo, xs, o, oo, os_, r, ro, rs_, C1, C2, nb, bs, blk, ck * L,
                       min(T, ck * L + L), hin, ck, ck == 0, A, H, Z)
-        # phase 2: chain the pairs into each chunk's incoming state
+        # phase 2: chain the pairs into each chunk's incoming state, up to the first that is not finite
         for c in prange(nchan):
             hin[c, 1] = H[c, 0]
             for ck in range(1, nch - 1):
-                hin[c, ck + 1] = H[c, ck] if Z[c, ck] else A[c, ck] * hin[c, ck] + H[c, ck]
+                v = H[c, ck] if Z[c, ck] else A[c, ck] * hin[c, ck] + H[c, ck]
+                if not _finite(v):
+                    F[c] = ck + 1
+                    break
+                hin[c, ck + 1] = v
         first = 1
     # phase 3 (the only phase when nch == 1): scan the remaining chunks from their incoming states
     for task in prange(nblk * (nch - first)):
@@ -843,6 +928,12 @@ def _forward(a, ao, as_, x, xo, xs, h0, ho, hs, has_h0, o, oo, os_, r, ro, rs_, 
         ck = first + task - blk * (nch - first)
         _fwd_task(a, ao, as_, x, xo, xs, o, oo, os_, r, ro, rs_, C1, C2, nb, bs, blk, ck * L,
                   min(T, ck * L + L), hin, ck, True, A, H, Z)
+    if _any_other(F, nch):
+        # phase 4: the channels whose chain stopped, rescanned in order from the first chunk it left unknown
+        for c in prange(nchan):
+            if F[c] < nch:
+                _fwd_chan(a, ao, as_, x, xo, xs, o, oo, os_, r, ro, rs_, c // (C1 * C2), (c // C2) % C1, c % C2,
+                          F[c] * L, T, H[c, F[c] - 1])
 
 
 @njit(fastmath=_FM)
@@ -856,20 +947,28 @@ def _bwd_channels_time(a, ao, as_, h, hO, hS, gh, go, gs, h0, h0o, h0s, has_h0, 
     j = (c // C2) % C1
     k = c % C2
     for _ in range(c1 - c0):
-        ab, sa = _base(ao, as_, i, j, k)
-        hb, sh = _base(hO, hS, i, j, k)
-        gb, sg = _base(go, gs, i, j, k)
-        xb, sx = _base(xo, xs, i, j, k)
-        qb, sq = _base(ao2, as2, i, j, k)
-        rb, rs = _base(ro, rs_, i, j, k)
-        hp0 = load_as(h0[_at(h0o, h0s, i, j, k, 0)], zero) if has_h0 else zero
-        cg, tot = _bwd_scan_chan(a, ab, sa, h, hb, sh, gh, gb, sg, gx, xb, sx, ga, qb, sq, r, rb, rs, 0, T, zero, hp0,
-                                 zero)
+        cg, tot = _bwd_chan(a, ao, as_, h, hO, hS, gh, go, gs, h0, h0o, h0s, has_h0, gx, xo, xs, ga, ao2, as2,
+                            r, ro, rs_, i, j, k, T, zero, zero)
         if has_h0:
             gh0[_at(g0o, g0s, i, j, k, 0)] = store(cg, gh0)
         if summed:
-            ga[_u(qb)] = store(tot, ga)
+            ga[_at(ao2, as2, i, j, k, 0)] = store(tot, ga)
         i, j, k = _step(i, j, k, C1, C2, down)
+
+
+@njit(fastmath=_FM, inline="always")
+def _bwd_chan(a, ao, as_, h, hO, hS, gh, go, gs, h0, h0o, h0s, has_h0, gx, xo, xs, ga, ao2, as2, r, ro, rs_,
+              i, j, k, t1, cg, zero):
+    """The backward of channel (i, j, k) over steps t1-1 .. 0 from the incoming ``cg``, as one time-inner
+    run: (conj(a[0]) g[0], the grad_a sum)."""
+    ab, sa = _base(ao, as_, i, j, k)
+    hb, sh = _base(hO, hS, i, j, k)
+    gb, sg = _base(go, gs, i, j, k)
+    xb, sx = _base(xo, xs, i, j, k)
+    qb, sq = _base(ao2, as2, i, j, k)
+    rb, rs = _base(ro, rs_, i, j, k)
+    hp0 = load_as(h0[_at(h0o, h0s, i, j, k, 0)], zero) if has_h0 else zero
+    return _bwd_scan_chan(a, ab, sa, h, hb, sh, gh, gb, sg, gx, xb, sx, ga, qb, sq, r, rb, rs, 0, t1, cg, hp0, zero)
 
 
 @njit(fastmath=_FM)
@@ -953,6 +1052,7 @@ def _backward(a, ao, as_, h, hO, hS, gh, go, gs, h0, h0o, h0s, has_h0,
     H = np.full((nchan, nch), zero)
     parts = np.full((nchan, nch), zero)  # per-chunk sums of grad_a when a is constant in time
     Z = np.zeros((nchan, nch), np.uint8)  # the folded chunks that hold a reset
+    F = np.full(nchan, -1, np.int64)      # per channel, the last chunk whose incoming cg the chain left unknown
     summed = as2[3] == 0
     if nch > 1:
         # phase 1: the last chunk is scanned (nothing flows into it), chunks 1..nch-2 are folded
@@ -961,11 +1061,16 @@ def _backward(a, ao, as_, h, hO, hS, gh, go, gs, h0, h0o, h0s, has_h0,
             ck = 1 + task - blk * (nch - 1)
             _bwd_task(a, ao, as_, h, hO, hS, gh, go, gs, h0, h0o, h0s, has_h0, gx, xo, xs, ga, ao2, as2, r, ro, rs_,
                       C1, C2, nb, bs, blk, ck * L, min(T, ck * L + L), cin, ck, ck == last, A, H, parts, zero, Z)
-        # phase 2: chain the pairs right to left into each chunk's incoming cg
+        # phase 2: chain the pairs right to left into each chunk's incoming cg, down to the first that is
+        # not finite
         for c in prange(nchan):
             cin[c, last - 1] = H[c, last]
             for ck in range(last - 1, 0, -1):
-                cin[c, ck - 1] = H[c, ck] if Z[c, ck] else A[c, ck] * cin[c, ck] + H[c, ck]
+                v = H[c, ck] if Z[c, ck] else A[c, ck] * cin[c, ck] + H[c, ck]
+                if not _finite(v):
+                    F[c] = ck - 1
+                    break
+                cin[c, ck - 1] = v
     # phase 3 (the only one when nch == 1): the remaining chunks from their incoming cg
     rest = nch - 1 if nch > 1 else 1
     for task in prange(nblk * rest):
@@ -973,6 +1078,16 @@ def _backward(a, ao, as_, h, hO, hS, gh, go, gs, h0, h0o, h0s, has_h0,
         ck = task - blk * rest
         _bwd_task(a, ao, as_, h, hO, hS, gh, go, gs, h0, h0o, h0s, has_h0, gx, xo, xs, ga, ao2, as2, r, ro, rs_,
                   C1, C2, nb, bs, blk, ck * L, min(T, ck * L + L), cin, ck, True, A, H, parts, zero, Z)
+    if _any_other(F, -1):
+        # phase 4: the channels whose chain stopped, rescanned in order from the first chunk it left unknown
+        for c in prange(nchan):
+            f = F[c]
+            if f >= 0:
+                H[c, 0], parts[c, 0] = _bwd_chan(a, ao, as_, h, hO, hS, gh, go, gs, h0, h0o, h0s, has_h0, gx, xo,
+                                                 xs, ga, ao2, as2, r, ro, rs_, c // (C1 * C2), (c // C2) % C1,
+                                                 c % C2, (f + 1) * L, H[c, f + 1], zero)
+                for ck in range(1, f + 1):
+                    parts[c, ck] = zero
     for c in prange(nchan):
         i = c // (C1 * C2)
         j = (c // C2) % C1
@@ -1095,12 +1210,12 @@ def forward_launcher(problem):
             _forward_small(view(a), ao, as_, view(x), xo, xs, dummy if h0 is None else view(h0), ho, hs, has_h0,
                            view(out), oo, os_, _flags(resets), ro, rs_, shape, zero)
         return run
-    nthreads = numba.get_num_threads()
-    bs, nch = task_plan(shape, xs, nthreads)
-    nparts = max(1, min(math.prod(shape[:3]), 8 * nthreads))
+    bs, nch = task_plan(shape, xs)
+    nchan = math.prod(shape[:3])
     down = walk_down(shape, xs, False)
 
     def run(a, x, h0, out, resets=None):
+        nparts = max(1, min(nchan, 8 * numba.get_num_threads()))  # whole-channel runs: any split, the same bits
         with parallel_launch():
             _forward(view(a), ao, as_, view(x), xo, xs, dummy if h0 is None else view(h0), ho, hs, has_h0,
                      view(out), oo, os_, _flags(resets), ro, rs_, shape, zero, one, bs, nch, nparts, down)
@@ -1128,12 +1243,12 @@ def backward_launcher(problem):
                             view(grad_a), ao2, as2, wdummy if grad_h0 is None else view(grad_h0), g0o, g0s,
                             _flags(resets), ro, rs_, shape, zero)
         return run
-    nthreads = numba.get_num_threads()
-    bs, nch = task_plan(shape, gs, nthreads)
-    nparts = max(1, min(math.prod(shape[:3]), 8 * nthreads))
+    bs, nch = task_plan(shape, gs)
+    nchan = math.prod(shape[:3])
     down = walk_down(shape, gs, True)
 
     def run(a, h, grad_h, h0, grad_x, grad_a, grad_h0, resets=None):
+        nparts = max(1, min(nchan, 8 * numba.get_num_threads()))
         with parallel_launch():
             _backward(view(a), ao, as_, view(h), hO, hS, view(grad_h), go, gs, dummy if h0 is None else view(h0),
                       h0o, h0s, has_h0, view(grad_x), xo, xs, view(grad_a), ao2, as2,

@@ -96,7 +96,8 @@ def test_one_channel_chunked(threads, small_chunks, dtype, T, layout):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("layout", list(ONE_CHANNEL))
 def test_one_long_channel(threads, dtype, layout):
-    """The planner's own chunking (three chunks on two threads) on a channel just past three chunks."""
+    """The planner's own chunking (``cpu.TASKS + 1`` chunks for one channel) on a channel just past three
+    chunks' minimum length."""
     rng = np.random.default_rng(5)
     x, a, axis = _one_channel(rng, layout, 3 * cpu.MIN_CHUNK + 7, dtype)
     _check(a, x, axis=axis, dtype=dtype)
@@ -255,7 +256,7 @@ def test_small_problems(monkeypatch, dtype, shape, axis, decay, with_h0):
 def _chunk_len(C, T, tfast):
     """The chunk length the cpu backend uses for x of shape (C, T) (``tfast``) or (T, C), or T."""
     strides = (0, 0, T, 1) if tfast else (0, 0, 1, C)
-    _, nch = cpu.task_plan((1, 1, C, T), strides, numba.get_num_threads())
+    _, nch = cpu.task_plan((1, 1, C, T), strides)
     return -(-T // nch)
 
 
@@ -368,3 +369,106 @@ def test_resets_select_and_repeatable(shape, axis):
         assert np.array_equal(parscan.linear_scan(a, x, axis=axis, backend="cpu", resets=rr), h)
         again = parscan.linear_scan_backward(a, h, x, axis=axis, backend="cpu", resets=rr)
         assert all(np.array_equal(u, v) for u, v in zip(again[:2], g[:2]))
+
+
+# ------------------------------------------------------------------------ thread counts and accuracy
+
+# long enough for the parallel kernels and the planner's own chunks (few channels), both layouts
+SAME_BITS = [((40000,), -1), ((3, 20000), -1), ((20000, 3), 0), ((8192, 16), 0), ((300, 200), -1)]
+
+
+def same_bits_results():
+    """h, grad_a, grad_x and grad_h0 of seeded float32 problems (SAME_BITS, both directions, with h0):
+    what a subprocess computes on its own thread count for ``test_same_bits_in_fresh_processes``."""
+    out = []
+    for shape, axis in SAME_BITS:
+        rng = np.random.default_rng(sum(shape))
+        x, a, gh = rand(rng, shape, "float32"), rand(rng, shape, "float32", "a"), rand(rng, shape, "float32")
+        h0 = rand(rng, tuple(n for d, n in enumerate(shape) if d != axis % len(shape)), "float32")
+        for reverse in (False, True):
+            h = parscan.linear_scan(a, x, h0, axis=axis, reverse=reverse, backend="cpu")
+            out += [h, *parscan.linear_scan_backward(a, h, gh, h0, axis=axis, reverse=reverse, backend="cpu")]
+    return out
+
+
+def _assert_same_bits(got, want, what):
+    assert len(got) == len(want)
+    for n, (g, w) in enumerate(zip(got, want)):
+        assert g.dtype == w.dtype and g.shape == w.shape and g.tobytes() == w.tobytes(), (what, n)
+
+
+def test_same_bits_on_any_thread_count():
+    """The plan depends on the problem only: the same bits after ``numba.set_num_threads`` back and
+    forth, with the plan cache warm (plans made on another thread count replayed) and cold."""
+    first = same_bits_results()
+    for n in [1, 2, 1, 2, 1] if numba.config.NUMBA_NUM_THREADS >= 2 else [1]:
+        numba.set_num_threads(n)
+        try:
+            _assert_same_bits(same_bits_results(), first, f"{n} threads, warm cache")
+            _plans.clear()
+            _assert_same_bits(same_bits_results(), first, f"{n} threads, cold cache")
+        finally:
+            numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+
+
+def test_same_bits_in_fresh_processes(tmp_path):
+    """Fresh processes started with NUMBA_NUM_THREADS 1, 2 and 4 (more than this machine's cores is
+    allowed) compute the same bits as this one."""
+    import os
+    import subprocess
+    import sys
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(parscan.__file__)))
+    code = ("import sys, numpy as np; sys.path[:0] = [{!r}, {!r}]; import test_cpu_chains as t; "
+            "np.savez(sys.argv[1], *t.same_bits_results())").format(here, root)
+    procs = {}
+    for n in (1, 2, 4):
+        env = dict(os.environ, NUMBA_NUM_THREADS=str(n))
+        procs[n] = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / f"{n}.npz")], env=env,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    want = same_bits_results()
+    for n, p in procs.items():
+        out = p.communicate(timeout=600)[0]
+        assert p.returncode == 0, out.decode()[-3000:]
+        with np.load(tmp_path / f"{n}.npz") as f:
+            _assert_same_bits([f[f"arr_{i}"] for i in range(len(f.files))], want, f"NUMBA_NUM_THREADS={n}")
+
+
+def _loop32(a, x, axis, reverse):
+    """A plain float32 sequential loop (h = a * h + x, each step rounded): the accuracy to keep."""
+    at, xt = np.moveaxis(a, axis, -1), np.moveaxis(x, axis, -1)
+    if reverse:
+        at, xt = at[..., ::-1], xt[..., ::-1]
+    h = np.zeros(xt.shape[:-1], np.float32)
+    out = np.empty(xt.shape, np.float32)
+    for t in range(xt.shape[-1]):
+        h = at[..., t] * h + xt[..., t]
+        out[..., t] = h
+    return np.moveaxis(out[..., ::-1] if reverse else out, -1, axis)
+
+
+@pytest.mark.parametrize("shape,axis,reverse", [
+    ((4096,), -1, False),        # one time-inner run, blocked by four
+    ((30000,), -1, False),       # one long channel: the planner's time chunks
+    ((30000,), -1, True),
+    ((3, 12000), -1, False),     # few time-inner channels, chunked
+    ((12000, 3), 0, True),       # narrow channel-inner blocks (time-inner runs), chunked
+])
+def test_float32_long_decay_accuracy(shape, axis, reverse):
+    """At a = 0.9995 (a decay close to 1 amplifies a rounded decay product's error by 1 / (1 - a)) the
+    forward and grad_x on float32 are at most twice as far from the float64 reference as a plain float32
+    loop (the issue measured 9x before the chains were carried in float64)."""
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0, 1, shape).astype(np.float32)  # one sign: rounding errors of the decay add up
+    a = np.full(shape, 0.9995, np.float32)
+    for what, got, want, loop in (
+            ("h", parscan.linear_scan(a, x, axis=axis, reverse=reverse, backend="cpu"),
+             reference.linear_scan(a, x, axis=axis, reverse=reverse), _loop32(a, x, axis, reverse)),
+            ("grad_x", parscan.linear_scan_backward(a, x, x, axis=axis, reverse=reverse, backend="cpu")[1],
+             reference.linear_scan_backward(a, x, x, axis=axis, reverse=reverse)[1],
+             _loop32(a, x, axis, not reverse))):  # a constant: grad_x is the same loop the other way in time
+        cpu_err = float(np.max(np.abs(got - want)))
+        loop_err = float(np.max(np.abs(loop - want)))
+        tiny = 4 * np.finfo(np.float32).eps * float(np.max(np.abs(want)))
+        assert cpu_err <= 2 * loop_err + tiny, (what, cpu_err, loop_err)

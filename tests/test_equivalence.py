@@ -4,8 +4,10 @@ Shapes (0 to 4 dims, sizes 0..6, time up to 70), memory layouts (C, F, strided, 
 every dtype with mixed-precision decays, a as a Python/NumPy scalar, a full array or broadcast along any
 dims, h0 none/scalar/full/broadcast, any axis, both directions, out= (new arrays of any layout, and x
 itself for an in-place scan), repeated signatures (so cached plans are hit) and changed ones between
-calls.  Every result is compared with parscan.reference at the tolerances of conftest.TOL, its dtype
-with NumPy's promotion, and the inputs must come back unmodified.  The cases are cheap (about 0.4 ms
+calls; in a share of the cases (all of them in ``test_randomized_nonfinite``, on every backend) one to
+three entries of x, a and h0 are inf, -inf or NaN.  Every result is compared with parscan.reference:
+NaN and infinities exactly where it has them, finite values at the tolerances of conftest.TOL, its
+dtype with NumPy's promotion, and the inputs must come back unmodified.  The cases are cheap (about 0.4 ms
 each) so that any fast path added to the call path cannot drift from the contract.
 """
 
@@ -15,10 +17,12 @@ import pytest
 import parscan
 from parscan import reference
 from conftest import DTYPES, TOL, layout, rand
+from test_nonfinite import BACKENDS, POISON, assert_same_specials
 
 N_CASES = 10_000
 BATCHES = 10
 LAYOUTS = ("C", "F", "strided", "negative", "perm")
+NONFINITE_SHARE = 0.05  # of the cases with inf / NaN in their inputs
 
 
 def _layout(rng, arr, how):
@@ -69,6 +73,15 @@ def _case(rng):
     return x, a, h0, axis, bool(rng.integers(2)), rng.choice(["none", "new", "x"], p=[0.6, 0.25, 0.15])
 
 
+def _sprinkle(rng, v):
+    """One to three entries of the array v set to inf, -inf or NaN, in place (its layout kept); scalars,
+    None and empty arrays as they are."""
+    if not isinstance(v, np.ndarray) or v.size == 0:
+        return
+    for _ in range(int(rng.integers(1, 4))):
+        v[np.unravel_index(int(rng.integers(v.size)), v.shape)] = list(POISON.values())[int(rng.integers(3))]
+
+
 def _twin(rng, v, kind="x"):
     """An array of v's shape, strides and dtype with new values in new memory (same signature, so the
     cached plan of v's call serves it); scalars and None as they are."""
@@ -101,18 +114,31 @@ def _check(got, want, dtype, what, terms=None):
     got, want = np.asarray(got), np.asarray(want)
     assert got.shape == want.shape, (what, got.shape, want.shape)
     assert got.dtype.kind == want.dtype.kind or want.dtype.kind == "f", (what, got.dtype, want.dtype)
-    if want.size:
-        scale = max(1.0, float(np.max(np.abs(want))), float(np.max(terms)) if terms is not None else 0.0)
-        err = float(np.max(np.abs(got.astype(want.dtype) - want)))
+    assert_same_specials(got, want, what)
+    fin = np.isfinite(want)
+    if fin.any():
+        finite_terms = None if terms is None else np.asarray(terms)[np.isfinite(terms)]
+        scale = max(1.0, float(np.max(np.abs(want[fin]))),
+                    float(np.max(finite_terms)) if finite_terms is not None and finite_terms.size else 0.0)
+        err = float(np.max(np.abs(got[fin].astype(want.dtype) - want[fin])))
         tol = max(TOL[np.dtype(dtype).name], TOL.get(got.dtype.name, 0.0))  # e.g. a float16 grad_h0
         assert err <= tol * scale, (what, err, scale)
 
 
-def _run_case(rng, backend):
+def _run_case(rng, backend, nonfinite_share):
     x, a, h0, axis, reverse, out_kind = _case(rng)
+    if rng.random() < nonfinite_share:
+        for v in (x, a, h0):
+            _sprinkle(rng, v)
     rtype = np.result_type(*(v for v in (a, x, h0) if v is not None))
     before = [np.array(v, copy=True) for v in (x, a, h0) if isinstance(v, np.ndarray)]
     kw = dict(axis=axis, reverse=reverse)
+    with np.errstate(all="ignore"):
+        _compare(rng, backend, x, a, h0, kw, out_kind, rtype, before)
+
+
+def _compare(rng, backend, x, a, h0, kw, out_kind, rtype, before):
+    axis = kw["axis"]
     want = reference.linear_scan(a, x, h0, **kw)
     if out_kind == "new":
         out = _layout(rng, np.full(x.shape, np.nan, rtype), LAYOUTS[int(rng.integers(len(LAYOUTS)))])
@@ -162,6 +188,18 @@ def test_randomized_equivalence_with_the_reference(batch):
     for k in range(N_CASES // BATCHES):
         state = rng.bit_generator.state
         try:
-            _run_case(rng, "cpu")
+            _run_case(rng, "cpu", NONFINITE_SHARE)
         except AssertionError as exc:
             raise AssertionError(f"case {k} of batch {batch} (rng state {state}): {exc}") from None
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_randomized_nonfinite(backend):
+    """1,000 cases of the same generator, every one with inf / NaN in its inputs."""
+    rng = np.random.default_rng(20261207)
+    for k in range(1000):
+        state = rng.bit_generator.state
+        try:
+            _run_case(rng, backend, 1.0)
+        except AssertionError as exc:
+            raise AssertionError(f"case {k} ({backend}, rng state {state}): {exc}") from None

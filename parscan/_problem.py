@@ -606,10 +606,8 @@ def _grad_a_blocks(xp, canon: Canon, shape4, a_padded, a_dtype, acc, add: bool, 
     result itself (x's shape, a's dtype).  A block is at most 1/GRAD_A_SCRATCH of h's bytes, or
     GRAD_A_BLOCK_MIN elements where that is more.  None where the total's layout would not merge as
     the operands' do (a decay given with zero strides of its own): that call runs unblocked."""
-    if add:
-        total = canon.alloc(acc if np.dtype(a_dtype).kind == "c" else np.finfo(acc).dtype, sizes=a_padded, zero=True)
-    else:
-        total = canon.alloc(a_dtype)
+    dtype = (acc if np.dtype(a_dtype).kind == "c" else np.finfo(acc).dtype) if add else a_dtype
+    total = canon.alloc(dtype, sizes=a_padded, zero=add)  # (a_padded is x's shape where nothing is summed)
     view = _as_strided(xp, total, canon.shape, [0 if n == 1 else st for n, st in zip(total.shape, total.strides)],
                        True)
     if not canon.merges(view):
@@ -792,9 +790,8 @@ def plan_backward(xp, a: Operand, h: Operand, grad_h: Operand, h0: Operand | Non
                  functools.partial(_new, xp, ((ga.size,), None), acc) if blocked else
                  functools.partial(_new, xp, allocs[1], ga.dtype),
                  None if gh0 is None else functools.partial(_new, xp, allocs[2], acc))
-        p.new_sum = None if not blocked else functools.partial(
-            _new, xp, _alloc_recipe(canon, None if gsum.add else T, a_padded if gsum.add else None), total.dtype,
-            gsum.add)
+        p.new_sum = None if not blocked else functools.partial(_new, xp, _alloc_recipe(canon, sizes=a_padded),
+                                                               total.dtype, gsum.add)
         p.out_srcs = out_srcs
         p.reduce_a = _reducer(xp, ga_full.shape, ga_full.dtype, a_padded, a_shape, a_dtype)
         p.reduce_h0 = None if gh0 is None else _reducer(xp, gh0.shape, gh0.dtype, h0_padded, h0_shape, h0_dtype)

@@ -6,7 +6,8 @@ time-only and channel-only decays, broadcast h0, resets) and mixed dtypes (float
 a, float32 x with a float64 a), forward and backward, each call's extra memory, beyond the bytes of
 its results, must stay under ``SCRATCH`` times its largest operand (operands are MBs; the scratch
 that remains is per-channel or smaller: a decay constant in time gets its per-channel grad_a, h0 its
-compute-dtype view, the GPU kernels their look-back flags).
+compute-dtype view, the GPU kernels their look-back flags; or one block of channels' grad_a, at most
+1/8 of h, where a decay shared by channels varies in time: see ``GRAD_A_CASES`` below).
 
 - ``cpu`` (and ``reference``, reported, not bounded: it computes in float64 temporaries of the data's
   size, as a ground truth may): ``tracemalloc``'s peak over the call, which sees NumPy's allocations

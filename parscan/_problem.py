@@ -256,30 +256,35 @@ def block_split(shape, limit):
 
 
 def adder(first):
-    """``after`` for :func:`each_part` of ``first`` (a part of a blocked grad_a), or None."""
+    """``bufs -> after`` for :func:`each_part` of ``first`` (a part of a blocked grad_a) on the buffers
+    ``bufs``, or None."""
     gsum = getattr(first, "grad_a_sum", None)
     if gsum is None:
         return None
-    return functools.partial(_add_block, gsum, first.shape, first.grad_a, _operand_names(first).index("grad_a"))
+    return functools.partial(_block_adder, gsum, first.shape, first.grad_a, _operand_names(first).index("grad_a"))
 
 
-def _add_block(gsum, shape, scratch, at, views):
-    """A block's grad_a (``scratch``'s geometry in ``views[at]``) into its place in the total
-    (``views[-1]``, total's geometry): summed over the dims the total is broadcast along, added."""
+def _block_adder(gsum, shape, scratch, at, bufs):
+    """``after(views)``: a block's grad_a (``scratch``'s geometry in ``bufs[at]``, the same buffer for
+    every part) into its place in the total (``views[-1]``, the part's): summed over the dims the total
+    is broadcast along, added (or written)."""
     xp, total = gsum.xp, gsum.total
-    g = _view(xp, Strided(views[at], scratch.off, scratch.strides), shape)
-    t = _view(xp, Strided(views[-1], total.off, total.strides), shape, True)
+    g = _view(xp, Strided(bufs[at], scratch.off, scratch.strides), shape)
     summed = _summed(total, shape)
     if summed:
         sizes = tuple(1 if d in summed else n for d, n in enumerate(shape))
-        g = g.sum(axis=summed, keepdims=True,
-                  out=_view(xp, Strided(views[at], gsum.partial, _packed(sizes, scratch.strides)), sizes, True))
-    if g.dtype.kind == "c" and t.dtype.kind != "c":
-        g = g.real  # a real decay of complex data
-    if gsum.add:
-        t += g
-    else:
-        t[...] = g
+        partial = _view(xp, Strided(bufs[at], gsum.partial, _packed(sizes, scratch.strides)), sizes, True)
+    real = g.dtype.kind == "c" and total.buf.dtype.kind != "c"  # a real decay of complex data
+
+    def after(views):
+        t = _view(xp, Strided(views[-1], total.off, total.strides), shape, True)
+        v = g.sum(axis=summed, keepdims=True, out=partial) if summed else g
+        v = v.real if real else v
+        if gsum.add:
+            t += v
+        else:
+            t[...] = v
+    return after
 
 
 def _summed(total: Strided, shape):
@@ -569,7 +574,8 @@ def _run(launcher, problem, *args):
     for sub in blocks(problem):
         first, shifts = split_parts(sub)
         bufs = [None if s is None else s.buf for s in _operands(sub)]
-        each_part(launcher(first, *args), bufs, shifts, adder(first))
+        add = adder(first)
+        each_part(launcher(first, *args), bufs, shifts, add and add(bufs))
 
 
 def run_forward(launcher, problem: ScanProblem, *args):
@@ -1049,7 +1055,7 @@ class BackwardPlan:
             if launch is not None and len(shifts) == 1 and after is None:  # the launcher prepared for this geometry
                 launch(*bufs)
             else:  # part by part (see split_parts)
-                each_part(launch or functools.partial(self._problem, shape, geo), bufs, shifts, after)
+                each_part(launch or functools.partial(self._problem, shape, geo), bufs, shifts, after and after(bufs))
         grad_a = ga if qsrc is not None else self.reduce_a(ga)
         grad_h0 = None if gh0 is None else self.reduce_h0(gh0)
         if out is None:

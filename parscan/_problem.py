@@ -84,6 +84,10 @@ class ScanBackwardProblem:
     sum over t.  ``grad_h0[c] = conj(a[c, 0]) * g[c, 0]`` when ``grad_h0`` is not None.  With
     ``resets``, a reads as 0 where ``resets[c, t]`` is true: no gradient crosses a reset, and ``grad_a``
     is 0 there.
+
+    ``grad_a_sum`` (a :class:`GradASum`, or None): grad_a is computed a block of channels at a time
+    into ``grad_a``, a scratch of one block that every block reuses, and each block's values go into
+    ``grad_a_sum.total`` (see :func:`blocks`, run by :func:`run_backward`).
     """
 
     shape: tuple[int, int, int, int]
@@ -98,6 +102,31 @@ class ScanBackwardProblem:
     acc_dtype: np.dtype
     resets: Strided | None = None
     outer: tuple[int, ...] = ()
+    grad_a_sum: GradASum | None = None
+
+
+@dataclass(frozen=True)
+class GradASum:
+    """Where a backward problem's grad_a goes when it is not computed in place (a decay broadcast over
+    channels and varying in time, or of another dtype than the result): a scratch of grad_a at x's
+    size would be an operand-sized temporary, so the channels run in blocks (canonical channel dim
+    ``dim`` in blocks of ``size`` indices, the dims before it one index at a time) through one scratch
+    of a block, and after each block its grad_a is summed over the dims ``total`` is broadcast along
+    (its 0 strides) and added into ``total`` (``add``: zeroed first), or, with no such dims, written
+    there (cast to its dtype).  A block's sum goes first into the scratch's buffer from element
+    ``partial`` on (after the largest block's grad_a), so a block allocates nothing.  ``xp``: the
+    array module of the buffers."""
+
+    xp: Any
+    total: Strided
+    dim: int
+    size: int
+    add: bool
+    partial: int
+
+
+GRAD_A_BLOCK_MIN = 1 << 16  # elements: a block smaller than this runs the parallel kernels poorly
+GRAD_A_SCRATCH = 8  # a block's grad_a scratch is at most 1/GRAD_A_SCRATCH of h's bytes (or the minimum)
 
 
 # the operands in the order the backends' launchers take their buffers (see run_forward)
@@ -109,40 +138,167 @@ def _operand_names(problem):
     return _FORWARD_OPERANDS if isinstance(problem, ScanProblem) else _BACKWARD_OPERANDS
 
 
+def _operands(problem):
+    """The problem's operands in the launchers' order, then a blocked grad_a's total (which the
+    launchers do not take; see :class:`GradASum`) where it has one."""
+    ops = [getattr(problem, n) for n in _operand_names(problem)]
+    gsum = getattr(problem, "grad_a_sum", None)
+    return ops if gsum is None else ops + [gsum.total]
+
+
 def split_parts(problem):
     """``(first, shifts)``: ``problem`` as canonical parts, one per index of its outer channel groups.
     ``first`` is the part at the lowest address of every operand (no outer groups); part ``k`` is
-    ``first`` with each operand's buffer advanced by ``shifts[k][i]`` elements (operand i in the
-    launchers' order; None for an absent one), so every part has ``first``'s offsets and strides and
-    one launcher prepared for ``first`` runs them all, each on views of the same buffers."""
+    ``first`` with each operand's buffer advanced by ``shifts[k][i]`` elements (operand i in
+    :func:`_operands`' order; None for an absent one), so every part has ``first``'s offsets and strides
+    and one launcher prepared for ``first`` runs them all, each on views of the same buffers."""
     names = _operand_names(problem)
-    ops = [getattr(problem, n) for n in names]
+    ops = _operands(problem)
     if not problem.outer:
         return problem, [tuple(None if s is None else 0 for s in ops)]
     lows = [None if s is None else sum(min(0, (n - 1) * st) for n, st in zip(problem.outer, s.outer)) for s in ops]
-    first = replace(problem, outer=(), **{n: Strided(s.buf, s.off + low, s.strides)
-                                          for n, s, low in zip(names, ops, lows) if s is not None})
+    moved = [None if s is None else Strided(s.buf, s.off + k, s.strides) for s, k in zip(ops, lows)]
+    kw = {n: s for n, s in zip(names, moved) if s is not None}
+    if len(ops) > len(names):
+        kw["grad_a_sum"] = replace(problem.grad_a_sum, total=moved[-1])
+    first = replace(problem, outer=(), **kw)
     shifts = [tuple(None if s is None else sum(i * st for i, st in zip(idx, s.outer)) - low
                     for s, low in zip(ops, lows))
               for idx in itertools.product(*(range(n) for n in problem.outer))]
     return first, shifts
 
 
-def each_part(run, bufs, shifts):
-    """``run(*bufs)`` once per part: each buffer advanced by its part's shift (a view, no copy)."""
+def each_part(run, bufs, shifts, after=None):
+    """``run(*bufs)`` once per part: each buffer advanced by its part's shift (a view, no copy).  With
+    ``after`` (a blocked grad_a, see :func:`adder`) ``bufs`` ends with grad_a's total, which ``run``
+    does not take, and ``after(part's buffers)`` follows each run."""
+    n = len(bufs) - (after is not None)
     for part in shifts:
-        run(*(b if k is None or k == 0 else b[k:] for b, k in zip(bufs, part)))
+        views = [b if k is None or k == 0 else b[k:] for b, k in zip(bufs, part)]
+        run(*views[:n])
+        if after is not None:
+            after(views)
 
 
 def parts(problem):
     """The canonical problems (no outer groups) that together make ``problem``, on views of its
-    buffers: for a backend that takes one problem at a time (the reference); the others run the parts
-    through one launcher (:func:`run_forward`)."""
+    buffers (not for a blocked grad_a: :func:`run_backward` runs those)."""
+    assert getattr(problem, "grad_a_sum", None) is None
     first, shifts = split_parts(problem)
     ops = [(n, getattr(first, n)) for n in _operand_names(problem)]
     return [first if not any(part) else
             replace(first, **{n: Strided(s.buf[k:], s.off, s.strides) for (n, s), k in zip(ops, part) if k})
             for part in shifts]
+
+
+def one_at_a_time(fn):
+    """A launcher (see :func:`run_forward`) for a backend that takes one canonical problem (no outer
+    groups) at a time: ``fn(problem)`` for each part, its operands on the part's buffers."""
+    def launcher(first):
+        names = _operand_names(first)
+
+        def run(*bufs):
+            fn(replace(first, **{n: Strided(b, s.off, s.strides) for n, b in zip(names, bufs)
+                                 if (s := getattr(first, n)) is not None}))
+        return run
+    return launcher
+
+
+def blocks(problem):
+    """The problems that together make ``problem``: itself, or for a blocked grad_a (see
+    :class:`GradASum`) one for the blocks of ``size`` and one for the smaller last block where there
+    is one, each with the blocks (and the indices of the dims before ``dim``) as outer groups, on views
+    of the same buffers, grad_a the one scratch (outer strides 0) packed in grad_h's memory order."""
+    gsum = getattr(problem, "grad_a_sum", None)
+    if gsum is None:
+        return [problem]
+    k, b = gsum.dim, gsum.size
+    count, rest = divmod(problem.shape[k], b)
+    before = problem.shape[:k]
+    out = []
+    for size, n, start in ((b, count, 0), (rest, 1, count * b)):
+        if not size or not n:
+            continue
+        shape = (1,) * k + (size,) + problem.shape[k + 1:]
+        outer = problem.outer + before + (n,)
+
+        def cut(s):
+            st = s.strides
+            return Strided(s.buf, s.off + start * st[k], (0,) * k + st[k:], s.outer + st[:k] + (b * st[k],))
+        kw = {name: cut(s) for name, s in zip(_operand_names(problem), _operands(problem)) if s is not None}
+        g = kw["grad_h"].strides
+        kw["grad_a"] = Strided(problem.grad_a.buf, 0, _packed(shape, g), (0,) * len(outer))
+        out.append(replace(problem, shape=shape, outer=outer, grad_a_sum=replace(gsum, total=cut(gsum.total)), **kw))
+    return out
+
+
+def _packed(shape, like):
+    """Contiguous element strides for ``shape``, dims ordered as the strides ``like`` order them (0 for
+    a dim of size 1)."""
+    strides, step = [0] * len(shape), 1
+    for d in sorted(range(len(shape)), key=lambda d: abs(like[d])):
+        strides[d] = step if shape[d] > 1 else 0
+        step *= shape[d]
+    return tuple(strides)
+
+
+def block_split(shape, limit):
+    """``(dim, size)`` for :class:`GradASum`: the first canonical channel dim whose blocks of ``size``
+    indices (``size * prod(shape[dim+1:])`` elements, ``shape`` being ``(C0, C1, C2, T)``) can stay
+    within ``limit`` elements, in equal blocks (the last may be smaller); one channel at least."""
+    for k in range(3):
+        inner = math.prod(shape[k + 1:])
+        if inner <= limit:
+            n = shape[k]
+            nblocks = -(-n // (limit // inner))
+            return k, -(-n // nblocks)
+    return 2, 1
+
+
+def adder(first):
+    """``bufs -> after`` for :func:`each_part` of ``first`` (a part of a blocked grad_a) on the buffers
+    ``bufs``, or None."""
+    gsum = getattr(first, "grad_a_sum", None)
+    if gsum is None:
+        return None
+    return functools.partial(_block_adder, gsum, first.shape, first.grad_a, _operand_names(first).index("grad_a"))
+
+
+def _block_adder(gsum, shape, scratch, at, bufs):
+    """``after(views)``: a block's grad_a (``scratch``'s geometry in ``bufs[at]``, the same buffer for
+    every part) into its place in the total (``views[-1]``, the part's): summed over the dims the total
+    is broadcast along, added (or written)."""
+    xp, total = gsum.xp, gsum.total
+    g = _view(xp, Strided(bufs[at], scratch.off, scratch.strides), shape)
+    summed = _summed(total, shape)
+    if summed:
+        sizes = tuple(1 if d in summed else n for d, n in enumerate(shape))
+        partial = _view(xp, Strided(bufs[at], gsum.partial, _packed(sizes, scratch.strides)), sizes, True)
+    real = g.dtype.kind == "c" and total.buf.dtype.kind != "c"  # a real decay of complex data
+
+    def after(views):
+        t = _view(xp, Strided(views[-1], total.off, total.strides), shape, True)
+        v = g.sum(axis=summed, keepdims=True, out=partial) if summed else g
+        v = v.real if real else v
+        if gsum.add:
+            t += v
+        else:
+            t[...] = v
+    return after
+
+
+def _summed(total: Strided, shape):
+    """The dims of ``shape`` (a block's) that the total is broadcast along."""
+    return tuple(d for d in range(4) if total.strides[d] == 0 and shape[d] > 1)
+
+
+def _view(xp, s: Strided, shape, writeable=False):
+    """Operand ``s`` over ``shape`` as an array (a view; 0 strides as size 1, negative ones as flips)."""
+    item = s.buf.itemsize
+    base = s.off + sum((n - 1) * st for n, st in zip(shape, s.strides) if st < 0)
+    v = _as_strided(xp, s.buf[base:], [n if st else 1 for n, st in zip(shape, s.strides)],
+                    [abs(st) * item for st in s.strides], writeable)
+    return v[tuple(slice(None, None, -1) if st < 0 else slice(None) for st in s.strides)]
 
 
 def accumulation_dtype(dtype: np.dtype) -> np.dtype:
@@ -226,13 +382,16 @@ class Canon:
             es[3] = -es[3]
         return Strided(buf, off, tuple(es), tuple(v.strides[g[-1]] // item for g in self.outer))
 
-    def alloc(self, dtype, tlen: int | None = None):
-        """A new array of ``shape`` (time length ``tlen``), contiguous in canonical order."""
-        shape = list(self.shape)
-        if tlen is not None:
-            shape[self.axis] = tlen
-        arr = self.xp.empty([shape[d] for d in self.order], dtype=dtype)
-        return arr.transpose(np.argsort(self.order))
+    def alloc(self, dtype, tlen: int | None = None, sizes=None, zero: bool = False):
+        """A new array of ``shape`` (time length ``tlen``; or of ``sizes``), contiguous in canonical order
+        (zeroed where ``zero``)."""
+        alloc, perm = _alloc_recipe(self, tlen, sizes)
+        arr = (self.xp.zeros if zero else self.xp.empty)(alloc, dtype=dtype)
+        return arr if perm is None else arr.transpose(perm)
+
+    def merges(self, v) -> bool:
+        """Whether ``v`` (of ``shape``) merges as the groups do, so that its canonical strides hold."""
+        return all(v.strides[p] == self.shape[d] * v.strides[d] for g in self.groups for p, d in zip(g, g[1:]))
 
 
 def _well_aligned(v) -> bool:
@@ -412,9 +571,11 @@ def plan_forward(xp, a: Operand, x: Operand, h0: Operand | None, out: Operand | 
 
 
 def _run(launcher, problem, *args):
-    first, shifts = split_parts(problem)
-    bufs = [None if s is None else s.buf for s in (getattr(problem, n) for n in _operand_names(problem))]
-    each_part(launcher(first, *args), bufs, shifts)
+    for sub in blocks(problem):
+        first, shifts = split_parts(sub)
+        bufs = [None if s is None else s.buf for s in _operands(sub)]
+        add = adder(first)
+        each_part(launcher(first, *args), bufs, shifts, add and add(bufs))
 
 
 def run_forward(launcher, problem: ScanProblem, *args):
@@ -442,6 +603,28 @@ def _reduce_to(xp, g, padded_shape, shape, dtype):
     if g.dtype.kind == "c" and np.dtype(dtype).kind != "c":
         g = g.real
     return g.astype(dtype, copy=False)
+
+
+def _grad_a_blocks(xp, canon: Canon, shape4, a_padded, a_dtype, acc, add: bool, h_bytes: int):
+    """``(total, GradASum, scratch elements)`` for a grad_a computed a block of channels at a time (see
+    :class:`GradASum`).  ``total``: where a is broadcast over channels (``add``), a's padded shape,
+    zeroed, in ``acc`` (its real type for a real a; cast at the end where a's dtype differs); else the
+    result itself (x's shape, a's dtype).  A block is at most 1/GRAD_A_SCRATCH of h's bytes, or
+    GRAD_A_BLOCK_MIN elements where that is more.  None where the total's layout would not merge as
+    the operands' do (a decay given with zero strides of its own): that call runs unblocked."""
+    dtype = (acc if np.dtype(a_dtype).kind == "c" else np.finfo(acc).dtype) if add else a_dtype
+    total = canon.alloc(dtype, sizes=a_padded, zero=add)  # (a_padded is x's shape where nothing is summed)
+    view = _as_strided(xp, total, canon.shape, [0 if n == 1 else st for n, st in zip(total.shape, total.strides)],
+                       True)
+    if not canon.merges(view):
+        return None
+    dim, size = block_split(shape4, max(GRAD_A_BLOCK_MIN, h_bytes // (GRAD_A_SCRATCH * acc.itemsize)))
+    block = (1,) * dim + (size,) + tuple(shape4[dim + 1:])
+    strided = canon.strided(view, writeable=True)
+    summed = _summed(strided, block)
+    n = math.prod(block)
+    gsum = GradASum(xp, strided, dim, size, add, n)
+    return total, gsum, n + (math.prod(k for d, k in enumerate(block) if d not in summed) if summed else 0)
 
 
 def _reducer(xp, g_shape, g_dtype, padded_shape, shape, dtype):
@@ -540,33 +723,43 @@ def plan_backward(xp, a: Operand, h: Operand, grad_h: Operand, h0: Operand | Non
     inputs = [ha, gha, av] + ([h0v] if h0v is not None else []) + ([rv] if rv is not None else [])
     # outs computed in place take part in the merge of dimensions, like the forward's out
     ga_user = user[0] if direct and not time_const and user[0] is not None and user[0].ndim == len(shape) else None
+    ga = None
     targets = [v for v in (user[1], ga_user) if v is not None]
     canon, merged = _canonical(xp, shape, axis, reverse, inputs + targets, None if rv is None else len(inputs) - 1)
     views = merged[:len(inputs)]
     kept = [m is t for m, t in zip(merged[len(inputs):], targets)]  # False: the layout was copied
     grad_x = user[1] if user[1] is not None and kept[0] else canon.alloc(dtype)
+    shape4 = canon.channel_shape + (T,)
+    blocked = None
     if ga_user is not None and kept[-1]:
         ga = ga_user
-    else:
+    elif not direct and not time_const:  # grad_a by blocks of channels (see GradASum)
+        blocked = _grad_a_blocks(xp, canon, shape4, a_padded, a_dtype, acc, chan_bcast, ha.size * ha.itemsize)
+    if blocked is not None:
+        total, gsum, nscratch = blocked
+        ga = xp.empty(nscratch, acc)
+    elif ga is None:
         ga = canon.alloc(dtype if direct else acc, 1 if time_const else T)
     gh0 = None if h0v is None else canon.alloc(acc, 1)
     problem = ScanBackwardProblem(
-        shape=canon.channel_shape + (T,),
+        shape=shape4,
         a=canon.strided(views[2]),
         h=canon.strided(views[0]),
         grad_h=canon.strided(views[1]),
         h0=canon.strided(views[3]) if h0v is not None else None,
         resets=canon.strided(views[-1]) if rv is not None else None,
         grad_x=canon.strided(grad_x, writeable=True),
-        grad_a=canon.strided(ga, writeable=True),
+        grad_a=Strided(ga, 0, (0, 0, 0, 0)) if blocked else canon.strided(ga, writeable=True),  # (see blocks)
         grad_h0=None if gh0 is None else canon.strided(gh0, writeable=True),
         dtype=dtype,
         acc_dtype=acc,
         outer=canon.outer_shape,
+        grad_a_sum=gsum if blocked else None,
     )
+    ga_full = total if blocked else ga  # grad_a at a's padded shape (or x's), to reduce to a's
 
     def finish():
-        grad_a = ga if ga is ga_user else _reduce_to(xp, ga, a_padded, a_shape, a_dtype)
+        grad_a = ga if ga is ga_user else _reduce_to(xp, ga_full, a_padded, a_shape, a_dtype)
         grad_h0 = None if gh0 is None else _reduce_to(xp, gh0, h0_padded, h0_shape, h0_dtype)
         return given((grad_a, grad_x, grad_h0))
 
@@ -586,21 +779,28 @@ def plan_backward(xp, a: Operand, h: Operand, grad_h: Operand, h0: Operand | Non
                 or len(views[0].shape) != len(shape)):
             return None
         p = BackwardPlan()
-        p.xp, p.impl, p.shape, p.dtype, p.acc = xp, impl, problem.shape, dtype, acc
+        p.xp, p.impl, p.dtype, p.acc = xp, impl, dtype, acc
         p.dev = h.device if xp is not np else None
-        first, p.shifts = split_parts(problem)
-        p.geo = tuple(None if s is None else (s.off, s.strides) for s in (
-            first.a, first.h, first.grad_h, first.h0, first.grad_x, first.grad_a, first.grad_h0, first.resets))
+        launcher = getattr(impl, "backward_launcher", None)
+        runs = []
+        for sub in blocks(problem):
+            first, shifts = split_parts(sub)
+            geo = tuple(None if s is None else (s.off, s.strides) for s in (
+                first.a, first.h, first.grad_h, first.h0, first.grad_x, first.grad_a, first.grad_h0, first.resets))
+            runs.append((first.shape, geo, shifts, None if launcher is None else launcher(first), adder(first)))
+        p.runs = tuple(runs)
         allocs = (_alloc_recipe(canon), _alloc_recipe(canon, 1 if time_const else T),
                   None if gh0 is None else _alloc_recipe(canon, 1))
         p.fetch = tuple(None if s is None else _fetcher(s, xp) for s in srcs)
-        p.new = (functools.partial(_new, xp, allocs[0], dtype), functools.partial(_new, xp, allocs[1], ga.dtype),
+        p.new = (functools.partial(_new, xp, allocs[0], dtype),
+                 functools.partial(_new, xp, ((ga.size,), None), acc) if blocked else
+                 functools.partial(_new, xp, allocs[1], ga.dtype),
                  None if gh0 is None else functools.partial(_new, xp, allocs[2], acc))
+        p.new_sum = None if not blocked else functools.partial(_new, xp, _alloc_recipe(canon, sizes=a_padded),
+                                                               total.dtype, gsum.add)
         p.out_srcs = out_srcs
-        p.reduce_a = _reducer(xp, ga.shape, ga.dtype, a_padded, a_shape, a_dtype)
+        p.reduce_a = _reducer(xp, ga_full.shape, ga_full.dtype, a_padded, a_shape, a_dtype)
         p.reduce_h0 = None if gh0 is None else _reducer(xp, gh0.shape, gh0.dtype, h0_padded, h0_shape, h0_dtype)
-        launcher = getattr(impl, "backward_launcher", None)
-        p.launch = None if launcher is None else launcher(first)
         return p
 
     return problem, finish, plan
@@ -725,8 +925,8 @@ def _fetch(src, xp, v, writeable=False):
     return buf
 
 
-def _alloc_recipe(canon: Canon, tlen=None):
-    shape = list(canon.shape)
+def _alloc_recipe(canon: Canon, tlen=None, sizes=None):
+    shape = list(canon.shape if sizes is None else sizes)
     if tlen is not None:
         shape[canon.axis] = tlen
     alloc = tuple(shape[d] for d in canon.order)
@@ -734,10 +934,10 @@ def _alloc_recipe(canon: Canon, tlen=None):
     return alloc, None if perm == tuple(range(len(perm))) else perm
 
 
-def _new(xp, recipe, dtype):
-    """A new array by an :func:`_alloc_recipe`, and its flat buffer (offset 0, writable)."""
+def _new(xp, recipe, dtype, zero=False):
+    """A new array by an :func:`_alloc_recipe` (zeroed where ``zero``), and its flat buffer (offset 0, writable)."""
     alloc, perm = recipe
-    arr = xp.empty(alloc, dtype)
+    arr = (xp.zeros if zero else xp.empty)(alloc, dtype)
     if len(alloc) == 1:
         return arr, arr
     buf = arr.reshape(-1)
@@ -821,8 +1021,8 @@ def capture_forward(xp, impl, a, x, h0, out, problem, views, target, canon, rese
 class BackwardPlan:
     """A planned backward call, replayed for the arguments of a later call of the same signature."""
 
-    __slots__ = ("xp", "impl", "shape", "dtype", "acc", "geo", "out_srcs", "reduce_a", "reduce_h0", "launch", "dev",
-                 "fetch", "new", "shifts")
+    __slots__ = ("xp", "impl", "dtype", "acc", "runs", "out_srcs", "reduce_a", "reduce_h0", "dev", "fetch", "new",
+                 "new_sum")
 
     def run(self, a, h, grad_h, h0, resets=None, out=None):
         """``out``: ``linear_scan_backward``'s ``out=`` tuple (the signature's: the same arrays given or
@@ -848,19 +1048,22 @@ class BackwardPlan:
             ga, ba = new_q()
         gh0, b0 = (None, None) if new_0 is None else new_0()
         bufs = (*ins, bx, ba, b0, br)
-        if self.launch is not None and len(self.shifts) == 1:  # the backend's launcher prepared for this geometry
-            self.launch(*bufs)
-        else:  # part by part (see split_parts)
-            each_part(self.launch or self._problem, bufs, self.shifts)
+        if self.new_sum is not None:  # grad_a by blocks, into its total (see GradASum)
+            ga, total = self.new_sum()
+            bufs += (total,)
+        for shape, geo, shifts, launch, after in self.runs:
+            if launch is not None and len(shifts) == 1 and after is None:  # the launcher prepared for this geometry
+                launch(*bufs)
+            else:  # part by part (see split_parts)
+                each_part(launch or functools.partial(self._problem, shape, geo), bufs, shifts, after and after(bufs))
         grad_a = ga if qsrc is not None else self.reduce_a(ga)
         grad_h0 = None if gh0 is None else self.reduce_h0(gh0)
         if out is None:
             return grad_a, grad_x, grad_h0
         return tuple(r if u is None or u is r else _copy_into(u, r) for r, u in zip((grad_a, grad_x, grad_h0), out))
 
-    def _problem(self, *bufs):
-        """Run the problem of these buffers (a part's) by the backend's ``backward``."""
-        geo = self.geo
+    def _problem(self, shape, geo, *bufs):
+        """Run the problem of these buffers (a part's, of ``shape`` and ``geo``) by the backend's ``backward``."""
         self.impl.backward(ScanBackwardProblem(
-            self.shape, *(None if b is None else Strided(b, *g) for b, g in zip(bufs[:7], geo)),
+            shape, *(None if b is None else Strided(b, *g) for b, g in zip(bufs[:7], geo)),
             self.dtype, self.acc, None if bufs[7] is None else Strided(bufs[7], *geo[7])))

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._problem import parts
+from ._problem import one_at_a_time, parts, run_backward
 
 
 def _wide(*arrays):
@@ -166,8 +166,7 @@ def forward(problem):
 
 
 def backward(problem):
-    for part in parts(problem):
-        _backward(part)
+    run_backward(one_at_a_time(_backward), problem)  # part by part (block by block for a blocked grad_a)
 
 
 def _forward(problem):

@@ -6,7 +6,8 @@ time-only and channel-only decays, broadcast h0, resets) and mixed dtypes (float
 a, float32 x with a float64 a), forward and backward, each call's extra memory, beyond the bytes of
 its results, must stay under ``SCRATCH`` times its largest operand (operands are MBs; the scratch
 that remains is per-channel or smaller: a decay constant in time gets its per-channel grad_a, h0 its
-compute-dtype view, the GPU kernels their look-back flags).
+compute-dtype view, the GPU kernels their look-back flags; or one block of channels' grad_a, at most
+1/8 of h, where a decay shared by channels varies in time: see ``GRAD_A_CASES`` below).
 
 - ``cpu`` (and ``reference``, reported, not bounded: it computes in float64 temporaries of the data's
   size, as a ground truth may): ``tracemalloc``'s peak over the call, which sees NumPy's allocations
@@ -25,18 +26,29 @@ import numpy as np
 import pytest
 
 import parscan
-from parscan import _backends, _plans, reference
+from parscan import _backends, _plans, _problem, reference
+from parscan._arrays import as_flags, as_operand
 from conftest import assert_close
 import cuda_cpu
 from cuda_cpu import fake_cupy
 
 SCRATCH = 0.25  # extra bytes allowed, as a fraction of the call's largest operand
+BLOCK_MIN = 1024  # the grad_a blocks' floor here (see small_grad_a_blocks)
+DEFAULT_BLOCK_MIN = _problem.GRAD_A_BLOCK_MIN
 HOST_ELEMENTS = (100_000, 300_000)  # x's elements: 0.4-1.2 MB in float32
 CUDA_ELEMENTS = (12_000, 40_000)  # the CPU harness runs the CUDA C kernels a thread at a time: smaller
 N_CASES = 30
 MIXES = [("float32", "float32"), ("float16", "float32"), ("float32", "float64")]  # (x, a)
-BCAST_GRAD = pytest.mark.xfail(strict=True, reason="grad_a of a decay broadcast over channels and varying in "
-                                                   "time is computed at x's size, then summed")
+
+
+@pytest.fixture(autouse=True)
+def small_grad_a_blocks(monkeypatch):
+    """A backward whose grad_a is reduced (a decay broadcast over channels and varying in time) runs
+    in blocks of channels, each at most 1/8 of h's bytes but at least ``GRAD_A_BLOCK_MIN`` (64k)
+    elements, so that the kernels run on blocks worth a launch; the operands here are smaller than
+    that floor makes meaningful (the CPU harness's a few 10k elements), so it is lowered to
+    ``BLOCK_MIN`` and the 1/8 rule decides (the default floor: ``test_grad_a_blocks_at_the_default_floor``)."""
+    monkeypatch.setattr(_problem, "GRAD_A_BLOCK_MIN", BLOCK_MIN)
 
 
 def _case(i):
@@ -173,15 +185,8 @@ def _check(c, host, results, dt):
             assert_close(g, np.asarray(w), max(np.dtype(dt), g.dtype, key=lambda d: np.finfo(d).eps))
 
 
-def _marks(c, backend):
-    marks = []
-    if c["op"] == "backward" and c["a"] == "time":
-        marks.append(BCAST_GRAD)
-    return marks
-
-
 def _params(backends):
-    return [pytest.param(c, b, marks=_marks(c, b), id=f"{b}-{c['i']}-{c['op']}-{c['a']}-{'-'.join(c['dtypes'])}")
+    return [pytest.param(c, b, id=f"{b}-{c['i']}-{c['op']}-{c['a']}-{'-'.join(c['dtypes'])}")
             for b in backends for c in CASES]
 
 
@@ -281,3 +286,99 @@ def test_the_cases_cover_what_they_claim():
     assert any(c["out"] and c["op"] == "forward" for c in CASES) and any(c["resets"] for c in CASES)
     assert any(c["step"] is not None for c in CASES) and any(c["flips"] for c in CASES)
     assert any(c["time_major"] for c in CASES) and any(c["axis"] != len(c["shape"]) - 1 for c in CASES)
+
+
+# ---- grad_a by blocks of channels (a decay broadcast over channels and varying in time, or of another
+# dtype than the result): every feature the blocks must carry, a channel count that leaves a smaller
+# last block, planned and replayed, against the reference --------------------------------------------
+
+def _grad_a_case(i, name, shape, axis, a, dtypes, h0=False, reverse=False, resets=False, perm=None, flips=(),
+                 step=None):
+    """A backward case for :func:`_grad_a_build`: ``a`` "time" (T,), "batch" (x's shape with 1 in the
+    second dim) or "full"; ``shape`` the host shape (the harness's has T / 12).  The host's are larger
+    than the CPU harness's: tracemalloc also sees the Python objects each block's run makes (a few
+    kB, nothing operand-sized), which at a few hundred kB of x would be most of the bound."""
+    nd = len(shape)
+    cuda_shape = tuple(n // 12 if d == axis % nd else n for d, n in enumerate(shape))
+    return dict(i=i, name=name, axis=axis % nd, shape=shape, cuda_shape=cuda_shape, perm=perm or tuple(range(nd)),
+                flips=flips, step=step, time_major=False, a=a, h0="full" if h0 else "none", dtypes=dtypes,
+                reverse=reverse, resets=resets, out=False, op="backward")
+
+
+GRAD_A_CASES = [
+    _grad_a_case(0, "time-h0-reverse-resets", (37, 5, 1440), -1, "time", ("float32", "float32"), True, True, True),
+    _grad_a_case(1, "time-major-complex-real-a", (1440, 37, 5), 0, "time", ("complex128", "float64"), True),
+    _grad_a_case(2, "complex-a-flipped", (37, 4, 1200), -1, "time", ("complex128", "complex128"), reverse=True,
+                 flips=(0, 2)),
+    _grad_a_case(3, "half", (37, 5, 1440), -1, "time", ("float16", "float16"), True, resets=True),
+    _grad_a_case(4, "batch-decay-transposed", (6, 37, 1200), -1, "batch", ("float32", "float32"), True,
+                 perm=(1, 0, 2)),
+    _grad_a_case(5, "parts-6d", (3, 2, 3, 2, 3, 1200), -1, "time", ("float32", "float32"), True, True,
+                 flips=(1, 3), step=2),
+    _grad_a_case(6, "mixed-full", (37, 5, 1200), -1, "full", ("complex128", "float64"), True, True),  # a real a
+]
+
+
+def _grad_a_build(c, xp):
+    """The case's arguments, as :func:`_build` makes them (complex data with nonzero imaginary parts)."""
+    rng = np.random.default_rng(c["i"])
+    shape, axis = c["shape" if xp is np else "cuda_shape"], c["axis"]
+    xdt, adt = (np.dtype(t) for t in c["dtypes"])
+    T = shape[axis]
+
+    def rand(shp, dt, decay=False):
+        v = rng.uniform(0.5, 0.95, shp) if decay else rng.standard_normal(shp)
+        if dt.kind == "c":
+            v = v * np.exp(1j * rng.uniform(-0.3, 0.3, shp)) if decay else v + 1j * rng.standard_normal(shp)
+        return v.astype(dt)
+    a = rand({"time": (T,) + (1,) * (len(shape) - 1 - axis), "batch": shape[:1] + (1,) + shape[2:],
+              "full": shape}[c["a"]], adt, True)
+    x = rand(shape, xdt)
+    h0 = rand(shape[:axis] + shape[axis + 1:], xdt) if c["h0"] == "full" else None
+    resets = (rng.random((T,) + (1,) * (len(shape) - 1 - axis)) < 0.05) if c["resets"] else None
+    h = reference.linear_scan(a, x, h0, axis=axis, reverse=c["reverse"], resets=resets).astype(xdt)
+    gh = rand(shape, xdt)
+    host = dict(a=a, x=x, h0=h0, resets=resets, h=h, grad_h=gh)
+    dev = dict(host, x=None, out=None, h=_layout(c, xp, h), grad_h=_layout(c, xp, gh))
+    if c["a"] == "full":
+        dev["a"] = _layout(c, xp, a)
+    elif xp is not np:
+        dev["a"] = xp.asarray(a)
+    if xp is not np:
+        dev.update({k: None if host[k] is None else xp.asarray(host[k]) for k in ("h0", "resets")})
+    return host, dev, np.result_type(x, a)
+
+
+@pytest.mark.parametrize("c", GRAD_A_CASES, ids=[c["name"] for c in GRAD_A_CASES])
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_grad_a_by_blocks_on_the_host(c, backend):
+    host, dev, dt = _grad_a_build(c, np)
+    problem = _problem.plan_backward(np, *(None if dev[k] is None else as_operand(dev[k], k, allow_scalar=True)
+                                           for k in ("a", "h", "grad_h", "h0")), c["axis"], c["reverse"],
+                                     None if dev["resets"] is None else as_flags(dev["resets"], "resets"))[0]
+    assert problem.grad_a_sum is not None and len(_problem.blocks(problem)) == 2  # blocks, and a smaller last
+    extra, largest, results = _twice(c, dev, backend, _traced)
+    _check(c, host, results, dt)
+    if backend == "cpu":
+        assert extra < SCRATCH * largest, f"{extra / largest:.2f}x the largest operand allocated beyond the results"
+
+
+@pytest.mark.parametrize("c", GRAD_A_CASES, ids=[c["name"] for c in GRAD_A_CASES])
+def test_grad_a_by_blocks_on_the_harness(cp, c):
+    host, dev, dt = _grad_a_build(c, cp)
+    extra, largest, results = _twice(c, dev, "cupy", _counted, warm=False)
+    _check(c, host, results, dt)
+    assert extra < SCRATCH * largest, f"{extra / largest:.2f}x the largest operand allocated beyond the results"
+
+
+def test_grad_a_blocks_at_the_default_floor(monkeypatch):
+    """At the default floor (64k elements a block) and an x large enough for the 1/8 rule to decide
+    (4 MB of float32, 257 channels: 8 blocks of 29 and one of 25), the scratch is at most 1/8 of x's
+    bytes, plus its T-sized sums."""
+    monkeypatch.setattr(_problem, "GRAD_A_BLOCK_MIN", DEFAULT_BLOCK_MIN)
+    c = _grad_a_case(7, "default-floor", (257, 4096), -1, "time", ("float32", "float32"), True, True)
+    host, dev, dt = _grad_a_build(c, np)
+    extra, largest, results = _twice(c, dev, "cpu", _traced)
+    _check(c, host, results, dt)
+    T = c["shape"][-1]
+    assert extra < largest / _problem.GRAD_A_SCRATCH + 4 * T * 4, f"{extra / largest:.3f}x the largest operand"

@@ -149,3 +149,26 @@ def test_float_to_half_rounds_to_nearest_even():
     got = np.array([_half.float_to_half(v) for v in vals], np.uint16)
     np.testing.assert_array_equal(got, want)
     assert _half.float_to_half(np.float32(np.nan)) & 0x7C00 == 0x7C00
+
+
+def test_a_blocked_grad_a_covers_every_channel_once_through_one_scratch():
+    """A decay shared by the channels and varying in time: the backward runs blocks of channels (the
+    last smaller), every element of h in exactly one block's part, grad_a always the one scratch."""
+    from parscan import _problem
+
+    h = np.zeros((37, 5, 1200), np.float32)
+    a = np.full(1200, 0.5, np.float32)
+    op = lambda v, n: as_operand(v, n, allow_scalar=True)  # noqa: E731
+    p = plan_backward(np, op(a, "a"), op(h, "h"), op(h, "grad_h"), None, -1, False)[0]
+    assert p.grad_a_sum is not None and p.grad_a_sum.add and p.grad_a_sum.total.strides[:3] == (0, 0, 0)
+    assert p.grad_a.buf.size < h.size / 3  # the 64k-element floor: 185 channels of 1200 steps in 4 blocks
+    seen = np.zeros(h.size, int)
+    subs = _problem.blocks(p)
+    assert [(s.shape, s.outer) for s in subs] == [((1, 1, 47, 1200), (1, 1, 3)), ((1, 1, 44, 1200), (1, 1, 1))]
+    for sub in subs:
+        first, shifts = split_parts(sub)
+        assert first.grad_a.buf is p.grad_a.buf and all(k[5] == 0 for k in shifts)  # the one scratch
+        for k in shifts:
+            off = first.grad_h.off + k[2] + _offsets(first.shape, first.grad_h.strides)
+            np.add.at(seen, np.ravel(off), 1)
+    assert (seen == 1).all()

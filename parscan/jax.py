@@ -647,7 +647,7 @@ class GILRLSTM:
             if tuple(jnp.shape(p)) != shape or jnp.result_type(p) != self.dtype:
                 raise ValueError(f"params[{k!r}] must have shape {shape} and dtype {self.dtype}, got "
                                  f"{tuple(jnp.shape(p))} {jnp.result_type(p)}")
-        _layers._check_x(_standin(x), self.input_size)
+        _layers._check_x(_standin(x), self.input_size, self.dtype)
         T, B, _ = x.shape
         x = jnp.asarray(x, self.dtype)
         n = self.hidden_size

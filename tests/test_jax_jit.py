@@ -1076,3 +1076,13 @@ def test_bench_suite_runs(tmp_path, monkeypatch):
         assert r["speedup_associative_scan"] > 0 and r["speedup_lax_scan"] > 0
         assert r["lax_scan_extrapolated_from"] == 2**7
     assert "## jax" in (tmp_path / "bench.md").read_text()
+
+
+def test_layer_refuses_integer_and_bool_x_as_the_numpy_layer_does():
+    layer = pj.GILRLSTM(2, 3, seed=0)
+    params = layer.init()
+    for dt in (jnp.int32, jnp.bool_):
+        with pytest.raises(TypeError, match="x has dtype .* pass a floating-point array"):
+            layer(params, jnp.ones((4, 2, 2), dt))
+    h, _ = layer(params, jnp.ones((4, 2, 2), jnp.float32))
+    assert h.dtype == layer.dtype

@@ -55,8 +55,9 @@ def _shape(draw, regime):
 
 
 @st.composite
-def problems(draw):
-    regime = draw(st.sampled_from(list(REGIMES)))
+def problems(draw, regimes=tuple(REGIMES)):
+    """A random problem (a dict) in one of ``regimes`` (the simulator's suite draws "tiny" ones only)."""
+    regime = draw(st.sampled_from(list(regimes)))
     shape, axis = _shape(draw, regime)
     return dict(shape=shape, axis=axis, dtype=draw(st.sampled_from(DTYPES)), a=draw(st.sampled_from(A_KINDS)),
                 h0=draw(st.sampled_from(H0_KINDS)), resets=draw(st.sampled_from(RESETS)),

@@ -186,7 +186,11 @@ def _check(c, host, results, dt):
 
 
 def _params(backends):
-    return [pytest.param(c, b, id=f"{b}-{c['i']}-{c['op']}-{c['a']}-{'-'.join(c['dtypes'])}")
+    """The cases on each backend; on the cpu backend the mixed-dtype ones are slow (each compiles its own
+    Numba kernels cold, ~25-55 s on the 2-core CI machine; Numba specialises on each operand's dtype, so
+    they read no cast), and the default run keeps the mixed dtypes on the CUDA backends' launch paths."""
+    return [pytest.param(c, b, id=f"{b}-{c['i']}-{c['op']}-{c['a']}-{'-'.join(c['dtypes'])}",
+                         marks=[pytest.mark.slow] if b == "cpu" and len(set(c["dtypes"])) > 1 else [])
             for b in backends for c in CASES]
 
 
